@@ -1,0 +1,23 @@
+//! Shared by the ingestor and the gateway.
+//!
+//! Layout:
+//! - [`event`]: the event model and its wire JSON (DESIGN §3).
+//! - [`envelope`]: the bytes stored in Redis per event (event + routing metadata).
+//! - [`keys`]: Redis key and channel names (DESIGN §4).
+//! - [`routes`]: the routing config: which tables become which events (DESIGN §6).
+//! - [`publish`]: the atomic XADD-then-PUBLISH Redis function and a pipelined publisher.
+//! - [`config`]: durations and start-up validation helpers (DESIGN §5).
+//! - [`telemetry`]: logging setup.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`shutdown`]: SIGTERM/SIGINT as a future.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod envelope;
+pub mod event;
+pub mod keys;
+pub mod publish;
+pub mod routes;
+pub mod shutdown;
+pub mod telemetry;
