@@ -1,8 +1,272 @@
 //! The ingestor: Postgres logical replication (pgoutput) → per-organization
 //! events in Redis, each exactly once, acknowledged only once Redis holds them.
+//!
+//! Layout:
+//! - [`config`]: settings (environment variables and flags).
+//! - [`setup`]: start-up checks and idempotent DDL (publication, slot, replica identity).
+//! - [`replication`]: DATABASE_URL → the replication connection's config.
+//! - [`pgoutput`]: the pgoutput v1 decoder; [`value`]: column values → JSON.
+//! - [`change`] and [`router`]: row changes → event drafts, by the routing config.
+//! - [`session`]: one replication session: decode, route, publish, acknowledge.
+//! - [`heartbeat`]: WAL heartbeats and slot metrics.
+//!
+//! [`Ingestor::build`] does everything that can fail fast (config, routes,
+//! Postgres and Redis reachable, DDL, admin port) so that a bad start is one
+//! clear line; [`Ingestor::run_until_stopped`] then reconnects forever, with
+//! exponential backoff and jitter, until its shutdown future resolves.
 #![forbid(unsafe_code)]
 
 pub mod change;
+pub mod config;
+pub mod heartbeat;
+pub mod metrics;
 pub mod pgoutput;
+pub mod replication;
 pub mod router;
+pub mod session;
+pub mod setup;
 pub mod value;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use pgwire_replication::{ReplicationClient, ReplicationConfig};
+use rand::Rng;
+use realtime_shared::admin::{AdminServer, Readiness};
+use realtime_shared::keys::Keys;
+use realtime_shared::publish::{PublishError, Publisher};
+use realtime_shared::routes::{Routes, RoutesError};
+use tokio_util::sync::CancellationToken;
+
+pub use crate::config::Config;
+use crate::router::Router;
+use crate::session::{Session, SessionEnd, SessionError};
+use crate::setup::SetupError;
+
+/// Why the ingestor could not start. Each variant's message is the one line
+/// printed before a non-zero exit.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("REALTIME_ROUTES: {0}")]
+    Routes(#[from] RoutesError),
+    #[error(transparent)]
+    Postgres(#[from] SetupError),
+    #[error("REDIS_URL: {0}")]
+    Redis(#[from] PublishError),
+    #[error("REALTIME_ADMIN_LISTEN: cannot listen on {addr}: {source}")]
+    AdminListen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A started ingestor, ready to stream.
+pub struct Ingestor {
+    config: Config,
+    router: Router,
+    replication: ReplicationConfig,
+    publisher: Option<Publisher>,
+    /// Taken by `run_until_stopped`, which serves it.
+    admin: Option<AdminServer>,
+    admin_addr: SocketAddr,
+    readiness: Readiness,
+}
+
+impl Ingestor {
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        let _ = realtime_shared::admin::metrics_handle();
+        metrics::describe();
+        let routes = match &config.routes {
+            Some(path) => Routes::load(path)?,
+            None => Routes::oikion_default(),
+        };
+        let replication = replication::config_from_url(
+            &config.database_url,
+            &config.slot,
+            &config.publication,
+            config.status_interval,
+        )?;
+        let client = setup::connect(&config.database_url, config.io_timeout).await?;
+        setup::prepare(
+            &client,
+            &routes,
+            &config.publication,
+            &config.slot,
+            config.manage_replica_identity,
+        )
+        .await?;
+        let publisher = Publisher::connect(
+            &config.redis_url,
+            Keys::new(config.key_prefix.clone()),
+            config.history_len as usize,
+            config.io_timeout,
+        )
+        .await?;
+        let readiness = Readiness::default();
+        let admin = AdminServer::bind(config.admin_listen, readiness.clone())
+            .await
+            .map_err(|source| StartError::AdminListen {
+                addr: config.admin_listen,
+                source,
+            })?;
+        let admin_addr = admin.local_addr().unwrap_or(config.admin_listen);
+        tracing::info!(admin = %admin_addr, "admin endpoints listening on /healthz, /readyz, /metrics");
+        Ok(Self {
+            router: Router::new(routes),
+            replication,
+            publisher: Some(publisher),
+            admin: Some(admin),
+            admin_addr,
+            readiness,
+            config,
+        })
+    }
+
+    /// The bound admin address (useful with port 0).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Streams until `shutdown` resolves, reconnecting on any failure.
+    pub async fn run_until_stopped(mut self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let token = CancellationToken::new();
+        let trigger = token.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            trigger.cancel();
+        });
+        let admin = self.admin.take().map(|admin| {
+            let stop = token.clone().cancelled_owned();
+            tokio::spawn(async move {
+                if let Err(e) = admin.run(stop).await {
+                    tracing::error!(error = %e, "admin server failed");
+                }
+            })
+        });
+        let heartbeat = tokio::spawn(
+            heartbeat::Heartbeat {
+                database_url: self.config.database_url.clone(),
+                slot: self.config.slot.clone(),
+                interval: self.config.wal_heartbeat,
+                io_timeout: self.config.io_timeout,
+            }
+            .run(token.clone()),
+        );
+
+        let mut backoff = Backoff::new(Duration::from_millis(100), self.config.reconnect_max);
+        while !token.is_cancelled() {
+            let started = Instant::now();
+            let result = self.session(&token).await;
+            self.readiness.set(false);
+            match result {
+                Ok(SessionEnd::Shutdown) => break,
+                Err(e) => {
+                    if started.elapsed() > Duration::from_secs(30) {
+                        backoff.reset();
+                    }
+                    if e.is_slot_busy() {
+                        tracing::info!(slot = %self.config.slot, "the slot is held by another ingestor; standing by");
+                    } else {
+                        tracing::warn!(error = %e, "replication session ended; reconnecting");
+                        ::metrics::counter!(metrics::RECONNECTS).increment(1);
+                    }
+                    if matches!(e, SessionError::Publish(_)) {
+                        self.publisher = None;
+                    }
+                    let delay = backoff.next_delay();
+                    tokio::select! {
+                        _ = token.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        token.cancel();
+        let _ = heartbeat.await;
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
+        tracing::info!("ingestor stopped");
+    }
+
+    async fn session(&mut self, token: &CancellationToken) -> Result<SessionEnd, SessionError> {
+        let publisher = match &mut self.publisher {
+            Some(p) => p,
+            None => self.publisher.insert(
+                Publisher::connect(
+                    &self.config.redis_url,
+                    Keys::new(self.config.key_prefix.clone()),
+                    self.config.history_len as usize,
+                    self.config.io_timeout,
+                )
+                .await?,
+            ),
+        };
+        let mut client = ReplicationClient::connect(self.replication.clone()).await?;
+        client.wait_started().await?;
+        tracing::info!(slot = %self.config.slot, "streaming");
+        self.readiness.set(true);
+        Session::new(
+            client,
+            publisher,
+            &self.router,
+            self.config.publish_batch as usize,
+        )
+        .run(token)
+        .await
+    }
+}
+
+/// Exponential backoff with equal jitter: the n-th delay is uniformly drawn
+/// from [d/2, d] with d = min(max, base·2ⁿ), so replicas that failed together
+/// do not retry together.
+struct Backoff {
+    base: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    fn new(base: Duration, max: Duration) -> Self {
+        Self {
+            base,
+            max: max.max(base),
+            attempt: 0,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        let half = exp / 2;
+        half + rand::rng().random_range(Duration::ZERO..=half)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let first = b.next_delay();
+        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+        for _ in 0..10 {
+            b.next_delay();
+        }
+        let late = b.next_delay();
+        assert!(late >= Duration::from_secs(1) && late <= Duration::from_secs(2));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

@@ -1,1 +1,1329 @@
-//! TODO
+//! Turns decoded row changes, truncates and logical messages into event
+//! drafts (DESIGN §6): type, audience and payload, without id or timestamp,
+//! which the pipeline adds from the transaction.
+//!
+//! The one invariant this module owns: a draft is addressed to an
+//! organization only when that organization is read from the row (or named by
+//! the message). A row whose organization cannot be read is an error for the
+//! caller to log and skip, never a broadcast and never a guess.
+//!
+//! Decisions (the client-visible contract, see also the README):
+//! - `updatedFields` is sorted by column name. `Row` is a `serde_json::Map`,
+//!   which without serde_json's `preserve_order` does not know the table's
+//!   column order, so a sorted list is the only order stable across builds.
+//! - A column is changed when its new value differs from its old value as
+//!   JSON (jsonb compares by value, not by text). A column absent from the new
+//!   row is an unchanged TOAST value and is never reported as changed.
+//! - An UPDATE that changed no column still produces its event (empty
+//!   `changes`): the application did write, and clients may refetch on it.
+//! - An UPDATE that moves a row to another organization produces two drafts:
+//!   the old organization sees the row go (property: a `delete`; membership:
+//!   `member.leave`, which also revokes the member's streams), the new one
+//!   sees it arrive (property: a `create` with the whole row; membership:
+//!   `member.join`). A membership row whose user changed is handled alike.
+//!   Hence `route_change` returns a `Vec`; the pipeline numbers event ids per
+//!   draft, not per change.
+//! - Values of rows and messages never appear in error messages (logs).
+
+use std::str::FromStr;
+
+use realtime_shared::event::{EventType, Source};
+use realtime_shared::routes::{
+    ActivityRoute, MembershipRoute, NotificationRoute, OrganizationRoute, PropertyRoute, RouteKind,
+    Routes, TableRoute,
+};
+use serde_json::{Map, Value, json};
+
+use crate::change::{Operation, Row, RowChange};
+
+/// The logical-message prefix that carries application events
+/// (`pg_logical_emit_message(true, 'realtime', json)`).
+pub const MESSAGE_PREFIX: &str = "realtime";
+
+/// An event before it has an id and a timestamp.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Draft {
+    pub event_type: EventType,
+    pub source: Source,
+    /// `None`: a broadcast, to every organization.
+    pub organization_id: Option<String>,
+    /// `Some`: only this user's connections receive the event.
+    pub user_id: Option<String>,
+    pub payload: Value,
+}
+
+/// Which row of a change a problem is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Old,
+    New,
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Side::Old => "old",
+            Side::New => "new",
+        })
+    }
+}
+
+/// Why a change or message produced no event. The caller logs it and skips
+/// the change; messages name tables and columns, never values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("{table}: {operation:?} without its {side} row (is REPLICA IDENTITY FULL set?)")]
+    MissingRow {
+        table: String,
+        operation: Operation,
+        side: Side,
+    },
+    #[error("{table}: column {column:?} is absent or null in the {side} row")]
+    MissingColumn {
+        table: String,
+        column: String,
+        side: Side,
+    },
+    #[error(
+        "{table}: column {column:?} in the {side} row holds {found}, not a string or integer id"
+    )]
+    BadId {
+        table: String,
+        column: String,
+        side: Side,
+        found: &'static str,
+    },
+    #[error("logical message {MESSAGE_PREFIX:?}: {0}")]
+    Message(#[from] MessageError),
+}
+
+/// Why a `realtime` logical message was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    #[error("content is not JSON: {0}")]
+    Json(String),
+    #[error("content is not a JSON object")]
+    NotObject,
+    #[error("unknown field {0:?} (expected type, organizationId, userId, payload)")]
+    UnknownField(String),
+    #[error("missing field {0:?}")]
+    MissingField(&'static str),
+    #[error("{0:?} must be a string")]
+    NotString(&'static str),
+    #[error("{0:?} must not be empty")]
+    Empty(&'static str),
+    #[error("unknown event type {0:?}")]
+    UnknownType(String),
+    #[error("\"payload\" must be a JSON object")]
+    PayloadNotObject,
+    #[error("notification.new requires \"userId\"")]
+    NotificationWithoutUser,
+}
+
+/// Routes changes by a validated [`Routes`] config.
+#[derive(Debug, Clone)]
+pub struct Router {
+    routes: Routes,
+}
+
+impl Router {
+    pub fn new(routes: Routes) -> Self {
+        Self { routes }
+    }
+
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    /// The drafts of one row change, in publishing order. Empty: the table is
+    /// not routed, or this operation produces no event for its kind. Two
+    /// drafts: an update moved the row between organizations (or users, for
+    /// a membership), see the module docs.
+    pub fn route_change(&self, change: &RowChange<'_>) -> Result<Vec<Draft>, RouteError> {
+        let Some(route) = self.routes.find(change.schema, change.table) else {
+            return Ok(Vec::new());
+        };
+        let c = Ctx { route, change };
+        match route.kind() {
+            RouteKind::Property(p) => c.property(p),
+            RouteKind::Membership(m) => c.membership(m),
+            RouteKind::Organization(o) => c.organization(o),
+            RouteKind::Activity(a) => c.activity(a),
+            RouteKind::Notification(n) => c.notification(n),
+        }
+    }
+
+    /// Truncate of a routed table → `data.sync {entityType: <table>,
+    /// operation: "truncate"}` to every organization: a truncate carries no
+    /// rows, so which organizations lost data is unknown.
+    pub fn route_truncate(&self, schema: &str, table: &str) -> Option<Draft> {
+        let route = self.routes.find(schema, table)?;
+        Some(Draft {
+            event_type: EventType::DataSync,
+            source: Source::Postgres,
+            organization_id: None,
+            user_id: None,
+            payload: json!({"entityType": route.table(), "operation": "truncate"}),
+        })
+    }
+
+    /// A logical message. Prefix `realtime`: the content is a JSON object
+    /// `{"type", "organizationId"?, "userId"?, "payload"}` (the publish API's
+    /// body) → one draft with `source: api`; without `organizationId` it is a
+    /// broadcast, with `userId` it reaches only that user. Any other prefix
+    /// (`realtime-heartbeat`, other applications') → `Ok(None)`.
+    ///
+    /// Unknown fields are refused rather than ignored: a misspelt
+    /// `organizationId` would otherwise turn an organization's event into a
+    /// broadcast to everyone. For the same reason `null` ids are refused:
+    /// omit the field to broadcast.
+    pub fn route_message(&self, prefix: &str, content: &[u8]) -> Result<Option<Draft>, RouteError> {
+        if prefix != MESSAGE_PREFIX {
+            return Ok(None);
+        }
+        Ok(Some(parse_message(content)?))
+    }
+}
+
+fn parse_message(content: &[u8]) -> Result<Draft, MessageError> {
+    // Parsing into a `Value` first keeps serde's type errors, which quote
+    // values, out of the messages; syntax errors only name a position.
+    let value: Value =
+        serde_json::from_slice(content).map_err(|e| MessageError::Json(e.to_string()))?;
+    let Value::Object(mut fields) = value else {
+        return Err(MessageError::NotObject);
+    };
+    if let Some(key) = fields
+        .keys()
+        .find(|k| !matches!(k.as_str(), "type" | "organizationId" | "userId" | "payload"))
+    {
+        return Err(MessageError::UnknownField(truncate(key)));
+    }
+    let event_type = match fields.remove("type") {
+        Some(Value::String(t)) => {
+            EventType::from_str(&t).map_err(|_| MessageError::UnknownType(truncate(&t)))?
+        }
+        Some(_) => return Err(MessageError::NotString("type")),
+        None => return Err(MessageError::MissingField("type")),
+    };
+    let organization_id = optional_id(&mut fields, "organizationId")?;
+    let user_id = optional_id(&mut fields, "userId")?;
+    let payload = match fields.remove("payload") {
+        Some(p @ Value::Object(_)) => p,
+        Some(_) => return Err(MessageError::PayloadNotObject),
+        None => return Err(MessageError::MissingField("payload")),
+    };
+    if event_type == EventType::NotificationNew && user_id.is_none() {
+        return Err(MessageError::NotificationWithoutUser);
+    }
+    Ok(Draft {
+        event_type,
+        source: Source::Api,
+        organization_id,
+        user_id,
+        payload,
+    })
+}
+
+fn optional_id(
+    fields: &mut Map<String, Value>,
+    key: &'static str,
+) -> Result<Option<String>, MessageError> {
+    match fields.remove(key) {
+        None => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Err(MessageError::Empty(key)),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(MessageError::NotString(key)),
+    }
+}
+
+/// Bounds names echoed into error messages.
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// One change being routed by one route.
+struct Ctx<'c, 'a> {
+    route: &'c TableRoute,
+    change: &'c RowChange<'a>,
+}
+
+impl Ctx<'_, '_> {
+    fn table(&self) -> String {
+        format!("{}.{}", self.change.schema, self.change.table)
+    }
+
+    fn row(&self, side: Side) -> Result<&Row, RouteError> {
+        let row = match side {
+            Side::Old => self.change.old.as_ref(),
+            Side::New => self.change.new.as_ref(),
+        };
+        row.ok_or_else(|| RouteError::MissingRow {
+            table: self.table(),
+            operation: self.change.operation,
+            side,
+        })
+    }
+
+    /// A non-null column value (null is the same as absent for ids).
+    fn value<'r>(&self, row: &'r Row, column: &str, side: Side) -> Result<&'r Value, RouteError> {
+        match row.get(column) {
+            Some(Value::Null) | None => Err(RouteError::MissingColumn {
+                table: self.table(),
+                column: column.to_owned(),
+                side,
+            }),
+            Some(v) => Ok(v),
+        }
+    }
+
+    /// An id column as a string: text as is, an integer as its decimal form.
+    /// Anything else (empty text, floats, objects…) cannot name an
+    /// organization or a user.
+    fn id(&self, row: &Row, column: &str, side: Side) -> Result<String, RouteError> {
+        let bad = |found| RouteError::BadId {
+            table: self.table(),
+            column: column.to_owned(),
+            side,
+            found,
+        };
+        match self.value(row, column, side)? {
+            Value::String(s) if s.is_empty() => Err(bad("an empty string")),
+            Value::String(s) => Ok(s.clone()),
+            Value::Number(n) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
+            Value::Number(_) => Err(bad("a non-integer number")),
+            Value::Bool(_) => Err(bad("a boolean")),
+            Value::Array(_) => Err(bad("an array")),
+            Value::Object(_) => Err(bad("an object")),
+            Value::Null => Err(bad("null")),
+        }
+    }
+
+    fn org(&self, row: &Row, side: Side) -> Result<String, RouteError> {
+        self.id(row, self.route.org_column(), side)
+    }
+
+    fn draft(&self, event_type: EventType, org: String, payload: Value) -> Draft {
+        Draft {
+            event_type,
+            source: Source::Postgres,
+            organization_id: Some(org),
+            user_id: None,
+            payload,
+        }
+    }
+
+    fn property(&self, p: &PropertyRoute) -> Result<Vec<Draft>, RouteError> {
+        let create = |row: &Row, org: String| -> Result<Draft, RouteError> {
+            let mut payload = Map::new();
+            payload.insert(
+                "propertyId".into(),
+                self.value(row, &p.id_column, Side::New)?.clone(),
+            );
+            payload.insert("organizationId".into(), Value::String(org.clone()));
+            payload.insert("operation".into(), "create".into());
+            payload.insert("changes".into(), Value::Object(row.clone()));
+            insert_non_null(
+                &mut payload,
+                "updatedBy",
+                row,
+                p.updated_by_column.as_deref(),
+            );
+            Ok(self.draft(EventType::PropertyUpdate, org, Value::Object(payload)))
+        };
+        // `updatedBy` of a deleted row would name its last editor, not
+        // whoever deleted it, so a delete carries none.
+        let delete = |row: &Row, org: String| -> Result<Draft, RouteError> {
+            let payload = json!({
+                "propertyId": self.value(row, &p.id_column, Side::Old)?,
+                "organizationId": org,
+                "operation": "delete",
+                "changes": row,
+            });
+            Ok(self.draft(EventType::PropertyUpdate, org, payload))
+        };
+        match self.change.operation {
+            Operation::Insert => {
+                let new = self.row(Side::New)?;
+                Ok(vec![create(new, self.org(new, Side::New)?)?])
+            }
+            Operation::Delete => {
+                let old = self.row(Side::Old)?;
+                Ok(vec![delete(old, self.org(old, Side::Old)?)?])
+            }
+            Operation::Update => {
+                let (old, new) = (self.row(Side::Old)?, self.row(Side::New)?);
+                let (old_org, new_org) = (self.org(old, Side::Old)?, self.org(new, Side::New)?);
+                if old_org != new_org {
+                    return Ok(vec![delete(old, old_org)?, create(new, new_org)?]);
+                }
+                let changes = changed_columns(old, new);
+                let mut payload = Map::new();
+                payload.insert(
+                    "propertyId".into(),
+                    self.value(new, &p.id_column, Side::New)?.clone(),
+                );
+                payload.insert("organizationId".into(), Value::String(new_org.clone()));
+                payload.insert("operation".into(), "update".into());
+                payload.insert("updatedFields".into(), updated_fields(&changes));
+                payload.insert("changes".into(), Value::Object(changes));
+                insert_non_null(
+                    &mut payload,
+                    "updatedBy",
+                    new,
+                    p.updated_by_column.as_deref(),
+                );
+                Ok(vec![self.draft(
+                    EventType::PropertyUpdate,
+                    new_org,
+                    Value::Object(payload),
+                )])
+            }
+        }
+    }
+
+    fn membership(&self, m: &MembershipRoute) -> Result<Vec<Draft>, RouteError> {
+        let join = |row: &Row| -> Result<Draft, RouteError> {
+            let org = self.org(row, Side::New)?;
+            let payload = json!({
+                "memberId": self.id(row, &m.user_column, Side::New)?,
+                "organizationId": org,
+                "role": row.get(&m.role_column).unwrap_or(&Value::Null),
+            });
+            Ok(self.draft(EventType::MemberJoin, org, payload))
+        };
+        // A row delete has no reason to give; `reason` is for messages.
+        let leave = |row: &Row| -> Result<Draft, RouteError> {
+            let org = self.org(row, Side::Old)?;
+            let payload = json!({
+                "memberId": self.id(row, &m.user_column, Side::Old)?,
+                "organizationId": org,
+            });
+            Ok(self.draft(EventType::MemberLeave, org, payload))
+        };
+        match self.change.operation {
+            Operation::Insert => Ok(vec![join(self.row(Side::New)?)?]),
+            Operation::Delete => Ok(vec![leave(self.row(Side::Old)?)?]),
+            Operation::Update => {
+                let (old, new) = (self.row(Side::Old)?, self.row(Side::New)?);
+                let moved = self.org(old, Side::Old)? != self.org(new, Side::New)?
+                    || self.id(old, &m.user_column, Side::Old)?
+                        != self.id(new, &m.user_column, Side::New)?;
+                if moved {
+                    Ok(vec![leave(old)?, join(new)?])
+                } else {
+                    Ok(vec![join(new)?])
+                }
+            }
+        }
+    }
+
+    /// `changeType`: the name of the one `change_type_columns` column that
+    /// changed, else `"update"`. Changing the organization's id (which
+    /// cascades to its members' rows) informs both ids.
+    fn organization(&self, o: &OrganizationRoute) -> Result<Vec<Draft>, RouteError> {
+        if self.change.operation != Operation::Update {
+            return Ok(Vec::new());
+        }
+        let (old, new) = (self.row(Side::Old)?, self.row(Side::New)?);
+        let (old_org, new_org) = (self.org(old, Side::Old)?, self.org(new, Side::New)?);
+        let changes = changed_columns(old, new);
+        let mut known = o
+            .change_type_columns
+            .iter()
+            .filter(|c| changes.contains_key(c.as_str()));
+        let change_type = match (known.next(), known.next()) {
+            (Some(only), None) => only.as_str(),
+            _ => "update",
+        };
+        let draft = |org: String| {
+            let payload = json!({
+                "organizationId": org,
+                "changeType": change_type,
+                "changes": changes,
+            });
+            self.draft(EventType::OrganizationChange, org, payload)
+        };
+        if old_org == new_org {
+            Ok(vec![draft(new_org)])
+        } else {
+            Ok(vec![draft(old_org), draft(new_org)])
+        }
+    }
+
+    fn activity(&self, a: &ActivityRoute) -> Result<Vec<Draft>, RouteError> {
+        if self.change.operation != Operation::Insert {
+            return Ok(Vec::new());
+        }
+        let new = self.row(Side::New)?;
+        let org = self.org(new, Side::New)?;
+        let get = |column: &str| new.get(column).cloned().unwrap_or(Value::Null);
+        let mut payload = Map::new();
+        payload.insert("userId".into(), get(&a.actor_column));
+        payload.insert("action".into(), get(&a.action_column));
+        payload.insert("resource".into(), get(&a.resource_column));
+        insert_non_null(&mut payload, "resourceId", new, Some(&a.resource_id_column));
+        payload.insert("metadata".into(), get(&a.metadata_column));
+        Ok(vec![self.draft(
+            EventType::UserActivity,
+            org,
+            Value::Object(payload),
+        )])
+    }
+
+    /// Addressed to the row's user only; a row without one is an error, never
+    /// a notification to the whole organization.
+    fn notification(&self, n: &NotificationRoute) -> Result<Vec<Draft>, RouteError> {
+        if self.change.operation != Operation::Insert {
+            return Ok(Vec::new());
+        }
+        let new = self.row(Side::New)?;
+        let org = self.org(new, Side::New)?;
+        let user = self.id(new, &n.user_column, Side::New)?;
+        let get = |column: &str| new.get(column).cloned().unwrap_or(Value::Null);
+        let mut payload = Map::new();
+        payload.insert("userId".into(), Value::String(user.clone()));
+        payload.insert("title".into(), get(&n.title_column));
+        payload.insert("message".into(), get(&n.message_column));
+        payload.insert("priority".into(), get(&n.priority_column));
+        payload.insert("category".into(), get(&n.category_column));
+        insert_non_null(&mut payload, "metadata", new, Some(&n.metadata_column));
+        let mut draft = self.draft(EventType::NotificationNew, org, Value::Object(payload));
+        draft.user_id = Some(user);
+        Ok(vec![draft])
+    }
+}
+
+/// The columns of `new` whose value differs from `old`, with their new
+/// values. Columns absent from `new` (unchanged TOAST) are unchanged; a
+/// column absent from `old` only is changed (its previous value is unknown).
+fn changed_columns(old: &Row, new: &Row) -> Map<String, Value> {
+    new.iter()
+        .filter(|(k, v)| old.get(k.as_str()) != Some(v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The changed column names, sorted (see the module docs).
+fn updated_fields(changes: &Map<String, Value>) -> Value {
+    let mut names: Vec<&String> = changes.keys().collect();
+    names.sort();
+    Value::Array(
+        names
+            .into_iter()
+            .map(|k| Value::String(k.clone()))
+            .collect(),
+    )
+}
+
+/// Copies `row[column]` into `payload[key]` when the column is configured and
+/// the value is present and not null (the optional `…?` payload fields).
+fn insert_non_null(payload: &mut Map<String, Value>, key: &str, row: &Row, column: Option<&str>) {
+    if let Some(v) = column.and_then(|c| row.get(c)).filter(|v| !v.is_null()) {
+        payload.insert(key.into(), v.clone());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests fail loudly on purpose
+mod tests {
+    use super::*;
+
+    fn router() -> Router {
+        let mut toml = include_str!("../../shared/routes/oikion.toml").to_owned();
+        toml.push_str(
+            r#"
+[[tables]]
+table = "notifications"
+kind = "notification"
+org_column = "organizationId"
+user_column = "userId"
+
+[[tables]]
+schema = "app"
+table = "listings"
+kind = "property"
+org_column = "orgId"
+updated_by_column = "updatedBy"
+"#,
+        );
+        Router::new(Routes::from_toml_str(&toml).unwrap())
+    }
+
+    fn row(v: Value) -> Row {
+        match v {
+            Value::Object(m) => m,
+            _ => panic!("not an object"),
+        }
+    }
+
+    fn change<'a>(
+        table: &'a str,
+        operation: Operation,
+        old: Option<Value>,
+        new: Option<Value>,
+    ) -> RowChange<'a> {
+        RowChange {
+            schema: "public",
+            table,
+            operation,
+            old: old.map(row),
+            new: new.map(row),
+        }
+    }
+
+    fn one(r: &Router, c: &RowChange<'_>) -> Draft {
+        let mut drafts = r.route_change(c).unwrap();
+        assert_eq!(drafts.len(), 1, "{drafts:?}");
+        drafts.remove(0)
+    }
+
+    fn property_row() -> Value {
+        json!({
+            "id": "p1", "organizationId": "org1", "createdBy": "u1", "price": "100.00",
+            "bedrooms": 2, "features": {"pool": true, "rooms": [1, 2]}, "description": null,
+        })
+    }
+
+    // --- property ---
+
+    #[test]
+    fn property_insert_is_a_create_with_the_whole_row() {
+        let d = one(
+            &router(),
+            &change("properties", Operation::Insert, None, Some(property_row())),
+        );
+        assert_eq!(d.event_type, EventType::PropertyUpdate);
+        assert_eq!(d.source, Source::Postgres);
+        assert_eq!(d.organization_id.as_deref(), Some("org1"));
+        assert_eq!(d.user_id, None);
+        assert_eq!(
+            d.payload,
+            json!({"propertyId": "p1", "organizationId": "org1", "operation": "create",
+                   "changes": property_row()})
+        );
+    }
+
+    #[test]
+    fn property_update_lists_only_changed_columns() {
+        let old = property_row();
+        let mut new = property_row();
+        new["price"] = json!("120.00");
+        new["description"] = json!("sunny"); // NULL → value
+        // jsonb equal by value, built in another key order.
+        new["features"] = json!({"rooms": [1, 2], "pool": true});
+        let d = one(
+            &router(),
+            &change("properties", Operation::Update, Some(old), Some(new)),
+        );
+        assert_eq!(d.organization_id.as_deref(), Some("org1"));
+        assert_eq!(
+            d.payload,
+            json!({"propertyId": "p1", "organizationId": "org1", "operation": "update",
+                   "updatedFields": ["description", "price"],
+                   "changes": {"description": "sunny", "price": "120.00"}})
+        );
+    }
+
+    #[test]
+    fn value_to_null_and_jsonb_changes_are_changes() {
+        let old = property_row();
+        let mut new = property_row();
+        new["bedrooms"] = Value::Null;
+        new["features"] = json!({"pool": false, "rooms": [1, 2]});
+        let d = one(
+            &router(),
+            &change("properties", Operation::Update, Some(old), Some(new)),
+        );
+        assert_eq!(d.payload["updatedFields"], json!(["bedrooms", "features"]));
+        assert_eq!(
+            d.payload["changes"],
+            json!({"bedrooms": null, "features": {"pool": false, "rooms": [1, 2]}})
+        );
+    }
+
+    #[test]
+    fn toast_absent_column_is_unchanged() {
+        let old = property_row();
+        let mut new = row(property_row());
+        new.remove("description");
+        new.remove("features");
+        new.insert("bedrooms".into(), json!(3));
+        let c = RowChange {
+            schema: "public",
+            table: "properties",
+            operation: Operation::Update,
+            old: Some(row(old)),
+            new: Some(new),
+        };
+        let d = one(&router(), &c);
+        assert_eq!(d.payload["updatedFields"], json!(["bedrooms"]));
+        assert_eq!(d.payload["changes"], json!({"bedrooms": 3}));
+    }
+
+    #[test]
+    fn update_without_changes_still_produces_an_event() {
+        let d = one(
+            &router(),
+            &change(
+                "properties",
+                Operation::Update,
+                Some(property_row()),
+                Some(property_row()),
+            ),
+        );
+        assert_eq!(d.payload["operation"], "update");
+        assert_eq!(d.payload["updatedFields"], json!([]));
+        assert_eq!(d.payload["changes"], json!({}));
+    }
+
+    #[test]
+    fn property_delete_carries_the_old_row() {
+        let d = one(
+            &router(),
+            &change("properties", Operation::Delete, Some(property_row()), None),
+        );
+        assert_eq!(d.organization_id.as_deref(), Some("org1"));
+        assert_eq!(
+            d.payload,
+            json!({"propertyId": "p1", "organizationId": "org1", "operation": "delete",
+                   "changes": property_row()})
+        );
+    }
+
+    #[test]
+    fn property_moved_to_another_org_leaves_the_old_and_enters_the_new() {
+        let old = property_row();
+        let mut new = property_row();
+        new["organizationId"] = json!("org2");
+        let drafts = router()
+            .route_change(&change(
+                "properties",
+                Operation::Update,
+                Some(old.clone()),
+                Some(new.clone()),
+            ))
+            .unwrap();
+        assert_eq!(drafts.len(), 2);
+        assert_eq!(drafts[0].organization_id.as_deref(), Some("org1"));
+        assert_eq!(
+            drafts[0].payload,
+            json!({"propertyId": "p1", "organizationId": "org1", "operation": "delete", "changes": old})
+        );
+        assert_eq!(drafts[1].organization_id.as_deref(), Some("org2"));
+        assert_eq!(
+            drafts[1].payload,
+            json!({"propertyId": "p1", "organizationId": "org2", "operation": "create", "changes": new})
+        );
+    }
+
+    #[test]
+    fn updated_by_on_create_and_update_not_on_delete() {
+        let r = router();
+        let base = json!({"id": 7, "orgId": 42, "title": "a", "updatedBy": "u1"});
+        let c = |op, old: Option<Value>, new: Option<Value>| RowChange {
+            schema: "app",
+            table: "listings",
+            operation: op,
+            old: old.map(row),
+            new: new.map(row),
+        };
+        let d = one(&r, &c(Operation::Insert, None, Some(base.clone())));
+        // An integer org id becomes its decimal string; propertyId stays as stored.
+        assert_eq!(d.organization_id.as_deref(), Some("42"));
+        assert_eq!(d.payload["organizationId"], "42");
+        assert_eq!(d.payload["propertyId"], 7);
+        assert_eq!(d.payload["updatedBy"], "u1");
+        let mut new = base.clone();
+        new["title"] = json!("b");
+        new["updatedBy"] = json!("u2");
+        let d = one(&r, &c(Operation::Update, Some(base.clone()), Some(new)));
+        assert_eq!(d.payload["updatedBy"], "u2");
+        assert_eq!(d.payload["updatedFields"], json!(["title", "updatedBy"]));
+        let d = one(&r, &c(Operation::Delete, Some(base.clone()), None));
+        assert!(d.payload.get("updatedBy").is_none());
+        let mut anonymous = base;
+        anonymous["updatedBy"] = Value::Null;
+        let d = one(&r, &c(Operation::Insert, None, Some(anonymous)));
+        assert!(d.payload.get("updatedBy").is_none());
+    }
+
+    // --- organization id errors ---
+
+    #[test]
+    fn missing_or_null_org_is_an_error_not_a_broadcast() {
+        let r = router();
+        let mut no_org = row(property_row());
+        no_org.remove("organizationId");
+        let c = RowChange {
+            schema: "public",
+            table: "properties",
+            operation: Operation::Insert,
+            old: None,
+            new: Some(no_org),
+        };
+        let err = r.route_change(&c).unwrap_err();
+        assert_eq!(
+            err,
+            RouteError::MissingColumn {
+                table: "public.properties".into(),
+                column: "organizationId".into(),
+                side: Side::New
+            }
+        );
+        let mut null_org = property_row();
+        null_org["organizationId"] = Value::Null;
+        assert!(matches!(
+            r.route_change(&change(
+                "properties",
+                Operation::Delete,
+                Some(null_org),
+                None
+            )),
+            Err(RouteError::MissingColumn {
+                side: Side::Old,
+                ..
+            })
+        ));
+        for (bad, found) in [
+            (json!(""), "an empty string"),
+            (json!(1.5), "a non-integer number"),
+            (json!({"a": 1}), "an object"),
+        ] {
+            let mut r0 = property_row();
+            r0["organizationId"] = bad;
+            let err = r
+                .route_change(&change("properties", Operation::Insert, None, Some(r0)))
+                .unwrap_err();
+            assert!(
+                matches!(err, RouteError::BadId { found: f, .. } if f == found),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_never_quote_values() {
+        let mut secret = property_row();
+        secret["organizationId"] = json!({"secret": "s3cr3t"});
+        let err = router()
+            .route_change(&change("properties", Operation::Insert, None, Some(secret)))
+            .unwrap_err();
+        assert!(!err.to_string().contains("s3cr3t"), "{err}");
+    }
+
+    #[test]
+    fn update_without_old_row_is_an_error() {
+        let err = router()
+            .route_change(&change(
+                "properties",
+                Operation::Update,
+                None,
+                Some(property_row()),
+            ))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RouteError::MissingRow {
+                    side: Side::Old,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("REPLICA IDENTITY FULL"), "{err}");
+    }
+
+    #[test]
+    fn unrouted_tables_produce_nothing() {
+        let r = router();
+        assert!(
+            r.route_change(&change(
+                "sessions",
+                Operation::Insert,
+                None,
+                Some(json!({"id": "s"}))
+            ))
+            .unwrap()
+            .is_empty()
+        );
+        let other_schema = RowChange {
+            schema: "audit",
+            table: "properties",
+            operation: Operation::Insert,
+            old: None,
+            new: Some(row(property_row())),
+        };
+        assert!(r.route_change(&other_schema).unwrap().is_empty());
+    }
+
+    // --- membership ---
+
+    fn member_row() -> Value {
+        json!({"id": "m1", "userId": "u1", "organizationId": "org1", "role": "AGENT", "joined_at": "2024-01-01T00:00:00.000"})
+    }
+
+    #[test]
+    fn membership_insert_update_delete() {
+        let r = router();
+        let d = one(
+            &r,
+            &change(
+                "organization_members",
+                Operation::Insert,
+                None,
+                Some(member_row()),
+            ),
+        );
+        assert_eq!(d.event_type, EventType::MemberJoin);
+        assert_eq!(d.organization_id.as_deref(), Some("org1"));
+        assert_eq!(
+            d.payload,
+            json!({"memberId": "u1", "organizationId": "org1", "role": "AGENT"})
+        );
+
+        let mut new = member_row();
+        new["role"] = json!("ADMIN");
+        let d = one(
+            &r,
+            &change(
+                "organization_members",
+                Operation::Update,
+                Some(member_row()),
+                Some(new),
+            ),
+        );
+        assert_eq!(d.event_type, EventType::MemberJoin);
+        assert_eq!(
+            d.payload,
+            json!({"memberId": "u1", "organizationId": "org1", "role": "ADMIN"})
+        );
+
+        let d = one(
+            &r,
+            &change(
+                "organization_members",
+                Operation::Delete,
+                Some(member_row()),
+                None,
+            ),
+        );
+        assert_eq!(d.event_type, EventType::MemberLeave);
+        assert_eq!(d.organization_id.as_deref(), Some("org1"));
+        assert_eq!(
+            d.payload,
+            json!({"memberId": "u1", "organizationId": "org1"})
+        );
+    }
+
+    #[test]
+    fn membership_moved_to_another_org_or_user_leaves_then_joins() {
+        let r = router();
+        for (column, value) in [("organizationId", "org2"), ("userId", "u2")] {
+            let mut new = member_row();
+            new[column] = json!(value);
+            let drafts = r
+                .route_change(&change(
+                    "organization_members",
+                    Operation::Update,
+                    Some(member_row()),
+                    Some(new),
+                ))
+                .unwrap();
+            assert_eq!(drafts.len(), 2, "{column}");
+            assert_eq!(drafts[0].event_type, EventType::MemberLeave);
+            assert_eq!(
+                drafts[0].payload,
+                json!({"memberId": "u1", "organizationId": "org1"})
+            );
+            assert_eq!(drafts[1].event_type, EventType::MemberJoin);
+            let org = if column == "organizationId" {
+                "org2"
+            } else {
+                "org1"
+            };
+            let user = if column == "userId" { "u2" } else { "u1" };
+            assert_eq!(drafts[1].organization_id.as_deref(), Some(org));
+            assert_eq!(
+                drafts[1].payload,
+                json!({"memberId": user, "organizationId": org, "role": "AGENT"})
+            );
+        }
+    }
+
+    #[test]
+    fn membership_without_user_is_an_error() {
+        let mut bad = member_row();
+        bad["userId"] = Value::Null;
+        let err = router()
+            .route_change(&change(
+                "organization_members",
+                Operation::Delete,
+                Some(bad),
+                None,
+            ))
+            .unwrap_err();
+        assert!(
+            matches!(err, RouteError::MissingColumn { ref column, .. } if column == "userId"),
+            "{err}"
+        );
+    }
+
+    // --- organization ---
+
+    fn org_row() -> Value {
+        json!({"id": "org1", "name": "Acme", "plan": "FREE", "isPersonal": false, "updated_at": "2024-01-01T00:00:00.000"})
+    }
+
+    #[test]
+    fn organization_update_and_change_type() {
+        let r = router();
+        let mut new = org_row();
+        new["name"] = json!("Acme Realty");
+        new["updated_at"] = json!("2024-01-02T00:00:00.000");
+        let d = one(
+            &r,
+            &change(
+                "organizations",
+                Operation::Update,
+                Some(org_row()),
+                Some(new),
+            ),
+        );
+        assert_eq!(d.event_type, EventType::OrganizationChange);
+        assert_eq!(d.organization_id.as_deref(), Some("org1"));
+        assert_eq!(
+            d.payload,
+            json!({"organizationId": "org1", "changeType": "name",
+                   "changes": {"name": "Acme Realty", "updated_at": "2024-01-02T00:00:00.000"}})
+        );
+
+        let mut new = org_row();
+        new["name"] = json!("B");
+        new["plan"] = json!("STARTER");
+        let d = one(
+            &r,
+            &change(
+                "organizations",
+                Operation::Update,
+                Some(org_row()),
+                Some(new),
+            ),
+        );
+        assert_eq!(d.payload["changeType"], "update");
+
+        let mut new = org_row();
+        new["isPersonal"] = json!(true);
+        let d = one(
+            &r,
+            &change(
+                "organizations",
+                Operation::Update,
+                Some(org_row()),
+                Some(new),
+            ),
+        );
+        assert_eq!(d.payload["changeType"], "update");
+        assert_eq!(d.payload["changes"], json!({"isPersonal": true}));
+    }
+
+    #[test]
+    fn organization_insert_and_delete_produce_nothing() {
+        let r = router();
+        assert!(
+            r.route_change(&change(
+                "organizations",
+                Operation::Insert,
+                None,
+                Some(org_row())
+            ))
+            .unwrap()
+            .is_empty()
+        );
+        assert!(
+            r.route_change(&change(
+                "organizations",
+                Operation::Delete,
+                Some(org_row()),
+                None
+            ))
+            .unwrap()
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn organization_id_change_informs_both_ids() {
+        let mut new = org_row();
+        new["id"] = json!("org9");
+        let drafts = router()
+            .route_change(&change(
+                "organizations",
+                Operation::Update,
+                Some(org_row()),
+                Some(new),
+            ))
+            .unwrap();
+        let orgs: Vec<_> = drafts
+            .iter()
+            .map(|d| d.organization_id.as_deref())
+            .collect();
+        assert_eq!(orgs, [Some("org1"), Some("org9")]);
+        assert_eq!(drafts[0].payload["changes"], json!({"id": "org9"}));
+        assert_eq!(drafts[0].payload["organizationId"], "org1");
+    }
+
+    // --- activity ---
+
+    fn activity_row() -> Value {
+        json!({"id": "a1", "organizationId": "org1", "actorId": "u1", "actionType": "PROPERTY_CREATED",
+               "entityType": "PROPERTY", "entityId": "p1", "payload": {"price": 1}, "created_at": "2024-01-01T00:00:00.000"})
+    }
+
+    #[test]
+    fn activity_insert() {
+        let d = one(
+            &router(),
+            &change("activities", Operation::Insert, None, Some(activity_row())),
+        );
+        assert_eq!(d.event_type, EventType::UserActivity);
+        assert_eq!(d.organization_id.as_deref(), Some("org1"));
+        assert_eq!(d.user_id, None);
+        assert_eq!(
+            d.payload,
+            json!({"userId": "u1", "action": "PROPERTY_CREATED", "resource": "PROPERTY",
+                   "resourceId": "p1", "metadata": {"price": 1}})
+        );
+        let mut sparse = activity_row();
+        sparse["entityId"] = Value::Null;
+        sparse["payload"] = Value::Null;
+        sparse["actorId"] = Value::Null;
+        let d = one(
+            &router(),
+            &change("activities", Operation::Insert, None, Some(sparse)),
+        );
+        assert_eq!(
+            d.payload,
+            json!({"userId": null, "action": "PROPERTY_CREATED", "resource": "PROPERTY", "metadata": null})
+        );
+    }
+
+    #[test]
+    fn activity_update_and_delete_produce_nothing() {
+        let r = router();
+        let up = change(
+            "activities",
+            Operation::Update,
+            Some(activity_row()),
+            Some(activity_row()),
+        );
+        assert!(r.route_change(&up).unwrap().is_empty());
+        let del = change("activities", Operation::Delete, Some(activity_row()), None);
+        assert!(r.route_change(&del).unwrap().is_empty());
+    }
+
+    // --- notification ---
+
+    fn notification_row() -> Value {
+        json!({"id": "n1", "organizationId": "org1", "userId": "u1", "title": "Hi", "message": "New lead",
+               "priority": "high", "category": "lead", "metadata": {"leadId": "l1"}})
+    }
+
+    #[test]
+    fn notification_insert_goes_to_its_user_only() {
+        let d = one(
+            &router(),
+            &change(
+                "notifications",
+                Operation::Insert,
+                None,
+                Some(notification_row()),
+            ),
+        );
+        assert_eq!(d.event_type, EventType::NotificationNew);
+        assert_eq!(d.organization_id.as_deref(), Some("org1"));
+        assert_eq!(d.user_id.as_deref(), Some("u1"));
+        assert_eq!(
+            d.payload,
+            json!({"userId": "u1", "title": "Hi", "message": "New lead", "priority": "high",
+                   "category": "lead", "metadata": {"leadId": "l1"}})
+        );
+        let mut plain = notification_row();
+        plain["metadata"] = Value::Null;
+        let d = one(
+            &router(),
+            &change("notifications", Operation::Insert, None, Some(plain)),
+        );
+        assert!(d.payload.get("metadata").is_none());
+    }
+
+    #[test]
+    fn notification_without_user_is_an_error_and_updates_produce_nothing() {
+        let r = router();
+        let mut no_user = notification_row();
+        no_user["userId"] = Value::Null;
+        assert!(matches!(
+            r.route_change(&change(
+                "notifications",
+                Operation::Insert,
+                None,
+                Some(no_user)
+            )),
+            Err(RouteError::MissingColumn { .. })
+        ));
+        let up = change(
+            "notifications",
+            Operation::Update,
+            Some(notification_row()),
+            Some(notification_row()),
+        );
+        assert!(r.route_change(&up).unwrap().is_empty());
+        let del = change(
+            "notifications",
+            Operation::Delete,
+            Some(notification_row()),
+            None,
+        );
+        assert!(r.route_change(&del).unwrap().is_empty());
+    }
+
+    // --- truncate ---
+
+    #[test]
+    fn truncate_of_a_routed_table_is_a_data_sync_to_everyone() {
+        let r = router();
+        let d = r.route_truncate("public", "properties").unwrap();
+        assert_eq!(d.event_type, EventType::DataSync);
+        assert_eq!(d.source, Source::Postgres);
+        assert_eq!(d.organization_id, None);
+        assert_eq!(d.user_id, None);
+        assert_eq!(
+            d.payload,
+            json!({"entityType": "properties", "operation": "truncate"})
+        );
+        assert!(r.route_truncate("public", "sessions").is_none());
+    }
+
+    // --- messages ---
+
+    fn message(content: &str) -> Result<Option<Draft>, RouteError> {
+        router().route_message("realtime", content.as_bytes())
+    }
+
+    fn message_error(content: &str) -> MessageError {
+        match message(content) {
+            Err(RouteError::Message(e)) => e,
+            other => panic!("expected a message error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn message_to_an_organization() {
+        let d =
+            message(r#"{"type":"user.activity","organizationId":"org1","payload":{"action":"x"}}"#)
+                .unwrap()
+                .unwrap();
+        assert_eq!(
+            d,
+            Draft {
+                event_type: EventType::UserActivity,
+                source: Source::Api,
+                organization_id: Some("org1".into()),
+                user_id: None,
+                payload: json!({"action": "x"}),
+            }
+        );
+    }
+
+    #[test]
+    fn message_broadcast_and_user_targeted() {
+        let d = message(r#"{"type":"system.alert","payload":{"message":"maintenance"}}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!((d.organization_id, d.user_id), (None, None));
+        assert_eq!(d.event_type, EventType::SystemAlert);
+
+        let d = message(r#"{"type":"notification.new","organizationId":"org1","userId":"u1","payload":{"title":"t"}}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.organization_id.as_deref(), Some("org1"));
+        assert_eq!(d.user_id.as_deref(), Some("u1"));
+
+        let d = message(r#"{"type":"notification.new","userId":"u1","payload":{}}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (d.organization_id, d.user_id.as_deref()),
+            (None, Some("u1"))
+        );
+    }
+
+    #[test]
+    fn other_prefixes_are_ignored() {
+        let r = router();
+        assert_eq!(r.route_message("realtime-heartbeat", b"").unwrap(), None);
+        assert_eq!(r.route_message("other-app", b"not json").unwrap(), None);
+        assert_eq!(r.route_message("Realtime", b"{}").unwrap(), None);
+    }
+
+    #[test]
+    fn bad_messages_are_refused() {
+        assert!(matches!(message_error("{not json"), MessageError::Json(_)));
+        assert!(matches!(message_error(""), MessageError::Json(_)));
+        assert_eq!(message_error("[1]"), MessageError::NotObject);
+        assert_eq!(
+            message_error(r#"{"type":"nope","payload":{}}"#),
+            MessageError::UnknownType("nope".into())
+        );
+        assert_eq!(
+            message_error(r#"{"type":1,"payload":{}}"#),
+            MessageError::NotString("type")
+        );
+        assert_eq!(
+            message_error(r#"{"payload":{}}"#),
+            MessageError::MissingField("type")
+        );
+        assert_eq!(
+            message_error(r#"{"type":"system.alert"}"#),
+            MessageError::MissingField("payload")
+        );
+        assert_eq!(
+            message_error(r#"{"type":"system.alert","payload":"hi"}"#),
+            MessageError::PayloadNotObject
+        );
+        assert_eq!(
+            message_error(r#"{"type":"system.alert","payload":[1]}"#),
+            MessageError::PayloadNotObject
+        );
+        // A misspelt organizationId must not become a broadcast.
+        assert_eq!(
+            message_error(r#"{"type":"system.alert","organizationID":"org1","payload":{}}"#),
+            MessageError::UnknownField("organizationID".into())
+        );
+        assert_eq!(
+            message_error(r#"{"type":"system.alert","organizationId":null,"payload":{}}"#),
+            MessageError::NotString("organizationId")
+        );
+        assert_eq!(
+            message_error(r#"{"type":"system.alert","organizationId":5,"payload":{}}"#),
+            MessageError::NotString("organizationId")
+        );
+        assert_eq!(
+            message_error(r#"{"type":"system.alert","userId":"","payload":{}}"#),
+            MessageError::Empty("userId")
+        );
+        assert_eq!(
+            message_error(r#"{"type":"notification.new","organizationId":"org1","payload":{}}"#),
+            MessageError::NotificationWithoutUser
+        );
+    }
+
+    #[test]
+    fn message_errors_do_not_quote_values() {
+        let e = message_error(
+            r#"{"type":"system.alert","organizationId":{"secret":"s3cr3t"},"payload":{}}"#,
+        );
+        assert!(!e.to_string().contains("s3cr3t"), "{e}");
+    }
+}

@@ -1,1 +1,149 @@
-//! TODO
+//! Publishing events to Redis: the atomic XADD-then-PUBLISH function of
+//! DESIGN §4 and a pipelined [`Publisher`].
+//!
+//! The function appends the event to its scope's history stream with the
+//! event id as the stream entry id, then PUBLISHes the same bytes, in one
+//! atomic step. A stream refuses an id that is not above its last one, and the
+//! function turns that refusal into a return value of 0 ("already held"):
+//! a change re-sent by Postgres after a crash is skipped, never delivered twice.
+//! It returns 1 when the id was new.
+//!
+//! Publishing goes through one multiplexed connection and one pipeline per
+//! batch: Redis executes a connection's commands in order, so events keep
+//! their commit order in every stream and channel.
+
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+
+use crate::event::{EventId, Scope};
+use crate::keys::Keys;
+
+/// The function library, loaded with `FUNCTION LOAD REPLACE` on every
+/// (re)connection, so a Redis that restarted empty gets it back.
+///
+/// KEYS[1] = history stream, KEYS[2] = live channel (same hash slot);
+/// ARGV[1] = event id, ARGV[2] = envelope bytes, ARGV[3] = history length cap.
+pub const FUNCTION_LIBRARY: &str = r#"#!lua name=realtime_v1
+local function publish(keys, args)
+  local ok, err = pcall(redis.call, 'XADD', keys[1], 'MAXLEN', '~', args[3], args[1], 'e', args[2])
+  if not ok then
+    local msg = type(err) == 'table' and err.err or tostring(err)
+    if string.find(msg, 'equal or smaller', 1, true) then
+      return 0
+    end
+    return redis.error_reply(msg)
+  end
+  redis.call('PUBLISH', keys[2], args[2])
+  return 1
+end
+redis.register_function('realtime_publish', publish)
+"#;
+
+/// The function's name, for `FCALL`.
+pub const FUNCTION_NAME: &str = "realtime_publish";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("cannot connect to Redis: {0}")]
+    Connect(#[source] redis::RedisError),
+    #[error("cannot load the publish function into Redis: {0}")]
+    LoadFunction(#[source] redis::RedisError),
+    #[error("Redis did not accept a publish batch: {0}")]
+    Publish(#[source] redis::RedisError),
+    #[error("Redis answered a publish batch of {sent} with {got} replies")]
+    ShortReply { sent: usize, got: usize },
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// One event ready to publish: where it goes and its envelope bytes.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub id: EventId,
+    pub scope: Scope,
+    pub bytes: Vec<u8>,
+}
+
+/// A Redis connection with the publish function loaded.
+pub struct Publisher {
+    conn: MultiplexedConnection,
+    keys: Keys,
+    history_len: usize,
+    timeout: Duration,
+}
+
+impl Publisher {
+    /// Connects, checks the server answers, and loads the function library.
+    pub async fn connect(
+        url: &str,
+        keys: Keys,
+        history_len: usize,
+        timeout: Duration,
+    ) -> Result<Self, PublishError> {
+        let client = redis::Client::open(url).map_err(PublishError::Connect)?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(PublishError::Connect)?;
+        redis::cmd("FUNCTION")
+            .arg("LOAD")
+            .arg("REPLACE")
+            .arg(FUNCTION_LIBRARY)
+            .query_async::<String>(&mut conn)
+            .await
+            .map_err(PublishError::LoadFunction)?;
+        Ok(Self {
+            conn,
+            keys,
+            history_len,
+            timeout,
+        })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Publishes `batch` in one pipeline, in order. Returns, per event,
+    /// whether it was new (`true`) or already in its history (`false`).
+    ///
+    /// On `Err` some prefix of the batch may have been applied; the caller
+    /// re-sends from its last acknowledged position and the history refuses
+    /// what it already holds.
+    pub async fn publish(&mut self, batch: &[Outgoing]) -> Result<Vec<bool>, PublishError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        let mut id = String::with_capacity(48);
+        for out in batch {
+            use std::fmt::Write;
+            id.clear();
+            let _ = write!(id, "{}", out.id);
+            pipe.cmd("FCALL")
+                .arg(FUNCTION_NAME)
+                .arg(2)
+                .arg(self.keys.history(&out.scope))
+                .arg(self.keys.channel(&out.scope))
+                .arg(id.as_str())
+                .arg(out.bytes.as_slice())
+                .arg(self.history_len);
+        }
+        let replies: Vec<i64> =
+            tokio::time::timeout(self.timeout, pipe.query_async(&mut self.conn))
+                .await
+                .map_err(|_| PublishError::Timeout(self.timeout))?
+                .map_err(PublishError::Publish)?;
+        if replies.len() != batch.len() {
+            return Err(PublishError::ShortReply {
+                sent: batch.len(),
+                got: replies.len(),
+            });
+        }
+        Ok(replies.into_iter().map(|r| r == 1).collect())
+    }
+}

@@ -1,0 +1,49 @@
+//! The ingestor's metric names (DESIGN §5), in one place. Labels are
+//! low-cardinality: event types only, never organizations or tables' rows.
+
+pub const EVENTS_PUBLISHED: &str = "realtime_ingestor_events_published_total";
+pub const DUPLICATES_SKIPPED: &str = "realtime_ingestor_duplicates_skipped_total";
+pub const COMMIT_TO_PUBLISH: &str = "realtime_ingestor_commit_to_publish_seconds";
+pub const CONFIRMED_FLUSH_LSN: &str = "realtime_ingestor_confirmed_flush_lsn";
+pub const SLOT_LAG_BYTES: &str = "realtime_ingestor_slot_lag_bytes";
+pub const RECONNECTS: &str = "realtime_ingestor_reconnects_total";
+/// The position this process last acknowledged (the slot catches up within
+/// one status interval).
+pub const ACKNOWLEDGED_LSN: &str = "realtime_ingestor_acknowledged_lsn";
+/// Changes, messages or replication bytes that could not become an event
+/// and were skipped, by reason.
+pub const SKIPPED: &str = "realtime_ingestor_skipped_total";
+
+/// Registers descriptions so `/metrics` shows every series from the start.
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        EVENTS_PUBLISHED,
+        "Events appended to a history stream and published, by type."
+    );
+    describe_counter!(
+        DUPLICATES_SKIPPED,
+        "Events Redis refused because their history already held the id (replays after a restart)."
+    );
+    describe_histogram!(
+        COMMIT_TO_PUBLISH,
+        Unit::Seconds,
+        "Time from a transaction's commit to Redis accepting its event."
+    );
+    describe_gauge!(
+        CONFIRMED_FLUSH_LSN,
+        "The replication slot's confirmed_flush_lsn, as a number."
+    );
+    describe_gauge!(
+        SLOT_LAG_BYTES,
+        "WAL bytes between the server's current position and the slot's confirmed_flush_lsn."
+    );
+    describe_counter!(RECONNECTS, "Replication sessions restarted after an error.");
+    describe_gauge!(
+        ACKNOWLEDGED_LSN,
+        "The last WAL position this ingestor acknowledged."
+    );
+    describe_counter!(SKIPPED, "Changes or messages skipped (logged), by reason.");
+    metrics::counter!(DUPLICATES_SKIPPED).increment(0);
+    metrics::counter!(RECONNECTS).increment(0);
+}

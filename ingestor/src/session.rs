@@ -1,0 +1,450 @@
+//! One replication session: from START_REPLICATION until an error or
+//! shutdown. The reconnect loop around it lives in [`crate::Ingestor`].
+//!
+//! Per replication event:
+//! - Begin opens a transaction; its `final_lsn` (the commit LSN) names every
+//!   event of the transaction: `<final_lsn>-<index>`, where the index counts
+//!   the transaction's changes (and logical messages) in order, routed or not;
+//!   a change that yields several events takes one index per event.
+//! - Relation/Type messages update the caches; Insert/Update/Delete/Truncate
+//!   and logical messages go through the router and become [`Outgoing`]
+//!   events, appended to the current batch.
+//! - The batch is sent to Redis as one pipeline when it is full or when no
+//!   further replication event is immediately available; a transaction is
+//!   never buffered whole.
+//! - Acknowledgement (invariant 3): a Commit's end LSN is acknowledged only
+//!   after the batch holding its last event was accepted by Redis. When
+//!   nothing is in flight, the position of a server keepalive or of our own
+//!   heartbeat message is acknowledged too, so busy unpublished tables do
+//!   not pin WAL.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::FutureExt;
+use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationEvent};
+use realtime_shared::envelope::Envelope;
+use realtime_shared::event::{Event, EventId, EventType, EventVersion};
+use realtime_shared::publish::{Outgoing, PublishError, Publisher};
+use tokio_util::sync::CancellationToken;
+
+use crate::change::{Operation, RowChange};
+use crate::metrics as m;
+use crate::pgoutput::{self, Message, OldTuple, Relation};
+use crate::router::{Draft, Router};
+use crate::value::{self, TypeRegistry};
+
+/// The prefix of our heartbeat messages (DESIGN §2).
+pub const HEARTBEAT_PREFIX: &str = "realtime-heartbeat";
+
+/// Microseconds between the Unix epoch and the Postgres epoch (2000-01-01).
+const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("replication stream: {0}")]
+    Replication(#[from] PgWireError),
+    #[error("replication stream ended")]
+    StreamEnded,
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error("change for relation {0} arrived before its Relation message")]
+    UnknownRelation(u32),
+}
+
+impl SessionError {
+    /// Another ingestor holds the slot: this one is a hot standby.
+    pub fn is_slot_busy(&self) -> bool {
+        matches!(self, SessionError::Replication(PgWireError::Server(msg)) if msg.contains("55006"))
+    }
+}
+
+/// Why a session ended without an error.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    Shutdown,
+}
+
+struct Txn {
+    final_lsn: u64,
+    commit_ms: i64,
+    next_index: u64,
+}
+
+/// Metadata kept beside each batched event for metrics.
+struct Sent {
+    event_type: EventType,
+    commit_ms: i64,
+}
+
+pub struct Session<'a> {
+    client: ReplicationClient,
+    publisher: &'a mut Publisher,
+    router: &'a Router,
+    max_batch: usize,
+    relations: HashMap<u32, Relation>,
+    types: TypeRegistry,
+    txn: Option<Txn>,
+    batch: Vec<Outgoing>,
+    sent: Vec<Sent>,
+    /// End LSN of the newest commit whose events are all in `batch` or
+    /// already in Redis: acknowledged after the next successful flush.
+    ack_after_flush: Option<u64>,
+}
+
+impl<'a> Session<'a> {
+    pub fn new(
+        client: ReplicationClient,
+        publisher: &'a mut Publisher,
+        router: &'a Router,
+        max_batch: usize,
+    ) -> Self {
+        Self {
+            client,
+            publisher,
+            router,
+            max_batch,
+            relations: HashMap::new(),
+            types: TypeRegistry::default(),
+            txn: None,
+            batch: Vec::with_capacity(max_batch),
+            sent: Vec::with_capacity(max_batch),
+            ack_after_flush: None,
+        }
+    }
+
+    /// Streams until `shutdown` is cancelled (→ `Ok`) or something fails
+    /// (→ `Err`; the caller reconnects and Postgres re-sends everything
+    /// after the last acknowledged position).
+    pub async fn run(mut self, shutdown: &CancellationToken) -> Result<SessionEnd, SessionError> {
+        let result = self.stream(shutdown).await;
+        if result.is_ok() {
+            // Let the worker send the final acknowledgement and end the
+            // stream with CopyDone; a failure here only means more replays.
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.client.shutdown()).await;
+        } else {
+            self.client.abort();
+        }
+        result
+    }
+
+    async fn stream(&mut self, shutdown: &CancellationToken) -> Result<SessionEnd, SessionError> {
+        loop {
+            // PRIORITY 1: shutdown; publish what is batched, then stop.
+            if shutdown.is_cancelled() {
+                self.flush().await?;
+                return Ok(SessionEnd::Shutdown);
+            }
+            // PRIORITY 2: the next replication event, if one is ready now;
+            // otherwise flush the batch before waiting, so latency stays low
+            // when traffic is light and batches grow when it is heavy.
+            let next = match self.client.recv().now_or_never() {
+                Some(next) => next,
+                None => {
+                    self.flush().await?;
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => continue,
+                        next = self.client.recv() => next,
+                    }
+                }
+            };
+            match next? {
+                Some(event) => self.handle(event).await?,
+                None => return Err(SessionError::StreamEnded),
+            }
+            if self.batch.len() >= self.max_batch {
+                self.flush().await?;
+            }
+        }
+    }
+
+    async fn handle(&mut self, event: ReplicationEvent) -> Result<(), SessionError> {
+        match event {
+            ReplicationEvent::Begin {
+                final_lsn,
+                commit_time_micros,
+                ..
+            } => {
+                self.txn = Some(Txn {
+                    final_lsn: final_lsn.as_u64(),
+                    commit_ms: unix_millis(commit_time_micros),
+                    next_index: 0,
+                });
+            }
+            ReplicationEvent::Commit { end_lsn, .. } => {
+                self.txn = None;
+                self.ack_after_flush = Some(end_lsn.as_u64());
+                if self.batch.is_empty() {
+                    self.flush().await?;
+                }
+            }
+            ReplicationEvent::XLogData { data, .. } => match pgoutput::decode(&data) {
+                Ok(message) => self.handle_message(message)?,
+                Err(e) => {
+                    tracing::error!(error = %e, "skipping an undecodable replication message");
+                    metrics::counter!(m::SKIPPED, "reason" => "decode").increment(1);
+                }
+            },
+            ReplicationEvent::Message {
+                transactional,
+                lsn,
+                prefix,
+                content,
+            } => self.handle_logical_message(transactional, lsn.as_u64(), &prefix, &content),
+            ReplicationEvent::KeepAlive { wal_end, .. } => self.ack_if_idle(wal_end.as_u64()),
+            ReplicationEvent::StoppedAt { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn handle_message(&mut self, message: Message) -> Result<(), SessionError> {
+        match message {
+            Message::Relation(rel) => {
+                self.relations.insert(rel.oid, rel);
+            }
+            Message::Type {
+                oid,
+                namespace,
+                name,
+            } => self.types.remember(oid, namespace, name),
+            Message::Insert { relation, new } => {
+                self.change(relation, Operation::Insert, None, Some(&new))?
+            }
+            Message::Update { relation, old, new } => {
+                self.change(relation, Operation::Update, old.as_ref(), Some(&new))?
+            }
+            Message::Delete { relation, old } => {
+                self.change(relation, Operation::Delete, Some(&old), None)?
+            }
+            Message::Truncate { relations, .. } => {
+                for oid in relations {
+                    let index = self.next_index();
+                    let rel = self
+                        .relations
+                        .get(&oid)
+                        .ok_or(SessionError::UnknownRelation(oid))?;
+                    if let Some(draft) = self.router.route_truncate(&rel.namespace, &rel.name) {
+                        self.push(draft, index);
+                    }
+                }
+            }
+            // pgwire-replication types these itself; they never arrive raw.
+            Message::Begin { .. } | Message::Commit { .. } | Message::Message { .. } => {}
+            Message::Origin { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn change(
+        &mut self,
+        relation: u32,
+        operation: Operation,
+        old: Option<&OldTuple>,
+        new: Option<&pgoutput::Tuple>,
+    ) -> Result<(), SessionError> {
+        let rel = self
+            .relations
+            .get(&relation)
+            .ok_or(SessionError::UnknownRelation(relation))?;
+        let old_row = old.map(|old| {
+            let mut row = value::row(rel, old.tuple(), &self.types);
+            if let OldTuple::Key(_) = old {
+                // A key-only image sends non-key columns as NULL: keep the
+                // key columns only, so those NULLs never look like values.
+                for column in &rel.columns {
+                    if column.flags & 1 == 0 {
+                        row.remove(&column.name);
+                    }
+                }
+            }
+            row
+        });
+        let mut new_row = new.map(|t| value::row(rel, t, &self.types));
+        // Unchanged TOASTed columns are absent from the new row: take them
+        // from the old row (REPLICA IDENTITY FULL sends it whole).
+        if let (Some(old_row), Some(new_row)) = (&old_row, &mut new_row) {
+            for (column, value) in old_row {
+                if !new_row.contains_key(column) {
+                    new_row.insert(column.clone(), value.clone());
+                }
+            }
+        }
+        let change = RowChange {
+            schema: &rel.namespace,
+            table: &rel.name,
+            operation,
+            old: old_row,
+            new: new_row,
+        };
+        let routed = self.router.route_change(&change);
+        if let Err(e) = &routed {
+            tracing::warn!(table = %rel.name, error = %e, "skipping a change that cannot be routed");
+            metrics::counter!(m::SKIPPED, "reason" => "route").increment(1);
+        }
+        let drafts = routed.unwrap_or_default();
+        // One index per change, and one more per extra event of the same
+        // change (an update that moves a row between organizations yields a
+        // leave and a join): every event keeps a distinct, deterministic id.
+        if drafts.is_empty() {
+            self.next_index();
+        }
+        for draft in drafts {
+            let index = self.next_index();
+            self.push(draft, index);
+        }
+        Ok(())
+    }
+
+    fn handle_logical_message(
+        &mut self,
+        transactional: bool,
+        lsn: u64,
+        prefix: &str,
+        content: &[u8],
+    ) {
+        if prefix == HEARTBEAT_PREFIX {
+            if !transactional {
+                self.ack_if_idle(lsn);
+            }
+            return;
+        }
+        let (index, commit_ms) = match (&self.txn, transactional) {
+            (Some(_), true) => (
+                self.next_index(),
+                self.txn.as_ref().map_or(0, |t| t.commit_ms),
+            ),
+            _ => (0, now_millis()),
+        };
+        match self.router.route_message(prefix, content) {
+            Ok(Some(draft)) => {
+                let id = match &self.txn {
+                    Some(txn) if transactional => EventId::new(txn.final_lsn, index),
+                    // A non-transactional message is decoded at its own WAL
+                    // position, between transactions: its LSN orders it.
+                    _ => EventId::new(lsn, 0),
+                };
+                self.push_with(draft, id, commit_ms);
+                if !transactional && self.txn.is_none() {
+                    self.ack_after_flush = Some(lsn);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(prefix, error = %e, "skipping a logical message that is not a valid event");
+                metrics::counter!(m::SKIPPED, "reason" => "message").increment(1);
+            }
+        }
+    }
+
+    fn next_index(&mut self) -> u64 {
+        match &mut self.txn {
+            Some(txn) => {
+                let i = txn.next_index;
+                txn.next_index += 1;
+                i
+            }
+            None => 0,
+        }
+    }
+
+    fn push(&mut self, draft: Draft, index: u64) {
+        let Some(txn) = &self.txn else {
+            tracing::warn!("skipping a change outside a transaction");
+            metrics::counter!(m::SKIPPED, "reason" => "no_transaction").increment(1);
+            return;
+        };
+        let id = EventId::new(txn.final_lsn, index);
+        let commit_ms = txn.commit_ms;
+        self.push_with(draft, id, commit_ms);
+    }
+
+    fn push_with(&mut self, draft: Draft, id: EventId, commit_ms: i64) {
+        let event = Event {
+            id,
+            event_type: draft.event_type,
+            timestamp: commit_ms,
+            source: draft.source,
+            version: EventVersion,
+            organization_id: draft.organization_id,
+            payload: draft.payload,
+        };
+        let scope = event.scope();
+        let event_type = event.event_type;
+        let envelope = Envelope {
+            event,
+            user_id: draft.user_id,
+            traceparent: None,
+        };
+        self.batch.push(Outgoing {
+            id,
+            scope,
+            bytes: envelope.to_bytes(),
+        });
+        self.sent.push(Sent {
+            event_type,
+            commit_ms,
+        });
+    }
+
+    /// Sends the batch to Redis, then acknowledges the newest commit whose
+    /// events are all accepted.
+    async fn flush(&mut self) -> Result<(), SessionError> {
+        if !self.batch.is_empty() {
+            let accepted = self.publisher.publish(&self.batch).await?;
+            let now = now_millis();
+            for (new, sent) in accepted.iter().zip(&self.sent) {
+                if *new {
+                    metrics::counter!(m::EVENTS_PUBLISHED, "type" => sent.event_type.as_str())
+                        .increment(1);
+                    let latency = (now - sent.commit_ms).max(0) as f64 / 1000.0;
+                    metrics::histogram!(m::COMMIT_TO_PUBLISH).record(latency);
+                } else {
+                    metrics::counter!(m::DUPLICATES_SKIPPED).increment(1);
+                }
+            }
+            self.batch.clear();
+            self.sent.clear();
+        }
+        if let Some(lsn) = self.ack_after_flush.take() {
+            self.acknowledge(lsn);
+        }
+        Ok(())
+    }
+
+    /// Acknowledges a position past which nothing of ours is pending, when
+    /// nothing is in flight: no open transaction, nothing batched, no commit
+    /// waiting for a flush.
+    fn ack_if_idle(&mut self, lsn: u64) {
+        if self.txn.is_none() && self.batch.is_empty() && self.ack_after_flush.is_none() {
+            self.acknowledge(lsn);
+        }
+    }
+
+    fn acknowledge(&self, lsn: u64) {
+        self.client.update_applied_lsn(Lsn::from_u64(lsn));
+        metrics::gauge!(m::ACKNOWLEDGED_LSN).set(lsn as f64);
+    }
+}
+
+/// Postgres timestamps (µs since 2000-01-01) to Unix milliseconds.
+fn unix_millis(pg_micros: i64) -> i64 {
+    pg_micros.saturating_add(PG_EPOCH_OFFSET_MICROS) / 1000
+}
+
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_epoch_converts_to_unix_millis() {
+        assert_eq!(unix_millis(0), 946_684_800_000);
+        assert_eq!(unix_millis(1_500), 946_684_800_001);
+    }
+}

@@ -1,0 +1,313 @@
+//! Preparing Postgres at start: checks and idempotent DDL.
+//!
+//! Checks that logical decoding is on, that every routed table exists with
+//! every column its route reads, and that it has REPLICA IDENTITY FULL (so
+//! deletes carry the organization column and updates carry the old row);
+//! creates the publication and the persistent `pgoutput` slot when missing,
+//! and keeps the publication's table list equal to the routed tables.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use realtime_shared::routes::{Routes, TableRoute};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot connect to Postgres ({target}): {source}")]
+    Connect {
+        target: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("cannot connect to Postgres ({target}): no answer within {timeout:?}")]
+    ConnectTimeout { target: String, timeout: Duration },
+    #[error("DATABASE_URL is not a valid Postgres URL: {0}")]
+    BadUrl(String),
+    #[error(
+        "Postgres has wal_level={0}; logical replication needs wal_level=logical (ALTER SYSTEM SET wal_level = logical; then restart Postgres)"
+    )]
+    WalLevel(String),
+    #[error("routed table {0} does not exist")]
+    MissingTable(String),
+    #[error("routed table {table} has no column {column:?} (the routing config reads it)")]
+    MissingColumn { table: String, column: String },
+    #[error(
+        "routed table {table} does not have REPLICA IDENTITY FULL, so deletes would not carry its organization column; run `{sql}` or set REALTIME_MANAGE_REPLICA_IDENTITY=true"
+    )]
+    ReplicaIdentity { table: String, sql: String },
+    #[error(
+        "replication slot {slot:?} exists but {why}; drop it (SELECT pg_drop_replication_slot('{slot}')) or choose another REALTIME_SLOT"
+    )]
+    ForeignSlot { slot: String, why: String },
+    #[error("Postgres refused {what}: {source}")]
+    Sql {
+        what: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+impl SetupError {
+    fn sql(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> SetupError {
+        let what = what.into();
+        move |source| SetupError::Sql { what, source }
+    }
+}
+
+/// Where a URL points, for messages: host, port and database, never the password.
+pub fn describe_target(url: &str) -> String {
+    match url.parse::<tokio_postgres::Config>() {
+        Ok(c) => {
+            let host = c
+                .get_hosts()
+                .first()
+                .map(|h| match h {
+                    tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                    tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+                })
+                .unwrap_or_else(|| "localhost".into());
+            let port = c.get_ports().first().copied().unwrap_or(5432);
+            let db = c.get_dbname().or(c.get_user()).unwrap_or("?");
+            format!("{host}:{port}/{db}")
+        }
+        Err(_) => "an unparsable URL".into(),
+    }
+}
+
+/// Opens an ordinary SQL connection (its driver task is spawned).
+pub async fn connect(url: &str, timeout: Duration) -> Result<Client, SetupError> {
+    let config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| SetupError::BadUrl(e.to_string()))?;
+    let target = describe_target(url);
+    let (client, connection) = tokio::time::timeout(timeout, config.connect(NoTls))
+        .await
+        .map_err(|_| SetupError::ConnectTimeout {
+            target: target.clone(),
+            timeout,
+        })?
+        .map_err(|source| SetupError::Connect { target, source })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "postgres connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// `"name"` with embedded quotes doubled.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn qualified(route: &TableRoute) -> String {
+    format!(
+        "{}.{}",
+        quote_ident(route.schema()),
+        quote_ident(route.table())
+    )
+}
+
+/// Runs every check and the idempotent DDL. Safe to run by several
+/// ingestors at once (a lost creation race is not an error).
+pub async fn prepare(
+    client: &Client,
+    routes: &Routes,
+    publication: &str,
+    slot: &str,
+    manage_replica_identity: bool,
+) -> Result<(), SetupError> {
+    check_wal_level(client).await?;
+    for route in routes.tables() {
+        check_table(client, route, manage_replica_identity).await?;
+    }
+    ensure_publication(client, routes, publication).await?;
+    ensure_slot(client, slot).await
+}
+
+async fn check_wal_level(client: &Client) -> Result<(), SetupError> {
+    let row = client
+        .query_one("SELECT current_setting('wal_level')", &[])
+        .await
+        .map_err(SetupError::sql("reading wal_level"))?;
+    let level: String = row.get(0);
+    if level != "logical" {
+        return Err(SetupError::WalLevel(level));
+    }
+    Ok(())
+}
+
+async fn check_table(
+    client: &Client,
+    route: &TableRoute,
+    manage_replica_identity: bool,
+) -> Result<(), SetupError> {
+    let name = qualified(route);
+    let row = client
+        .query_opt(
+            "SELECT c.oid, c.relreplident::text FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            &[&route.schema(), &route.table()],
+        )
+        .await
+        .map_err(SetupError::sql(format!("looking up table {name}")))?
+        .ok_or_else(|| SetupError::MissingTable(name.clone()))?;
+    let oid: u32 = row.get(0);
+    let identity: String = row.get(1);
+
+    let columns: BTreeSet<String> = client
+        .query(
+            "SELECT attname::text FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
+            &[&oid],
+        )
+        .await
+        .map_err(SetupError::sql(format!("listing the columns of {name}")))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for column in route.required_columns() {
+        if !columns.contains(column) {
+            return Err(SetupError::MissingColumn {
+                table: name,
+                column: column.to_owned(),
+            });
+        }
+    }
+
+    if identity != "f" {
+        let sql = format!("ALTER TABLE {name} REPLICA IDENTITY FULL");
+        if !manage_replica_identity {
+            return Err(SetupError::ReplicaIdentity { table: name, sql });
+        }
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(SetupError::sql(sql.clone()))?;
+        tracing::info!(table = %name, "set REPLICA IDENTITY FULL");
+    }
+    Ok(())
+}
+
+async fn ensure_publication(
+    client: &Client,
+    routes: &Routes,
+    publication: &str,
+) -> Result<(), SetupError> {
+    let wanted: BTreeSet<(String, String)> = routes
+        .tables()
+        .iter()
+        .map(|r| (r.schema().to_owned(), r.table().to_owned()))
+        .collect();
+    let table_list = routes
+        .tables()
+        .iter()
+        .map(qualified)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let pub_name = quote_ident(publication);
+
+    let existing = client
+        .query_opt(
+            "SELECT puballtables, pubinsert AND pubupdate AND pubdelete AND pubtruncate \
+             FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(SetupError::sql("looking up the publication"))?;
+    let Some(existing) = existing else {
+        let sql = format!("CREATE PUBLICATION {pub_name} FOR TABLE {table_list}");
+        match client.batch_execute(&sql).await {
+            Ok(()) => tracing::info!(publication, "created publication"),
+            Err(e) if e.code() == Some(&SqlState::DUPLICATE_OBJECT) => {}
+            Err(e) => return Err(SetupError::sql(sql)(e)),
+        }
+        return Ok(());
+    };
+    let all_tables: bool = existing.get(0);
+    let all_ops: bool = existing.get(1);
+    if !all_ops {
+        let sql = format!(
+            "ALTER PUBLICATION {pub_name} SET (publish = 'insert, update, delete, truncate')"
+        );
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(SetupError::sql(sql.clone()))?;
+    }
+    if all_tables {
+        // FOR ALL TABLES already covers the routed tables; unrouted changes
+        // are dropped by the router.
+        return Ok(());
+    }
+    let current: BTreeSet<(String, String)> = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(SetupError::sql("listing the publication's tables"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    if current != wanted {
+        let sql = format!("ALTER PUBLICATION {pub_name} SET TABLE {table_list}");
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(SetupError::sql(sql.clone()))?;
+        tracing::info!(
+            publication,
+            "publication table list updated to the routed tables"
+        );
+    }
+    Ok(())
+}
+
+async fn ensure_slot(client: &Client, slot: &str) -> Result<(), SetupError> {
+    let row = client
+        .query_opt(
+            "SELECT coalesce(plugin, ''), slot_type, coalesce(database, '') = current_database() \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(SetupError::sql("looking up the replication slot"))?;
+    if let Some(row) = row {
+        let plugin: String = row.get(0);
+        let kind: String = row.get(1);
+        let same_db: bool = row.get(2);
+        let why = if kind != "logical" {
+            Some(format!("is a {kind} slot"))
+        } else if plugin != "pgoutput" {
+            Some(format!("uses the {plugin} plugin, not pgoutput"))
+        } else if !same_db {
+            Some("belongs to another database".to_owned())
+        } else {
+            None
+        };
+        return match why {
+            Some(why) => Err(SetupError::ForeignSlot {
+                slot: slot.to_owned(),
+                why,
+            }),
+            None => Ok(()),
+        };
+    }
+    match client
+        .execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&slot],
+        )
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(slot, "created replication slot");
+            Ok(())
+        }
+        Err(e) if e.code() == Some(&SqlState::DUPLICATE_OBJECT) => Ok(()),
+        Err(e) => Err(SetupError::sql("creating the replication slot")(e)),
+    }
+}
