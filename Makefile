@@ -1,0 +1,51 @@
+# Developer and CI entry points. `.ci/run` runs `make lint` and `make test`,
+# so what passes here passes in CI.
+#
+# Tests start their own PostgreSQL and Redis from the installed binaries
+# (see tests/src/lib.rs); they never use services on 5432/6379.
+
+CARGO ?= cargo
+
+.PHONY: all build test lint fmt up down logs bench-ingest
+
+all: build
+
+## build: every binary of the workspace (debug profile)
+build:
+	$(CARGO) build --workspace --bins
+
+## test: every unit, integration and doc test. The binaries are built first
+## because crash tests run them as real processes (realtime_tests::binary_path).
+## `cargo test` rather than nextest: each test binary then shares one Postgres
+## and one Redis between its tests; nextest's process per test would start a
+## pair per test.
+test: build
+	$(CARGO) test --workspace
+
+## lint: formatting and clippy, warnings are errors
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## fmt: format the workspace
+fmt:
+	$(CARGO) fmt --all
+
+## up: local Postgres + Redis + ingestor with demo data (deploy/local/up.sh)
+up:
+	bash deploy/local/up.sh
+
+## down: stop what `make up` started (idempotent)
+down:
+	bash deploy/local/down.sh
+
+## logs: follow the local ingestor's log
+logs:
+	tail -n 100 -F "$${REALTIME_LOCAL_DIR:-.local}/ingestor.log"
+
+## bench-ingest: ingestor vs pg_recvlogical on a 200k-row backlog, and
+## commit→publish latency at a steady rate (tests/src/bin/bench_ingest.rs),
+## release build. BENCH_ROWS, BENCH_TXN_ROWS, BENCH_RATE, BENCH_SECONDS tune it.
+bench-ingest:
+	$(CARGO) build --release -p realtime-ingestor
+	$(CARGO) run --release -p realtime-tests --bin bench_ingest

@@ -1,0 +1,109 @@
+# Settings and helpers shared by up.sh and down.sh (sourced, not run).
+#
+# Everything lives in $REALTIME_LOCAL_DIR (default: .local in the repo):
+#   pg/            the Postgres cluster (wal_level=logical), port $REALTIME_LOCAL_PG_PORT
+#   postgres.log   its log
+#   redis.pid, redis.log      redis-server on $REALTIME_LOCAL_REDIS_PORT
+#   ingestor.pid, ingestor.log
+# shellcheck shell=bash disable=SC2034  # the variables are used by the scripts that source this
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+LOCAL_DIR="${REALTIME_LOCAL_DIR:-$REPO_ROOT/.local}"
+mkdir -p "$LOCAL_DIR"
+LOCAL_DIR="$(cd "$LOCAL_DIR" && pwd)"
+
+PG_PORT="${REALTIME_LOCAL_PG_PORT:-54329}"
+REDIS_PORT="${REALTIME_LOCAL_REDIS_PORT:-63799}"
+ADMIN_LISTEN="127.0.0.1:9091"
+PG_DATA="$LOCAL_DIR/pg"
+PG_LOG="$LOCAL_DIR/postgres.log"
+PG_PASSWORD="postgres"
+DB_NAME="oikion"
+DATABASE_URL_LOCAL="postgres://postgres:$PG_PASSWORD@127.0.0.1:$PG_PORT/$DB_NAME"
+REDIS_URL_LOCAL="redis://127.0.0.1:$REDIS_PORT"
+REDIS_PID="$LOCAL_DIR/redis.pid"
+REDIS_LOG="$LOCAL_DIR/redis.log"
+INGESTOR_BIN="$REPO_ROOT/target/debug/realtime-ingestor"
+INGESTOR_PID="$LOCAL_DIR/ingestor.pid"
+INGESTOR_LOG="$LOCAL_DIR/ingestor.log"
+KEY_PREFIX="${REALTIME_KEY_PREFIX:-rt}"
+
+# cargo from rustup may not be on a non-login shell's PATH.
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
+say() { printf '==> %s\n' "$*"; }
+die() {
+    printf 'error: %s\n' "$*" >&2
+    exit 1
+}
+
+is_root() { [[ "$(id -u)" == 0 ]]; }
+
+# Runs a Postgres server command as the postgres user when we are root
+# (initdb, postgres and pg_ctl refuse to run as root).
+as_postgres() {
+    if is_root; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+# The directory of initdb/pg_ctl/psql: pg_config --bindir, else the newest
+# /usr/lib/postgresql/*/bin.
+pg_bindir() {
+    local dir dirs
+    if command -v pg_config >/dev/null 2>&1; then
+        dir="$(pg_config --bindir 2>/dev/null || true)"
+        if [[ -n "$dir" && -x "$dir/initdb" ]]; then
+            echo "$dir"
+            return 0
+        fi
+    fi
+    mapfile -t dirs < <(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V -r)
+    for dir in "${dirs[@]}"; do
+        if [[ -x "$dir/initdb" ]]; then
+            echo "$dir"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# Whether the pid in file $1 is a live process.
+pid_alive() {
+    local pid
+    [[ -f "$1" ]] || return 1
+    pid="$(cat "$1" 2>/dev/null || true)"
+    [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null
+}
+
+# Whether a Redis server on 127.0.0.1:$1 answers PING (plain bash, no
+# redis-cli needed). In a subshell: a failed `exec` redirection would end
+# the calling shell.
+redis_ping() {
+    (
+        exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+        printf 'PING\r\n' >&3
+        IFS= read -r -t 2 reply <&3 || exit 1
+        [[ "$reply" == "+PONG"* ]]
+    ) 2>/dev/null
+}
+
+# Sends SIGTERM to the pid in file $1, waits up to $2 seconds, then SIGKILL.
+stop_pidfile() {
+    local file="$1" grace="$2" pid i
+    if pid_alive "$file"; then
+        pid="$(cat "$file")"
+        kill -TERM "$pid" 2>/dev/null || true
+        for ((i = 0; i < grace * 10; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            say "pid $pid did not stop within ${grace}s: SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    rm -f "$file"
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# `make down`: stops what deploy/local/up.sh started (ingestor, Redis,
+# Postgres). Idempotent: whatever is not running is skipped. The data in
+# .local stays for the next `make up`; `down.sh --purge` removes it too.
+set -euo pipefail
+
+# shellcheck source=deploy/local/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+purge=""
+case "${1:-}" in
+--purge) purge=yes ;;
+"") ;;
+*) die "usage: $0 [--purge]" ;;
+esac
+
+if pid_alive "$INGESTOR_PID"; then
+    say "stopping the ingestor (pid $(cat "$INGESTOR_PID"))"
+fi
+stop_pidfile "$INGESTOR_PID" 30
+
+if pid_alive "$REDIS_PID"; then
+    say "stopping Redis (pid $(cat "$REDIS_PID"))"
+fi
+stop_pidfile "$REDIS_PID" 10
+
+if [[ -f "$PG_DATA/postmaster.pid" ]]; then
+    PG_BIN="$(pg_bindir)" || die "PostgreSQL binaries not found, cannot stop $PG_DATA"
+    if as_postgres "$PG_BIN/pg_ctl" status -D "$PG_DATA" >/dev/null 2>&1; then
+        say "stopping Postgres ($PG_DATA)"
+        as_postgres "$PG_BIN/pg_ctl" stop -D "$PG_DATA" -m fast -w -t 30 >/dev/null ||
+            as_postgres "$PG_BIN/pg_ctl" stop -D "$PG_DATA" -m immediate -w -t 30 >/dev/null
+    fi
+fi
+
+if [[ -n "$purge" ]]; then
+    say "removing $LOCAL_DIR"
+    rm -rf "$LOCAL_DIR"
+fi
+say "local stack is down"

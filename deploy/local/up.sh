@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# `make up`: a local realtime stack for development, on ports that do not
+# collide with system services:
+#   Postgres 15+  127.0.0.1:${REALTIME_LOCAL_PG_PORT:-54329}  (cluster in .local/pg, wal_level=logical,
+#                 database `oikion` with the Oikion schema and demo data, loaded once)
+#   Redis         127.0.0.1:${REALTIME_LOCAL_REDIS_PORT:-63799}  (no persistence)
+#   ingestor      target/debug/realtime-ingestor, admin on 127.0.0.1:9091
+# Re-running it starts only what is not running. `make down` stops it all.
+# Works as a normal user and as root (server commands then run as `postgres`).
+set -euo pipefail
+
+# shellcheck source=deploy/local/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+PG_BIN="$(pg_bindir)" || die "PostgreSQL server binaries not found: install postgresql (Debian: apt-get install postgresql)"
+command -v redis-server >/dev/null 2>&1 || die "redis-server not found: install redis-server"
+command -v curl >/dev/null 2>&1 || die "curl not found: install curl"
+if is_root; then
+    id postgres >/dev/null 2>&1 || die "running as root needs a 'postgres' user to run the server as"
+fi
+
+psql_local() {
+    PGPASSWORD="$PG_PASSWORD" "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 \
+        -h 127.0.0.1 -p "$PG_PORT" -U postgres "$@"
+}
+
+# --- Postgres -----------------------------------------------------------------
+
+if [[ ! -f "$PG_DATA/PG_VERSION" ]]; then
+    say "initdb $PG_DATA"
+    rm -rf "$PG_DATA"
+    mkdir -p "$PG_DATA"
+    pwfile="$LOCAL_DIR/.pwfile"
+    printf '%s\n' "$PG_PASSWORD" >"$pwfile"
+    if is_root; then
+        chown postgres: "$PG_DATA" "$pwfile"
+        runuser -u postgres -- test -w "$PG_DATA" ||
+            die "user postgres cannot write $PG_DATA (a parent directory is not traversable): set REALTIME_LOCAL_DIR"
+    fi
+    as_postgres "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=scram-sha-256 \
+        --pwfile="$pwfile" -E UTF8 --locale=C >"$LOCAL_DIR/initdb.log" 2>&1 ||
+        {
+            rm -f "$pwfile"
+            cat "$LOCAL_DIR/initdb.log" >&2
+            die "initdb failed"
+        }
+    rm -f "$pwfile"
+    # TCP on loopback only (no Unix socket: its path could be too long), and
+    # logical replication for the ingestor.
+    cat >>"$PG_DATA/postgresql.conf" <<'CONF'
+
+# --- realtime local cluster (deploy/local/up.sh) ---
+listen_addresses = '127.0.0.1'
+unix_socket_directories = ''
+wal_level = logical
+max_wal_senders = 10
+max_replication_slots = 10
+wal_sender_timeout = 30s
+CONF
+fi
+
+if as_postgres "$PG_BIN/pg_ctl" status -D "$PG_DATA" >/dev/null 2>&1; then
+    say "Postgres already running ($PG_DATA)"
+else
+    say "starting Postgres on 127.0.0.1:$PG_PORT"
+    touch "$PG_LOG"
+    if is_root; then chown postgres: "$PG_LOG"; fi
+    as_postgres "$PG_BIN/pg_ctl" start -D "$PG_DATA" -l "$PG_LOG" -w -t 60 -o "-p $PG_PORT" >/dev/null ||
+        {
+            tail -n 20 "$PG_LOG" >&2
+            die "Postgres did not start (log: $PG_LOG)"
+        }
+fi
+
+if [[ -z "$(psql_local -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'")" ]]; then
+    say "creating database $DB_NAME with the Oikion schema and demo data"
+    psql_local -d postgres -c "CREATE DATABASE $DB_NAME"
+    if ! psql_local -d "$DB_NAME" --single-transaction \
+        -f "$REPO_ROOT/tests/fixtures/oikion-schema.sql" \
+        -f "$REPO_ROOT/deploy/local/demo-data.sql"; then
+        psql_local -d postgres -c "DROP DATABASE $DB_NAME" || true
+        die "loading the schema and demo data failed"
+    fi
+fi
+
+# --- Redis --------------------------------------------------------------------
+
+if pid_alive "$REDIS_PID" && redis_ping "$REDIS_PORT"; then
+    say "Redis already running on 127.0.0.1:$REDIS_PORT"
+else
+    redis_ping "$REDIS_PORT" && die "something else answers on 127.0.0.1:$REDIS_PORT: set REALTIME_LOCAL_REDIS_PORT"
+    say "starting Redis on 127.0.0.1:$REDIS_PORT"
+    rm -f "$REDIS_PID"
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+        --dir "$LOCAL_DIR" --daemonize yes --pidfile "$REDIS_PID" --logfile "$REDIS_LOG"
+    for ((i = 0; i < 100; i++)); do
+        redis_ping "$REDIS_PORT" && break
+        sleep 0.1
+    done
+    redis_ping "$REDIS_PORT" || {
+        tail -n 20 "$REDIS_LOG" >&2
+        die "Redis did not answer PING within 10 s (log: $REDIS_LOG)"
+    }
+fi
+
+# --- ingestor -----------------------------------------------------------------
+
+say "building realtime-ingestor"
+(cd "$REPO_ROOT" && cargo build --quiet -p realtime-ingestor --bin realtime-ingestor)
+
+if pid_alive "$INGESTOR_PID"; then
+    say "ingestor already running (pid $(cat "$INGESTOR_PID")); 'make down && make up' restarts it"
+else
+    say "starting the ingestor (log: $INGESTOR_LOG)"
+    DATABASE_URL="$DATABASE_URL_LOCAL" \
+        REDIS_URL="$REDIS_URL_LOCAL" \
+        REALTIME_MANAGE_REPLICA_IDENTITY=true \
+        REALTIME_ADMIN_LISTEN="$ADMIN_LISTEN" \
+        NO_COLOR=1 \
+        nohup "$INGESTOR_BIN" </dev/null >>"$INGESTOR_LOG" 2>&1 &
+    echo $! >"$INGESTOR_PID"
+fi
+
+ready=""
+for ((i = 0; i < 60; i++)); do
+    if curl -fs "http://$ADMIN_LISTEN/readyz" >/dev/null 2>&1; then
+        ready=yes
+        break
+    fi
+    if ! pid_alive "$INGESTOR_PID"; then
+        tail -n 20 "$INGESTOR_LOG" >&2
+        die "the ingestor exited (log: $INGESTOR_LOG)"
+    fi
+    sleep 1
+done
+if [[ -z "$ready" ]]; then
+    tail -n 20 "$INGESTOR_LOG" >&2
+    die "the ingestor is not ready after 60 s: curl http://$ADMIN_LISTEN/readyz (log: $INGESTOR_LOG)"
+fi
+
+cat <<INFO
+
+Local realtime stack is up:
+  Postgres   $DATABASE_URL_LOCAL   (data $PG_DATA, log $PG_LOG)
+  Redis      $REDIS_URL_LOCAL   (log $REDIS_LOG)
+  ingestor   pid $(cat "$INGESTOR_PID"), admin http://$ADMIN_LISTEN/{healthz,readyz,metrics}, log $INGESTOR_LOG
+
+Watch the live events of the demo organization org_acme (Acme Realty):
+  redis-cli -p $REDIS_PORT SUBSCRIBE '$KEY_PREFIX:{org:org_acme}'
+and its history:
+  redis-cli -p $REDIS_PORT XRANGE '$KEY_PREFIX:{org:org_acme}:history' - +
+
+Then change a demo property to see a property.update event:
+  psql '$DATABASE_URL_LOCAL' -c "UPDATE properties SET price = price + 1000, updated_at = now() WHERE id = 'prop_acme_1'"
+
+Follow the ingestor's log with 'make logs'; stop everything with 'make down'.
+INFO

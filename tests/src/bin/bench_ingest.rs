@@ -1,0 +1,225 @@
+//! `make bench-ingest`: how fast the ingestor drains a backlog, next to
+//! `pg_recvlogical` reading the same backlog, and its commit→publish
+//! latency at a steady rate. Starts its own Postgres and Redis (as the tests
+//! do) and the real ingestor binary; prints a report.
+//!
+//! Settings (environment): `BENCH_ROWS` (default 200000) rows in
+//! `BENCH_TXN_ROWS` (default 100) rows per transaction; `BENCH_RATE`
+//! (default 1000) rows/s for `BENCH_SECONDS` (default 10) in the steady phase.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use realtime_tests::{ChildProcess, PostgresServer, RedisServer, binary_path};
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the bench database");
+    tokio::spawn(conn);
+    client
+}
+
+async fn history_len(redis: &mut redis::aio::MultiplexedConnection, key: &str) -> u64 {
+    redis::cmd("XLEN")
+        .arg(key)
+        .query_async(redis)
+        .await
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let rows = env_or("BENCH_ROWS", 200_000);
+    let txn_rows = env_or("BENCH_TXN_ROWS", 100).max(1);
+    let rate = env_or("BENCH_RATE", 1000).max(1);
+    let seconds = env_or("BENCH_SECONDS", 10).max(1);
+
+    eprintln!("starting Postgres and Redis…");
+    let pg = PostgresServer::start()?;
+    let redis_server = RedisServer::start()?;
+    let admin = connect(&pg.url("postgres")).await;
+    admin.batch_execute("CREATE DATABASE bench").await?;
+    let url = pg.url("bench");
+    let db = connect(&url).await;
+    db.batch_execute(include_str!("../../fixtures/oikion-schema.sql"))
+        .await?;
+    db.batch_execute(
+        "INSERT INTO organizations (id, name) VALUES ('bench', 'Bench');
+         INSERT INTO users (id) VALUES ('u1');
+         ALTER TABLE properties REPLICA IDENTITY FULL;
+         ALTER TABLE organization_members REPLICA IDENTITY FULL;
+         ALTER TABLE organizations REPLICA IDENTITY FULL;
+         ALTER TABLE activities REPLICA IDENTITY FULL;
+         CREATE PUBLICATION realtime FOR TABLE properties, organization_members, organizations, activities;
+         SELECT pg_create_logical_replication_slot('realtime', 'pgoutput');
+         SELECT pg_create_logical_replication_slot('recvlogical', 'pgoutput');",
+    )
+    .await?;
+
+    eprintln!("writing a backlog of {rows} rows, {txn_rows} per transaction…");
+    let txns = rows.div_ceil(txn_rows);
+    db.batch_execute(&format!(
+        "DO $$ BEGIN FOR t IN 0..{last} LOOP
+           INSERT INTO properties (id, \"organizationId\", \"createdBy\", price, bedrooms, description)
+             SELECT 'b' || (t * {txn_rows} + g), 'bench', 'u1', 100000 + g, g % 5, 'backlog row'
+             FROM generate_series(1, {txn_rows}) g;
+           COMMIT;
+         END LOOP; END $$;",
+        last = txns - 1
+    ))
+    .await?;
+    let backlog = txns * txn_rows;
+    let end_lsn: String = db
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await?
+        .get(0);
+
+    // pg_recvlogical: the floor, reading the same backlog and discarding it.
+    let bindir = String::from_utf8(Command::new("pg_config").arg("--bindir").output()?.stdout)?;
+    let started = Instant::now();
+    let status = Command::new(format!("{}/pg_recvlogical", bindir.trim()))
+        .args(["-d", &url, "--slot", "recvlogical", "--start", "--no-loop"])
+        .args([
+            "--endpos",
+            &end_lsn,
+            "-o",
+            "proto_version=1",
+            "-o",
+            "publication_names=realtime",
+        ])
+        .args(["-f", "/dev/null"])
+        .env("PGPASSWORD", "postgres")
+        .status()?;
+    anyhow::ensure!(status.success(), "pg_recvlogical failed");
+    let recvlogical = started.elapsed();
+
+    // The ingestor, draining the same backlog into Redis.
+    let mut redis = redis::Client::open(redis_server.url())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let key = "rt:{org:bench}:history";
+    let env = vec![
+        ("DATABASE_URL", url.clone()),
+        ("REDIS_URL", redis_server.url()),
+        ("REALTIME_ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
+        (
+            "REALTIME_HISTORY_LEN",
+            (backlog + rate * seconds + 1000).to_string(),
+        ),
+        ("RUST_LOG", "warn".to_owned()),
+    ];
+    let started = Instant::now();
+    let ingestor = ChildProcess::spawn(&binary_path("realtime-ingestor"), &env);
+    let deadline = started + Duration::from_secs(600);
+    while history_len(&mut redis, key).await < backlog {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the ingestor did not drain the backlog in 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let drain = started.elapsed();
+
+    // Steady phase: one row per transaction at `rate`, timed from the
+    // COMMIT's return to the event's arrival on the live channel.
+    let mut pubsub = redis::Client::open(redis_server.url())?
+        .get_async_pubsub()
+        .await?;
+    pubsub.subscribe("rt:{org:bench}").await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    let listener = tokio::spawn(async move {
+        let mut messages = pubsub.into_on_message();
+        while let Some(msg) = messages.next().await {
+            let at = Instant::now();
+            let payload: Vec<u8> = msg.get_payload().unwrap_or_default();
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&payload) else {
+                continue;
+            };
+            if let Some(id) = v["event"]["payload"]["propertyId"].as_str() {
+                let _ = tx.send((id.to_owned(), at));
+            }
+        }
+    });
+    let total = rate * seconds;
+    let mut committed: HashMap<String, Instant> = HashMap::with_capacity(total as usize);
+    let insert = db
+        .prepare("INSERT INTO properties (id, \"organizationId\", \"createdBy\", price) VALUES ($1, 'bench', 'u1', 1)")
+        .await?;
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    let phase = Instant::now();
+    for i in 0..total {
+        let due = phase + period * i as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        let id = format!("s{i}");
+        db.execute(&insert, &[&id]).await?;
+        committed.insert(id, Instant::now());
+    }
+    let achieved = total as f64 / phase.elapsed().as_secs_f64();
+    let mut latencies = Vec::with_capacity(total as usize);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while latencies.len() < total as usize && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
+            Ok(Some((id, at))) => {
+                if let Some(c) = committed.get(&id) {
+                    latencies.push(at.saturating_duration_since(*c));
+                }
+            }
+            Ok(None) => break,
+            Err(_) => {}
+        }
+    }
+    listener.abort();
+    drop(ingestor);
+    latencies.sort();
+
+    let ingest_rate = backlog as f64 / drain.as_secs_f64();
+    let recv_rate = backlog as f64 / recvlogical.as_secs_f64();
+    println!(
+        "## bench-ingest ({} cores)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("backlog: {backlog} rows in {txns} transactions of {txn_rows}");
+    println!(
+        "pg_recvlogical read it in {:.2} s ({recv_rate:.0} rows/s)",
+        recvlogical.as_secs_f64()
+    );
+    println!(
+        "ingestor published it in {:.2} s ({ingest_rate:.0} events/s), including process start",
+        drain.as_secs_f64()
+    );
+    println!(
+        "ratio ingestor / pg_recvlogical time: {:.2}x",
+        drain.as_secs_f64() / recvlogical.as_secs_f64()
+    );
+    println!(
+        "steady: {total} single-row transactions at {achieved:.0}/s (target {rate}/s); {} events timed",
+        latencies.len()
+    );
+    println!(
+        "commit→publish latency (COMMIT returned → event on the Redis channel): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
+    Ok(())
+}

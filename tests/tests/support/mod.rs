@@ -1,0 +1,209 @@
+//! Helpers shared by the ingestor test binaries: an in-process ingestor on
+//! a fresh test context, and readers of the Redis history.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use realtime_ingestor::{Config, Ingestor};
+use realtime_tests::{TestContext, wait_until};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// One history entry: its stream id, the event JSON and the target user.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub id: (u64, u64),
+    pub event: Value,
+    pub user_id: Option<String>,
+}
+
+/// An ingestor running in this process against a fresh database.
+pub struct RunningIngestor {
+    pub ctx: TestContext,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    pub admin: std::net::SocketAddr,
+}
+
+/// A config for `ctx` with test-friendly timings.
+pub fn config_for(ctx: &TestContext) -> Config {
+    let mut config = Config::new(ctx.database_url(), ctx.redis_url());
+    config.slot = ctx.slot().to_owned();
+    config.publication = ctx.publication().to_owned();
+    config.key_prefix = ctx.key_prefix().to_owned();
+    config.manage_replica_identity = true;
+    config.admin_listen = "127.0.0.1:0".parse().expect("address");
+    config.status_interval = Duration::from_millis(200);
+    config.wal_heartbeat = Duration::from_secs(1);
+    config.reconnect_max = Duration::from_secs(1);
+    config
+}
+
+impl RunningIngestor {
+    pub async fn start_default() -> Self {
+        let ctx = TestContext::new().await;
+        let config = config_for(&ctx);
+        Self::start(ctx, config).await
+    }
+
+    /// Runs `ddl`, writes `routes` to a file and starts with it.
+    pub async fn start_with_routes(ddl: &str, routes: &str) -> Self {
+        let ctx = TestContext::new().await;
+        ctx.batch(ddl).await;
+        let path = ctx.temp_dir().join("routes.toml");
+        std::fs::write(&path, routes).expect("write routes");
+        let mut config = config_for(&ctx);
+        config.routes = Some(path);
+        Self::start(ctx, config).await
+    }
+
+    pub async fn start(ctx: TestContext, config: Config) -> Self {
+        let ingestor = Ingestor::build(config).await.expect("ingestor starts");
+        let admin = ingestor.admin_addr();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(ingestor.run_until_stopped(async {
+            let _ = rx.await;
+        }));
+        let me = Self {
+            ctx,
+            stop: Some(tx),
+            task: Some(task),
+            admin,
+        };
+        me.wait_ready().await;
+        me
+    }
+
+    pub async fn wait_ready(&self) {
+        let url = format!("http://{}/readyz", self.admin);
+        wait_until("the ingestor is ready", Duration::from_secs(30), || {
+            let url = url.clone();
+            async move { http_get(&url).await.filter(|(status, _)| *status == 200) }
+        })
+        .await;
+    }
+
+    pub async fn metrics(&self) -> String {
+        http_get(&format!("http://{}/metrics", self.admin))
+            .await
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("the ingestor stops within 15 s")
+                .expect("the ingestor task does not panic");
+        }
+    }
+}
+
+impl Drop for RunningIngestor {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET over loopback: `(status, body)`.
+pub async fn http_get(url: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let mut stream =
+        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(host))
+            .await
+            .ok()?
+            .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// The value of a Prometheus counter or gauge (summed over label sets)
+/// in a `/metrics` text.
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ' | b'{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn history_key(ctx: &TestContext, org: Option<&str>) -> String {
+    match org {
+        Some(org) => format!("{}:{{org:{org}}}:history", ctx.key_prefix()),
+        None => format!("{}:{{broadcast}}:history", ctx.key_prefix()),
+    }
+}
+
+/// A raw XRANGE entry: the id and its field/value pairs.
+type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
+/// Every entry of an organization's history (`None`: the broadcast history).
+pub async fn history(ctx: &TestContext, org: Option<&str>) -> Vec<Entry> {
+    let mut redis = ctx.redis().await;
+    history_on(&mut redis, &history_key(ctx, org)).await
+}
+
+pub async fn history_on(redis: &mut redis::aio::MultiplexedConnection, key: &str) -> Vec<Entry> {
+    let raw: Vec<StreamEntry> = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query_async(redis)
+        .await
+        .unwrap_or_default();
+    raw.into_iter()
+        .map(|(id, fields)| {
+            let (lsn, index) = id.split_once('-').expect("stream id");
+            let bytes = &fields.iter().find(|(f, _)| f == "e").expect("field e").1;
+            let envelope: Value = serde_json::from_slice(bytes).expect("envelope JSON");
+            Entry {
+                id: (lsn.parse().expect("lsn"), index.parse().expect("index")),
+                event: envelope["event"].clone(),
+                user_id: envelope["userId"].as_str().map(str::to_owned),
+            }
+        })
+        .collect()
+}
+
+/// Waits until the history holds at least `n` entries, then returns all.
+pub async fn wait_for_history(
+    ctx: &TestContext,
+    org: Option<&str>,
+    n: usize,
+    deadline: Duration,
+) -> Vec<Entry> {
+    let what = format!("{n} events in the history of {org:?}");
+    wait_until(&what, deadline, || async move {
+        let entries = history(ctx, org).await;
+        (entries.len() >= n).then_some(entries)
+    })
+    .await
+}
