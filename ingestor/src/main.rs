@@ -19,7 +19,10 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init("info");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread: the ingestor is a single ordered pipeline (replication
+    // reader → decoder → Redis pipeline), and a single-threaded runtime
+    // spares it the cross-thread wake-ups that dominated its CPU profile.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -258,3 +258,51 @@ async fn busy_unrouted_tables_do_not_pin_wal() {
     .await;
     assert!(history(ctx, Some("org1")).await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_ingestor_stands_by_and_takes_over_the_slot() {
+    let ctx = TestContext::new().await;
+    seed(&ctx).await;
+    let mut first = spawn_ingestor_binary(&ctx, "1s");
+    let first_admin = first.admin_addr(Duration::from_secs(30)).await;
+    let ready = |addr: std::net::SocketAddr| async move {
+        http_get(&format!("http://{addr}/readyz"))
+            .await
+            .map(|(s, _)| s)
+    };
+    wait_until(
+        "the first ingestor is ready",
+        Duration::from_secs(30),
+        || async { (ready(first_admin).await == Some(200)).then_some(()) },
+    )
+    .await;
+    insert_properties(&ctx, 0, 50).await;
+    wait_for_count(&ctx, 50, Duration::from_secs(30)).await;
+
+    let second = spawn_ingestor_binary(&ctx, "1s");
+    let second_admin = second.admin_addr(Duration::from_secs(30)).await;
+    second
+        .wait_for_line("standing by", Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        ready(second_admin).await,
+        Some(503),
+        "a standby is not ready"
+    );
+
+    first.terminate();
+    let status = first.wait_exit(Duration::from_secs(20)).await;
+    assert!(
+        status.success(),
+        "SIGTERM ends the ingestor cleanly:\n{}",
+        first.output_text()
+    );
+    insert_properties(&ctx, 50, 100).await;
+    wait_for_count(&ctx, 100, Duration::from_secs(60)).await;
+    assert_exactly_once(&ctx, 100).await;
+    assert_eq!(
+        ready(second_admin).await,
+        Some(200),
+        "the standby took over"
+    );
+}

@@ -37,6 +37,33 @@ async fn history_len(redis: &mut redis::aio::MultiplexedConnection, key: &str) -
         .unwrap_or(0)
 }
 
+/// CPU seconds (user + system) a process has used so far, from /proc.
+fn process_cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
+        f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
+    });
+    ticks / 100.0
+}
+
+/// CPU seconds Redis has used so far (INFO cpu).
+async fn redis_cpu_seconds(redis: &mut redis::aio::MultiplexedConnection) -> f64 {
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(redis)
+        .await
+        .unwrap_or_default();
+    info.lines()
+        .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
+        .filter_map(|l| l.split_once(':')?.1.trim().parse::<f64>().ok())
+        .sum()
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -68,11 +95,17 @@ async fn main() -> anyhow::Result<()> {
          ALTER TABLE organization_members REPLICA IDENTITY FULL;
          ALTER TABLE organizations REPLICA IDENTITY FULL;
          ALTER TABLE activities REPLICA IDENTITY FULL;
-         CREATE PUBLICATION realtime FOR TABLE properties, organization_members, organizations, activities;
-         SELECT pg_create_logical_replication_slot('realtime', 'pgoutput');
-         SELECT pg_create_logical_replication_slot('recvlogical', 'pgoutput');",
+         CREATE PUBLICATION realtime FOR TABLE properties, organization_members, organizations, activities;",
     )
     .await?;
+    // Both slots start at the same point, before the backlog.
+    for slot in ["realtime", "recvlogical"] {
+        db.execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&slot],
+        )
+        .await?;
+    }
 
     eprintln!("writing a backlog of {rows} rows, {txn_rows} per transaction…");
     let txns = rows.div_ceil(txn_rows);
@@ -126,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
         ),
         ("RUST_LOG", "warn".to_owned()),
     ];
+    let redis_cpu_before = redis_cpu_seconds(&mut redis).await;
     let started = Instant::now();
     let ingestor = ChildProcess::spawn(&binary_path("realtime-ingestor"), &env);
     let deadline = started + Duration::from_secs(600);
@@ -137,6 +171,8 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let drain = started.elapsed();
+    let ingestor_cpu = process_cpu_seconds(ingestor.pid());
+    let redis_cpu = redis_cpu_seconds(&mut redis).await - redis_cpu_before;
 
     // Steady phase: one row per transaction at `rate`, timed from the
     // COMMIT's return to the event's arrival on the live channel.
@@ -207,6 +243,7 @@ async fn main() -> anyhow::Result<()> {
         "ingestor published it in {:.2} s ({ingest_rate:.0} events/s), including process start",
         drain.as_secs_f64()
     );
+    println!("CPU during the drain: ingestor {ingestor_cpu:.2} s, Redis {redis_cpu:.2} s");
     println!(
         "ratio ingestor / pg_recvlogical time: {:.2}x",
         drain.as_secs_f64() / recvlogical.as_secs_f64()
