@@ -26,6 +26,10 @@ REDIS_LOG="$LOCAL_DIR/redis.log"
 INGESTOR_BIN="$REPO_ROOT/target/debug/realtime-ingestor"
 INGESTOR_PID="$LOCAL_DIR/ingestor.pid"
 INGESTOR_LOG="$LOCAL_DIR/ingestor.log"
+GATEWAY_BIN="$REPO_ROOT/target/debug/realtime-gateway"
+# Two gateway replicas: public port, admin port.
+GATEWAY_PORTS=("${REALTIME_LOCAL_GATEWAY_PORT_1:-8081}" "${REALTIME_LOCAL_GATEWAY_PORT_2:-8082}")
+GATEWAY_ADMIN_PORTS=(9092 9093)
 KEY_PREFIX="${REALTIME_KEY_PREFIX:-rt}"
 
 # cargo from rustup may not be on a non-login shell's PATH.

@@ -14,6 +14,14 @@ case "${1:-}" in
 *) die "usage: $0 [--purge]" ;;
 esac
 
+for n in 1 2; do
+    pidfile="$LOCAL_DIR/gateway$n.pid"
+    if pid_alive "$pidfile"; then
+        say "stopping gateway $n (pid $(cat "$pidfile"))"
+    fi
+    stop_pidfile "$pidfile" 30
+done
+
 if pid_alive "$INGESTOR_PID"; then
     say "stopping the ingestor (pid $(cat "$INGESTOR_PID"))"
 fi

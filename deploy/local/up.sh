@@ -105,8 +105,8 @@ fi
 
 # --- ingestor -----------------------------------------------------------------
 
-say "building realtime-ingestor"
-(cd "$REPO_ROOT" && cargo build --quiet -p realtime-ingestor --bin realtime-ingestor)
+say "building realtime-ingestor and realtime-gateway"
+(cd "$REPO_ROOT" && cargo build --quiet --bin realtime-ingestor --bin realtime-gateway)
 
 if pid_alive "$INGESTOR_PID"; then
     say "ingestor already running (pid $(cat "$INGESTOR_PID")); 'make down && make up' restarts it"
@@ -138,12 +138,48 @@ if [[ -z "$ready" ]]; then
     die "the ingestor is not ready after 60 s: curl http://$ADMIN_LISTEN/readyz (log: $INGESTOR_LOG)"
 fi
 
+# --- gateways -----------------------------------------------------------------
+
+for n in 0 1; do
+    port="${GATEWAY_PORTS[$n]}"
+    admin="127.0.0.1:${GATEWAY_ADMIN_PORTS[$n]}"
+    pidfile="$LOCAL_DIR/gateway$((n + 1)).pid"
+    log="$LOCAL_DIR/gateway$((n + 1)).log"
+    if pid_alive "$pidfile"; then
+        say "gateway $((n + 1)) already running (pid $(cat "$pidfile"))"
+        continue
+    fi
+    say "starting gateway $((n + 1)) on 127.0.0.1:$port (log: $log)"
+    DATABASE_URL="$DATABASE_URL_LOCAL" \
+        REDIS_URL="$REDIS_URL_LOCAL" \
+        REALTIME_LISTEN="127.0.0.1:$port" \
+        REALTIME_ADMIN_LISTEN="$admin" \
+        AUTH_SECRET="local-development-secret-not-for-production" \
+        NO_COLOR=1 \
+        nohup "$GATEWAY_BIN" </dev/null >>"$log" 2>&1 &
+    echo $! >"$pidfile"
+    ready=""
+    for ((i = 0; i < 30; i++)); do
+        if curl -fs "http://$admin/readyz" >/dev/null 2>&1; then
+            ready=yes
+            break
+        fi
+        pid_alive "$pidfile" || { tail -n 20 "$log" >&2; die "gateway $((n + 1)) exited (log: $log)"; }
+        sleep 1
+    done
+    [[ -n "$ready" ]] || { tail -n 20 "$log" >&2; die "gateway $((n + 1)) not ready after 30 s (log: $log)"; }
+done
+
 cat <<INFO
 
 Local realtime stack is up:
   Postgres   $DATABASE_URL_LOCAL   (data $PG_DATA, log $PG_LOG)
   Redis      $REDIS_URL_LOCAL   (log $REDIS_LOG)
   ingestor   pid $(cat "$INGESTOR_PID"), admin http://$ADMIN_LISTEN/{healthz,readyz,metrics}, log $INGESTOR_LOG
+  gateways   http://127.0.0.1:${GATEWAY_PORTS[0]} and http://127.0.0.1:${GATEWAY_PORTS[1]}, admin :${GATEWAY_ADMIN_PORTS[0]} and :${GATEWAY_ADMIN_PORTS[1]}, logs $LOCAL_DIR/gateway{1,2}.log
+
+Stream org_acme's events as alice (a demo database session, like the app's Auth.js cookie):
+  curl -N -H 'Cookie: authjs.session-token=demo-session-alice' 'http://127.0.0.1:${GATEWAY_PORTS[0]}/api/realtime/stream?organizationId=org_acme'
 
 Watch the live events of the demo organization org_acme (Acme Realty):
   redis-cli -p $REDIS_PORT SUBSCRIBE '$KEY_PREFIX:{org:org_acme}'

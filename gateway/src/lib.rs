@@ -1,1 +1,30 @@
+//! `realtime-gateway`: serves per-organization events to browsers over
+//! Server-Sent Events, from the Redis histories and channels the ingestor
+//! writes. Replicas are stateless; any number can run behind a load balancer.
+//!
+//! Layout:
+//! - [`config`]: settings (environment variables and flags).
+//! - [`auth`]: credentials → a verified user (JWTs, Auth.js/NextAuth cookies).
+//! - [`membership`]: the membership query with its cache, and database sessions.
+//! - [`hub`]: one Redis subscription per organization per replica, frames shared by all streams.
+//! - [`frame`]: an event parsed and encoded once into its SSE frame.
+//! - [`history`]: reading the Redis histories for resume and catch-up.
+//! - [`channels`]: channel filters.
+//! - [`stream`]: one SSE connection's body.
+//! - [`app`]: the HTTP routes; [`gateway`]: build and run a replica.
+#![forbid(unsafe_code)]
 
+pub mod app;
+pub mod auth;
+pub mod channels;
+pub mod config;
+pub mod frame;
+pub mod gateway;
+pub mod history;
+pub mod hub;
+pub mod membership;
+pub mod metrics;
+pub mod stream;
+
+pub use crate::config::Config;
+pub use crate::gateway::Gateway;

@@ -2,6 +2,9 @@
 //! a fresh test context, and readers of the Redis history.
 #![allow(dead_code)]
 
+pub mod gateway;
+pub mod sse;
+
 use std::time::Duration;
 
 use realtime_ingestor::{Config, Ingestor};
@@ -206,4 +209,35 @@ pub async fn wait_for_history(
         (entries.len() >= n).then_some(entries)
     })
     .await
+}
+
+/// Waits until `n` events were ever appended to an organization's history
+/// (`entries-added`, which counts trimmed entries too).
+pub async fn wait_until_published(ctx: &TestContext, org: &str, n: u64) {
+    let conn = ctx.redis().await;
+    let key = history_key(ctx, Some(org));
+    wait_until(
+        &format!("{n} events published to {org}"),
+        Duration::from_secs(60),
+        || {
+            let mut conn = conn.clone();
+            let key = key.clone();
+            async move {
+                let info: Vec<redis::Value> = redis::cmd("XINFO")
+                    .arg("STREAM")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .ok()?;
+                let added = info.chunks(2).find_map(|kv| match kv {
+                    [redis::Value::BulkString(k), v] if k.as_slice() == b"entries-added" => {
+                        redis::from_redis_value::<u64>(v.clone()).ok()
+                    }
+                    _ => None,
+                })?;
+                (added >= n).then_some(())
+            }
+        },
+    )
+    .await;
 }

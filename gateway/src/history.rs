@@ -1,0 +1,202 @@
+//! Reading the Redis histories for resume and catch-up: the organization's
+//! stream and the broadcast stream, merged by id (ids are commit order).
+
+use std::sync::Arc;
+
+use realtime_shared::event::{EventId, Scope};
+use realtime_shared::keys::Keys;
+use redis::aio::MultiplexedConnection;
+
+use crate::frame::Frame;
+
+/// Entries read per stream per page: bounds memory per catching-up client.
+pub const PAGE: usize = 256;
+
+type RawEntry = (String, Vec<(String, Vec<u8>)>);
+
+#[derive(Clone)]
+pub struct History {
+    conn: MultiplexedConnection,
+    keys: Keys,
+}
+
+/// One page of a merged replay.
+pub struct Page {
+    pub frames: Vec<Arc<Frame>>,
+    /// More entries may follow the last one.
+    pub more: bool,
+}
+
+impl History {
+    pub fn new(conn: MultiplexedConnection, keys: Keys) -> Self {
+        Self { conn, keys }
+    }
+
+    /// Frames with ids above `after` (all when `None`) from both streams,
+    /// merged in id order, at most [`PAGE`] per stream. `more` is set when
+    /// either stream may hold further entries; the caller asks again after
+    /// the last frame it got.
+    pub async fn page(&self, org: &str, after: Option<EventId>) -> redis::RedisResult<Page> {
+        let org_key = self.keys.history(&Scope::Organization(org.to_owned()));
+        let all_key = self.keys.history(&Scope::Broadcast);
+        let start = match after {
+            Some(id) => format!("({id}"),
+            None => "-".to_owned(),
+        };
+        let mut conn = self.conn.clone();
+        let (a, b): (Vec<RawEntry>, Vec<RawEntry>) = redis::pipe()
+            .cmd("XRANGE")
+            .arg(&org_key)
+            .arg(&start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(PAGE)
+            .cmd("XRANGE")
+            .arg(&all_key)
+            .arg(&start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(PAGE)
+            .query_async(&mut conn)
+            .await?;
+        let more = a.len() == PAGE || b.len() == PAGE;
+        // When one stream filled its page, entries of the other beyond the
+        // last id of the full one must wait for the next page (they may be
+        // preceded by entries of the full stream not read yet).
+        let limit = [(&a, a.len() == PAGE), (&b, b.len() == PAGE)]
+            .iter()
+            .filter(|(_, full)| *full)
+            .filter_map(|(entries, _)| {
+                entries
+                    .last()
+                    .and_then(|(id, _)| id.parse::<EventId>().ok())
+            })
+            .min();
+        let mut frames: Vec<Arc<Frame>> = a
+            .iter()
+            .chain(b.iter())
+            .filter_map(|(_, fields)| fields.iter().find(|(f, _)| f == "e"))
+            .filter_map(|(_, bytes)| Frame::parse(bytes).ok())
+            .filter(|f| limit.is_none_or(|l| f.id <= l))
+            .map(Arc::new)
+            .collect();
+        frames.sort_by_key(|f| f.id);
+        Ok(Page { frames, more })
+    }
+
+    /// Whether resuming after `last` could skip events: the stream was
+    /// trimmed (`entries-added` > `length`) and its oldest retained entry is
+    /// above `last`, or something after `last` was deleted
+    /// (`max-deleted-entry-id`), or `last` is not an id these histories
+    /// could have produced (above both streams' last id, e.g. after Redis
+    /// lost its data). At the exact trim boundary this answers "gap" where
+    /// none was: the client refetches, which is safe.
+    pub async fn has_gap(&self, org: &str, last: EventId) -> redis::RedisResult<bool> {
+        let mut newest: Option<EventId> = None;
+        for scope in [Scope::Organization(org.to_owned()), Scope::Broadcast] {
+            let key = self.keys.history(&scope);
+            let mut conn = self.conn.clone();
+            let info: redis::RedisResult<redis::Value> = redis::cmd("XINFO")
+                .arg("STREAM")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await;
+            let Ok(info) = info else {
+                continue; // no such stream
+            };
+            let fields = StreamInfo::new(&info);
+            let trimmed = fields.number("entries-added") > fields.number("length");
+            if trimmed
+                && fields
+                    .id("recorded-first-entry-id")
+                    .is_some_and(|first| first > last)
+            {
+                return Ok(true);
+            }
+            if fields
+                .id("max-deleted-entry-id")
+                .is_some_and(|deleted| deleted > last)
+            {
+                return Ok(true);
+            }
+            newest = newest.max(fields.id("last-generated-id"));
+        }
+        Ok(newest.is_none_or(|newest| last > newest))
+    }
+}
+
+/// The flat key/value reply of `XINFO STREAM` (RESP2 array or RESP3 map).
+struct StreamInfo<'a>(Vec<(&'a redis::Value, &'a redis::Value)>);
+
+impl<'a> StreamInfo<'a> {
+    fn new(v: &'a redis::Value) -> Self {
+        match v {
+            redis::Value::Array(items) => Self(
+                items
+                    .chunks(2)
+                    .filter_map(|kv| match kv {
+                        [k, v] => Some((k, v)),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            redis::Value::Map(pairs) => Self(pairs.iter().map(|(k, v)| (k, v)).collect()),
+            _ => Self(Vec::new()),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&'a redis::Value> {
+        self.0
+            .iter()
+            .find(|(k, _)| value_str(k).as_deref() == Some(name))
+            .map(|(_, v)| *v)
+    }
+
+    fn id(&self, name: &str) -> Option<EventId> {
+        value_str(self.get(name)?)?.parse().ok()
+    }
+
+    fn number(&self, name: &str) -> u64 {
+        match self.get(name) {
+            Some(redis::Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
+            Some(other) => value_str(other).and_then(|s| s.parse().ok()).unwrap_or(0),
+            None => 0,
+        }
+    }
+}
+
+fn value_str(v: &redis::Value) -> Option<String> {
+    match v {
+        redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+impl History {
+    /// The newest id in either stream (`None` when both are empty).
+    pub async fn newest(&self, org: &str) -> redis::RedisResult<Option<EventId>> {
+        let org_key = self.keys.history(&Scope::Organization(org.to_owned()));
+        let all_key = self.keys.history(&Scope::Broadcast);
+        let mut conn = self.conn.clone();
+        let (a, b): (Vec<RawEntry>, Vec<RawEntry>) = redis::pipe()
+            .cmd("XREVRANGE")
+            .arg(&org_key)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .cmd("XREVRANGE")
+            .arg(&all_key)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
+        Ok(a.iter()
+            .chain(b.iter())
+            .filter_map(|(id, _)| id.parse::<EventId>().ok())
+            .max())
+    }
+}

@@ -1,0 +1,286 @@
+//! Fan-out on one replica: one Redis subscription per organization that has
+//! local connections (plus the broadcast channel), each message parsed and
+//! encoded once ([`Frame`]) and shared by every local connection of the org.
+//!
+//! Every organization gets one bounded `broadcast` channel. Broadcast-scope
+//! events are forwarded into every organization's channel, so a connection
+//! reads ONE totally ordered sequence (Redis delivers one connection's
+//! messages in publish order, which is commit order) and can drop duplicates
+//! by comparing ids. A connection that falls more than the channel's capacity
+//! behind gets `Lagged` and catches up from history; memory never grows with
+//! a slow client.
+//!
+//! A SUBSCRIBE is confirmed before [`Subscription::ready`] resolves, so a
+//! connection that subscribes, then replays history, misses nothing.
+//! After a Redis disconnection the task resubscribes everything and sends
+//! [`HubMessage::Resync`], telling connections to fill the gap from history.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use realtime_shared::event::Scope;
+use realtime_shared::keys::Keys;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::frame::Frame;
+
+#[derive(Debug, Clone)]
+pub enum HubMessage {
+    Frame(Arc<Frame>),
+    /// The live feed may have missed messages: catch up from history.
+    Resync,
+}
+
+enum Command {
+    Subscribe(String),
+    Unsubscribe(String),
+}
+
+struct Entry {
+    org: String,
+    tx: broadcast::Sender<HubMessage>,
+    refs: usize,
+    /// When Redis confirmed the current subscription; `None` while not
+    /// subscribed. Since then, every event of the org passes through here.
+    ready: watch::Sender<Option<Instant>>,
+}
+
+/// Called with (member, organization) for every `member.leave` seen.
+type LeaveHook = Box<dyn Fn(&str, &str) + Send + Sync>;
+
+struct Inner {
+    keys: Keys,
+    capacity: usize,
+    /// Channel name → entry. A std mutex: held for map operations only,
+    /// never across an await.
+    entries: Mutex<HashMap<String, Entry>>,
+    commands: mpsc::UnboundedSender<Command>,
+    /// Called once per `member.leave` frame (membership cache invalidation).
+    on_leave: LeaveHook,
+}
+
+/// Cheap to clone; see the module docs.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+/// A connection's hold on an organization's feed; dropping it releases the
+/// Redis subscription when it was the last one on this replica.
+pub struct Subscription {
+    hub: Hub,
+    channel: String,
+    pub rx: broadcast::Receiver<HubMessage>,
+    ready: watch::Receiver<Option<Instant>>,
+}
+
+impl Hub {
+    /// Starts the subscriber task; it runs until `shutdown`.
+    pub fn start(
+        redis_url: String,
+        keys: Keys,
+        capacity: usize,
+        on_leave: impl Fn(&str, &str) + Send + Sync + 'static,
+        shutdown: CancellationToken,
+    ) -> Hub {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let hub = Hub {
+            inner: Arc::new(Inner {
+                keys,
+                capacity,
+                entries: Mutex::new(HashMap::new()),
+                commands: tx,
+                on_leave: Box::new(on_leave),
+            }),
+        };
+        tokio::spawn(hub.clone().run(redis_url, rx, shutdown));
+        hub
+    }
+
+    /// Joins an organization's feed.
+    pub fn join(&self, org: &str) -> Subscription {
+        let channel = self
+            .inner
+            .keys
+            .channel(&Scope::Organization(org.to_owned()));
+        let mut entries = self.lock();
+        let entry = entries.entry(channel.clone()).or_insert_with(|| {
+            let _ = self
+                .inner
+                .commands
+                .send(Command::Subscribe(channel.clone()));
+            Entry {
+                org: org.to_owned(),
+                tx: broadcast::channel(self.inner.capacity).0,
+                refs: 0,
+                ready: watch::channel(None).0,
+            }
+        });
+        entry.refs += 1;
+        Subscription {
+            hub: self.clone(),
+            rx: entry.tx.subscribe(),
+            ready: entry.ready.subscribe(),
+            channel,
+        }
+    }
+
+    /// Organizations with local connections on this replica.
+    pub fn organizations(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.inner
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn leave(&self, channel: &str) {
+        let mut entries = self.lock();
+        if let Some(entry) = entries.get_mut(channel) {
+            entry.refs -= 1;
+            if entry.refs == 0 {
+                entries.remove(channel);
+                let _ = self
+                    .inner
+                    .commands
+                    .send(Command::Unsubscribe(channel.to_owned()));
+            }
+        }
+    }
+
+    async fn run(
+        self,
+        redis_url: String,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        shutdown: CancellationToken,
+    ) {
+        let broadcast_channel = self.inner.keys.channel(&Scope::Broadcast);
+        let mut first = true;
+        let mut delay = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            match self
+                .session(
+                    &redis_url,
+                    &broadcast_channel,
+                    &mut commands,
+                    &shutdown,
+                    first,
+                )
+                .await
+            {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "redis subscription lost; resubscribing");
+                    for entry in self.lock().values() {
+                        entry.ready.send_replace(None);
+                    }
+                }
+            }
+            first = false;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// One Redis pub/sub connection; `Ok` only on shutdown.
+    async fn session(
+        &self,
+        redis_url: &str,
+        broadcast_channel: &str,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+        shutdown: &CancellationToken,
+        first: bool,
+    ) -> redis::RedisResult<()> {
+        let client = redis::Client::open(redis_url)?;
+        let (mut sink, mut stream) = client.get_async_pubsub().await?.split();
+        sink.subscribe(broadcast_channel).await?;
+        // Commands queued while disconnected are reflected in the map.
+        while commands.try_recv().is_ok() {}
+        let channels: Vec<String> = self.lock().keys().cloned().collect();
+        for channel in &channels {
+            sink.subscribe(channel).await?;
+        }
+        let now = Instant::now();
+        for entry in self.lock().values() {
+            entry.ready.send_replace(Some(now));
+            if !first {
+                let _ = entry.tx.send(HubMessage::Resync);
+            }
+        }
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                command = commands.recv() => match command {
+                    Some(Command::Subscribe(channel)) => {
+                        sink.subscribe(&channel).await?;
+                        if let Some(entry) = self.lock().get(&channel) {
+                            entry.ready.send_replace(Some(Instant::now()));
+                        }
+                    }
+                    Some(Command::Unsubscribe(channel)) => {
+                        // Re-joined meanwhile: keep the subscription.
+                        if !self.lock().contains_key(&channel) {
+                            sink.unsubscribe(&channel).await?;
+                        }
+                    }
+                    None => return Ok(()),
+                },
+                message = stream.next() => match message {
+                    Some(message) => self.dispatch(message.get_channel_name(), message.get_payload_bytes(), broadcast_channel),
+                    None => return Err(redis::RedisError::from((redis::ErrorKind::Io, "pub/sub connection closed"))),
+                },
+            }
+        }
+    }
+
+    fn dispatch(&self, channel: &str, payload: &[u8], broadcast_channel: &str) {
+        let frame = match Frame::parse(payload) {
+            Ok(frame) => Arc::new(frame),
+            Err(e) => {
+                tracing::warn!(error = %e, channel, "skipping a malformed message");
+                return;
+            }
+        };
+        let entries = self.lock();
+        if channel == broadcast_channel {
+            for entry in entries.values() {
+                let _ = entry.tx.send(HubMessage::Frame(frame.clone()));
+            }
+        } else if let Some(entry) = entries.get(channel) {
+            if let Some(member) = &frame.leaving_member {
+                (self.inner.on_leave)(member, &entry.org);
+            }
+            let _ = entry.tx.send(HubMessage::Frame(frame));
+        }
+    }
+}
+
+impl Subscription {
+    /// Resolves once Redis confirmed the subscription (or at once when it
+    /// already had) with the time it did: every event of the organization
+    /// published since then reaches this replica, so a membership checked
+    /// after it cannot have been revoked unseen. `None` if not confirmed
+    /// within `timeout`.
+    pub async fn ready(&mut self, timeout: Duration) -> Option<Instant> {
+        match tokio::time::timeout(timeout, self.ready.wait_for(Option::is_some)).await {
+            Ok(Ok(since)) => *since,
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.leave(&self.channel);
+    }
+}

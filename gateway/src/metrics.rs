@@ -1,0 +1,50 @@
+//! The gateway's metric names (DESIGN §5).
+
+pub const CONNECTIONS: &str = "realtime_gateway_connections";
+pub const CONNECTIONS_TOTAL: &str = "realtime_gateway_connections_total";
+pub const EVENTS_DELIVERED: &str = "realtime_gateway_events_delivered_total";
+pub const COMMIT_TO_SEND: &str = "realtime_gateway_commit_to_send_seconds";
+pub const REPLAYED: &str = "realtime_gateway_replayed_events_total";
+pub const REJECTED: &str = "realtime_gateway_rejected_total";
+
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(CONNECTIONS, "Open SSE streams on this replica.");
+    describe_counter!(CONNECTIONS_TOTAL, "Stream requests, by result.");
+    describe_counter!(
+        EVENTS_DELIVERED,
+        "Events queued to clients (one per client)."
+    );
+    describe_histogram!(
+        COMMIT_TO_SEND,
+        Unit::Seconds,
+        "Commit time to the event being handed to a client's stream."
+    );
+    describe_counter!(
+        REPLAYED,
+        "Events read from history for resumes and catch-ups."
+    );
+    describe_counter!(REJECTED, "Stream requests refused, by reason.");
+}
+
+/// Counts one open stream while alive.
+pub struct ConnectionGuard(());
+
+impl ConnectionGuard {
+    pub fn new() -> Self {
+        metrics::gauge!(CONNECTIONS).increment(1.0);
+        ConnectionGuard(())
+    }
+}
+
+impl Default for ConnectionGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        metrics::gauge!(CONNECTIONS).decrement(1.0);
+    }
+}

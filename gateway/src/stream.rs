@@ -1,0 +1,192 @@
+//! One SSE connection: the body stream that turns the organization's feed
+//! into frames for one user, with resume, catch-up, heartbeats, expiry,
+//! revocation and shutdown.
+//!
+//! Order of work on each poll (biased): frames already queued; then a
+//! history page while catching up; then shutdown, token expiry, the live
+//! feed, the heartbeat. Frames whose id is not above the last one sent are
+//! dropped, so a resumed or caught-up connection never gets an event twice.
+//! The stream ends itself on shutdown (axum's graceful shutdown would wait
+//! forever for an SSE body otherwise).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use realtime_shared::event::{EventId, EventType};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::channels::ChannelFilter;
+use crate::frame::{Frame, data_only};
+use crate::history::History;
+use crate::hub::{HubMessage, Subscription};
+use crate::metrics as m;
+
+pub struct Connection {
+    pub org: String,
+    pub user: String,
+    pub filter: ChannelFilter,
+    pub sub: Subscription,
+    pub history: History,
+    pub heartbeat: Duration,
+    pub expires_at: Option<SystemTime>,
+    pub shutdown: CancellationToken,
+    /// Frames to send before anything else (the connection message, replays).
+    pub pending: VecDeque<Bytes>,
+    /// The id of the newest event this connection has passed (sent or
+    /// filtered out); live frames at or below it are duplicates.
+    pub last_seen: Option<EventId>,
+    /// `Some(after)` while catching up from history.
+    pub replay_after: Option<Option<EventId>>,
+    /// Set when the connection must end once `pending` is sent (revocation).
+    pub closing: bool,
+}
+
+/// A `data.sync` telling the client to refetch: its resume point is older
+/// than the retained history.
+pub fn gap_message(org: &str, last: Option<EventId>) -> Bytes {
+    let json = serde_json::json!({
+        "type": "data.sync",
+        "timestamp": now_ms(),
+        "source": "api",
+        "version": "1.0",
+        "organizationId": org,
+        "payload": {"reason": "gap", "lastEventId": last.map(|id| id.to_string())},
+    });
+    data_only(&json.to_string())
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+struct Running {
+    conn: Connection,
+    heartbeat: Interval,
+    expiry: Option<Instant>,
+    _guard: m::ConnectionGuard,
+}
+
+impl Connection {
+    /// The response body. Ends on shutdown, expiry, revocation, or a Redis
+    /// failure while catching up (the client resumes with Last-Event-ID).
+    pub fn into_body(
+        self,
+        guard: m::ConnectionGuard,
+    ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
+        let mut heartbeat =
+            tokio::time::interval_at(Instant::now() + self.heartbeat, self.heartbeat);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let expiry = self.expires_at.map(|at| {
+            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+            Instant::now() + left
+        });
+        let running = Running {
+            conn: self,
+            heartbeat,
+            expiry,
+            _guard: guard,
+        };
+        futures_util::stream::unfold(running, |mut r| async move {
+            r.next().await.map(|bytes| (Ok(bytes), r))
+        })
+    }
+
+    /// Takes a frame from the feed or a replay: drops duplicates, applies
+    /// the channel filter and the user target, notices revocation.
+    fn offer(&mut self, frame: &Frame) {
+        if self.last_seen.is_some_and(|last| frame.id <= last) {
+            return;
+        }
+        self.last_seen = Some(frame.id);
+        let for_me = frame.user_id.as_deref().is_none_or(|u| u == self.user);
+        if for_me && self.filter.passes(frame.event_type) {
+            self.pending.push_back(frame.bytes.clone());
+            metrics::counter!(m::EVENTS_DELIVERED).increment(1);
+            let latency = (now_ms() - frame.commit_ms).max(0) as f64 / 1000.0;
+            metrics::histogram!(m::COMMIT_TO_SEND).record(latency);
+        }
+        if frame.event_type == EventType::MemberLeave
+            && frame.leaving_member.as_deref() == Some(self.user.as_str())
+        {
+            self.closing = true;
+        }
+    }
+
+    /// Starts catching up from history after the last event seen, or sends
+    /// `data.sync` when history no longer reaches back that far.
+    async fn start_catch_up(&mut self) -> bool {
+        if let Some(last) = self.last_seen {
+            match self.history.has_gap(&self.org, last).await {
+                Ok(false) => {}
+                Ok(true) => {
+                    self.pending.push_back(gap_message(&self.org, Some(last)));
+                    match self.history.newest(&self.org).await {
+                        Ok(newest) => self.last_seen = newest.max(self.last_seen),
+                        Err(_) => return false,
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        self.replay_after = Some(self.last_seen);
+        true
+    }
+}
+
+impl Running {
+    async fn next(&mut self) -> Option<Bytes> {
+        loop {
+            let conn = &mut self.conn;
+            if let Some(bytes) = conn.pending.pop_front() {
+                return Some(bytes);
+            }
+            if conn.closing {
+                return None;
+            }
+            if let Some(after) = conn.replay_after {
+                let page = conn.history.page(&conn.org, after).await.ok()?;
+                let last = page.frames.last().map(|f| f.id);
+                metrics::counter!(m::REPLAYED).increment(page.frames.len() as u64);
+                for frame in &page.frames {
+                    conn.offer(frame);
+                }
+                conn.replay_after = if page.more {
+                    Some(last.or(after))
+                } else {
+                    None
+                };
+                continue;
+            }
+            let expiry = async {
+                match self.expiry {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = conn.shutdown.cancelled() => return None,
+                _ = expiry => return None,
+                message = conn.sub.rx.recv() => match message {
+                    Ok(HubMessage::Frame(frame)) => conn.offer(&frame),
+                    Ok(HubMessage::Resync) | Err(RecvError::Lagged(_)) => {
+                        if !conn.start_catch_up().await {
+                            return None;
+                        }
+                    }
+                    Err(RecvError::Closed) => return None,
+                },
+                _ = self.heartbeat.tick() => {
+                    return Some(Bytes::from(format!(": heartbeat {}\n\n", now_ms())));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! In-process gateway replicas and bearer tokens for tests.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use realtime_gateway::{Config, Gateway};
+use realtime_tests::TestContext;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const JWT_SECRET: &str = "test-jwt-secret-with-enough-bytes";
+
+/// An HS256 bearer token for `user`, valid for `ttl` (negative: expired).
+pub fn token(user: &str, ttl_secs: i64) -> String {
+    token_with(user, ttl_secs, JWT_SECRET)
+}
+
+pub fn token_with(user: &str, ttl_secs: i64, secret: &str) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let claims = serde_json::json!({"sub": user, "exp": now + ttl_secs, "iat": now});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("token")
+}
+
+pub fn gateway_config(ctx: &TestContext) -> Config {
+    let mut config = Config::new(ctx.database_url(), ctx.redis_url());
+    config.listen = "127.0.0.1:0".parse().expect("addr");
+    config.admin_listen = "127.0.0.1:0".parse().expect("addr");
+    config.key_prefix = ctx.key_prefix().to_owned();
+    config.jwt_secret = Some(JWT_SECRET.to_owned());
+    config.auth_secret = Some("test-auth-secret".to_owned());
+    config.heartbeat = Duration::from_secs(1);
+    config
+}
+
+pub struct RunningGateway {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl RunningGateway {
+    pub async fn start(config: Config) -> Self {
+        let gateway = Gateway::build(config).await.expect("gateway starts");
+        let addr = gateway.local_addr();
+        let admin = gateway.admin_addr();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(gateway.run_until_stopped(async {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            admin,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn stream_url(&self, query: &str) -> String {
+        format!("http://{}/api/realtime/stream?{query}", self.addr)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("the gateway stops within 15 s")
+                .expect("no panic");
+        }
+    }
+}
+
+impl Drop for RunningGateway {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
