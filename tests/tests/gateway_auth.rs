@@ -3,6 +3,8 @@
 //! (gateway/tests/fixtures/auth, made by its mint.mjs), database sessions
 //! and bearer JWTs; and streams that end when their token expires.
 
+#![allow(clippy::unwrap_used)] // test helpers, not only #[test] fns
+
 mod support;
 
 use std::time::Duration;
