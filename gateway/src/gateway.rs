@@ -44,7 +44,7 @@ pub struct Gateway {
     readiness: Readiness,
     membership: Arc<Membership>,
     verifier: Verifier,
-    redis: redis::aio::MultiplexedConnection,
+    redis: redis::aio::ConnectionManager,
 }
 
 impl Gateway {
@@ -73,11 +73,13 @@ impl Gateway {
         )?;
         membership.ping().await?;
         let client = redis::Client::open(config.redis_url.as_str()).map_err(StartError::Redis)?;
-        let redis_config = redis::AsyncConnectionConfig::new()
+        // A connection manager reconnects by itself after a Redis restart.
+        let redis_config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.io_timeout))
-            .set_response_timeout(Some(config.io_timeout));
+            .set_response_timeout(Some(config.io_timeout))
+            .set_number_of_retries(2);
         let redis = client
-            .get_multiplexed_async_connection_with_config(&redis_config)
+            .get_connection_manager_with_config(redis_config)
             .await
             .map_err(StartError::Redis)?;
         let listener =
@@ -178,7 +180,7 @@ impl Gateway {
 async fn watch_readiness(
     readiness: Readiness,
     membership: Arc<Membership>,
-    mut redis: redis::aio::MultiplexedConnection,
+    mut redis: redis::aio::ConnectionManager,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use realtime_shared::event::{EventId, Scope};
 use realtime_shared::keys::Keys;
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionManager;
 
 use crate::frame::Frame;
 
@@ -16,7 +16,8 @@ type RawEntry = (String, Vec<(String, Vec<u8>)>);
 
 #[derive(Clone)]
 pub struct History {
-    conn: MultiplexedConnection,
+    /// Reconnects by itself after a Redis restart.
+    conn: ConnectionManager,
     keys: Keys,
 }
 
@@ -28,7 +29,7 @@ pub struct Page {
 }
 
 impl History {
-    pub fn new(conn: MultiplexedConnection, keys: Keys) -> Self {
+    pub fn new(conn: ConnectionManager, keys: Keys) -> Self {
         Self { conn, keys }
     }
 
