@@ -49,6 +49,35 @@ pub fn parse_key_prefix(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// Parses the process's flags and environment into `C`. `--help` and
+/// `--version` print and exit; a bad value prints one line naming the
+/// variable and why (not clap's usage block) and gives exit code 2.
+pub fn parse_args<C: clap::Parser>() -> Result<C, std::process::ExitCode> {
+    match C::try_parse() {
+        Ok(config) => Ok(config),
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid settings");
+            eprintln!("error: {}", first.trim_start_matches("error: "));
+            Err(std::process::ExitCode::from(2))
+        }
+    }
+}
+
+/// A runtime for a binary's `main`, or the one line saying why not.
+pub fn runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime, std::process::ExitCode> {
+    let mut builder = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("error: cannot start the async runtime: {e}");
+        std::process::ExitCode::FAILURE
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
