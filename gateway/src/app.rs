@@ -303,6 +303,8 @@ async fn stream(
         last_seen,
         replay_after,
         closing: false,
+        delivered: metrics::counter!(m::EVENTS_DELIVERED),
+        latency: metrics::histogram!(m::COMMIT_TO_SEND),
     };
     let body = Body::from_stream(conn.into_body(m::ConnectionGuard::new()));
     Response::builder()

@@ -44,6 +44,9 @@ pub struct Connection {
     pub replay_after: Option<Option<EventId>>,
     /// Set when the connection must end once `pending` is sent (revocation).
     pub closing: bool,
+    /// Metric handles, looked up once per connection rather than per event.
+    pub delivered: metrics::Counter,
+    pub latency: metrics::Histogram,
 }
 
 /// A `data.sync` telling the client to refetch: its resume point is older
@@ -108,9 +111,9 @@ impl Connection {
         let for_me = frame.user_id.as_deref().is_none_or(|u| u == self.user);
         if for_me && self.filter.passes(frame.event_type) {
             self.pending.push_back(frame.bytes.clone());
-            metrics::counter!(m::EVENTS_DELIVERED).increment(1);
+            self.delivered.increment(1);
             let latency = (now_ms() - frame.commit_ms).max(0) as f64 / 1000.0;
-            metrics::histogram!(m::COMMIT_TO_SEND).record(latency);
+            self.latency.record(latency);
         }
         if frame.event_type == EventType::MemberLeave
             && frame.leaving_member.as_deref() == Some(self.user.as_str())
