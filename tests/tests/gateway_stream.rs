@@ -493,3 +493,68 @@ async fn randomised_changes_are_never_misrouted() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_allowlist_and_preflight() {
+    let ctx = realtime_tests::TestContext::new().await;
+    ctx.batch(
+        "INSERT INTO organizations (id, name) VALUES ('orgA', 'Acme');
+         INSERT INTO users (id) VALUES ('ua');
+         INSERT INTO organization_members (id, \"userId\", \"organizationId\") VALUES ('m1', 'ua', 'orgA');",
+    )
+    .await;
+    let mut config = gateway_config(&ctx);
+    config.cors_origins = vec!["https://app.example".to_owned()];
+    let gw = RunningGateway::start(config).await;
+    let http = reqwest::Client::new();
+    let url = gw.stream_url("organizationId=orgA");
+    let preflight = |origin: &'static str| {
+        http.request(reqwest::Method::OPTIONS, &url)
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "last-event-id")
+            .send()
+    };
+    let ok = preflight("https://app.example").await.unwrap();
+    assert!(ok.status().is_success(), "{}", ok.status());
+    let h = |r: &reqwest::Response, k: &str| {
+        r.headers()
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        h(&ok, "access-control-allow-origin").as_deref(),
+        Some("https://app.example")
+    );
+    assert_eq!(
+        h(&ok, "access-control-allow-credentials").as_deref(),
+        Some("true")
+    );
+    assert!(
+        h(&ok, "access-control-allow-headers")
+            .unwrap_or_default()
+            .contains("last-event-id")
+    );
+    let other = preflight("https://evil.example").await.unwrap();
+    assert_eq!(
+        h(&other, "access-control-allow-origin"),
+        None,
+        "an unlisted origin gets no CORS grant"
+    );
+
+    // The stream itself carries the grant for a listed origin.
+    let c = SseClient::connect(
+        &url,
+        Some(&token("ua", 600)),
+        &[("origin", "https://app.example")],
+    )
+    .await;
+    assert_eq!(c.status, 200);
+    assert_eq!(
+        c.headers
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("https://app.example")
+    );
+}
