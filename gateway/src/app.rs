@@ -169,26 +169,52 @@ async fn stream(
 
     // 2. What is asked.
     let query = parse_query(raw.as_deref());
-    let Some(org) = query
-        .organization_id
-        .filter(|o| !o.is_empty() && o.len() <= MAX_ORG_ID)
-    else {
-        return reject(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "organizationId is required",
-        );
+    let org = match query.organization_id.filter(|o| !o.is_empty()) {
+        None => {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "organizationId is required",
+            );
+        }
+        Some(o) if o.len() > MAX_ORG_ID => {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "organizationId is too long",
+            );
+        }
+        // Ids are text keys: control characters (NUL above all, which
+        // Postgres refuses in text) are never part of one.
+        Some(o) if o.chars().any(char::is_control) => {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "organizationId contains control characters",
+            );
+        }
+        Some(o) => o,
     };
     let (filter, channel_name) = match ChannelFilter::parse(query.channel.as_deref()) {
         Ok(f) => f,
         Err(e) => return reject(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
     };
-    let resume_from = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or(query.last_event_id)
-        .filter(|s| !s.trim().is_empty());
+    // A header that is not ASCII is a bad id, not a missing one: the client
+    // asked to resume and must not silently get a live-only stream.
+    let resume_from = match headers.get("last-event-id") {
+        Some(v) => match v.to_str() {
+            Ok(v) => Some(v.to_owned()),
+            Err(_) => {
+                return reject(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "invalid Last-Event-ID",
+                );
+            }
+        },
+        None => query.last_event_id,
+    }
+    .filter(|s| !s.trim().is_empty());
     let resume_from = match resume_from.map(|s| s.trim().parse::<EventId>()) {
         None => None,
         Some(Ok(id)) => Some(id),

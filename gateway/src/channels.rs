@@ -24,7 +24,11 @@ impl ChannelFilter {
 
     /// Parses `channel=a,b`; `None`/empty/`all` is everything.
     pub fn parse(spec: Option<&str>) -> Result<(ChannelFilter, String), UnknownChannel> {
-        let Some(spec) = spec.map(str::trim).filter(|s| !s.is_empty()) else {
+        // No name at all (absent, empty, or only commas and spaces): all.
+        let Some(spec) = spec
+            .map(str::trim)
+            .filter(|s| s.split(',').any(|n| !n.trim().is_empty()))
+        else {
             return Ok((ChannelFilter::ALL, "all".to_owned()));
         };
         let mut mask = bit(EventType::DataSync);
@@ -69,5 +73,7 @@ mod tests {
         assert_eq!(name, "all");
         assert!(EventType::ALL.iter().all(|t| f.passes(*t)));
         assert!(ChannelFilter::parse(Some("bogus")).is_err());
+        let (f, name) = ChannelFilter::parse(Some(",,, ,")).unwrap();
+        assert_eq!((f, name.as_str()), (ChannelFilter::ALL, "all"));
     }
 }
