@@ -205,3 +205,44 @@ async fn a_stream_ends_when_its_token_expires() {
         "the stream closes at exp"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookies_sealed_with_another_secret_are_refused() {
+    let (ctx, _gw, f) = gateway_for_fixtures().await;
+    let mut config = gateway_config(&ctx);
+    config.auth_secret = Some("a-different-secret-than-the-app-uses".to_owned());
+    config.jwt_secret = Some("a-different-jwt-secret-of-enough-length".to_owned());
+    let other = RunningGateway::start(config).await;
+    for s in f["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["expect"] == "valid")
+    {
+        let cookie = format!(
+            "{}={}",
+            s["cookie"].as_str().unwrap(),
+            s["token"].as_str().unwrap()
+        );
+        assert_eq!(
+            status_with_cookie(&other, &cookie).await.0,
+            401,
+            "{}",
+            s["id"]
+        );
+    }
+    for j in f["jwts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["alg"] == "HS256" && j["expect"] == "valid")
+    {
+        let c = SseClient::connect(
+            &other.stream_url("organizationId=orgA"),
+            j["token"].as_str(),
+            &[],
+        )
+        .await;
+        assert_eq!(c.status, 401, "{}", j["id"]);
+    }
+}
