@@ -6,7 +6,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build test lint fmt up down logs bench-ingest
+.PHONY: all build test lint fmt up down logs bench-ingest bench-fanout
 
 all: build
 
@@ -49,3 +49,13 @@ logs:
 bench-ingest:
 	$(CARGO) build --release -p realtime-ingestor
 	$(CARGO) run --release -p realtime-tests --bin bench_ingest
+
+## bench-fanout: one gateway replica with 1,000 then 9,000 SSE clients over
+## 100 organizations: RSS per idle connection, deliveries/s and
+## commit→client latency at 1,000 events/s (tests/src/bin/bench_fanout.rs;
+## clients in several sse_load processes), release build. BENCH_CLIENTS,
+## BENCH_ORGS, BENCH_USERS, BENCH_RATE, BENCH_SECONDS, BENCH_PER_PROCESS tune it.
+bench-fanout:
+	$(CARGO) build --release -p realtime-ingestor -p realtime-gateway
+	$(CARGO) build --release -p realtime-tests --bin sse_load
+	$(CARGO) run --release -p realtime-tests --bin bench_fanout
