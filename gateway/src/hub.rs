@@ -128,11 +128,6 @@ impl Hub {
         }
     }
 
-    /// Organizations with local connections on this replica.
-    pub fn organizations(&self) -> usize {
-        self.lock().len()
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.inner
             .entries

@@ -3,10 +3,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::InProcess;
 use realtime_gateway::{Config, Gateway};
 use realtime_tests::TestContext;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 pub const JWT_SECRET: &str = "test-jwt-secret-with-enough-bytes";
 
@@ -43,8 +42,7 @@ pub fn gateway_config(ctx: &TestContext) -> Config {
 pub struct RunningGateway {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    process: InProcess,
 }
 
 impl RunningGateway {
@@ -52,15 +50,15 @@ impl RunningGateway {
         let gateway = Gateway::build(config).await.expect("gateway starts");
         let addr = gateway.local_addr();
         let admin = gateway.admin_addr();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(gateway.run_until_stopped(async {
-            let _ = rx.await;
-        }));
+        let process = InProcess::spawn(|rx| {
+            gateway.run_until_stopped(async {
+                let _ = rx.await;
+            })
+        });
         Self {
             addr,
             admin,
-            stop: Some(tx),
-            task: Some(task),
+            process,
         }
     }
 
@@ -68,26 +66,7 @@ impl RunningGateway {
         format!("http://{}/api/realtime/stream?{query}", self.addr)
     }
 
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(15), task)
-                .await
-                .expect("the gateway stops within 15 s")
-                .expect("no panic");
-        }
-    }
-}
-
-impl Drop for RunningGateway {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+    pub async fn stop(self) {
+        self.process.stop("the gateway").await;
     }
 }

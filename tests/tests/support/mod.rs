@@ -13,6 +13,51 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// A server future running in this process until told to stop: the
+/// start/stop/drop logic shared by the in-process ingestor and gateways.
+pub struct InProcess {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl InProcess {
+    /// Spawns `run(shutdown)`; `shutdown` resolves on [`InProcess::stop`] or drop.
+    pub fn spawn<F>(run: impl FnOnce(oneshot::Receiver<()>) -> F) -> Self
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<()>();
+        Self {
+            stop: Some(tx),
+            task: Some(tokio::spawn(run(rx))),
+        }
+    }
+
+    /// Asks it to stop and waits (15 s at most) for a clean end.
+    pub async fn stop(mut self, what: &str) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .unwrap_or_else(|_| panic!("{what} stops within 15 s"))
+                .unwrap_or_else(|_| panic!("{what} does not panic"));
+        }
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
 /// One history entry: its stream id, the event JSON and the target user.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -24,8 +69,7 @@ pub struct Entry {
 /// An ingestor running in this process against a fresh database.
 pub struct RunningIngestor {
     pub ctx: TestContext,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    process: InProcess,
     pub admin: std::net::SocketAddr,
 }
 
@@ -64,14 +108,14 @@ impl RunningIngestor {
     pub async fn start(ctx: TestContext, config: Config) -> Self {
         let ingestor = Ingestor::build(config).await.expect("ingestor starts");
         let admin = ingestor.admin_addr();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(ingestor.run_until_stopped(async {
-            let _ = rx.await;
-        }));
+        let process = InProcess::spawn(|rx| {
+            ingestor.run_until_stopped(async {
+                let _ = rx.await;
+            })
+        });
         let me = Self {
             ctx,
-            stop: Some(tx),
-            task: Some(task),
+            process,
             admin,
         };
         me.wait_ready().await;
@@ -94,27 +138,8 @@ impl RunningIngestor {
             .unwrap_or_default()
     }
 
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(15), task)
-                .await
-                .expect("the ingestor stops within 15 s")
-                .expect("the ingestor task does not panic");
-        }
-    }
-}
-
-impl Drop for RunningIngestor {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+    pub async fn stop(self) {
+        self.process.stop("the ingestor").await;
     }
 }
 
