@@ -5,8 +5,9 @@
 # (see tests/src/lib.rs); they never use services on 5432/6379.
 
 CARGO ?= cargo
+PYTHON ?= python3
 
-.PHONY: all build test lint fmt up down logs bench-ingest bench-fanout
+.PHONY: all build test test-deploy lint fmt up down logs bench-ingest bench-fanout
 
 all: build
 
@@ -18,9 +19,16 @@ build:
 ## because crash tests run them as real processes (realtime_tests::binary_path).
 ## `cargo test` rather than nextest: each test binary then shares one Postgres
 ## and one Redis between its tests; nextest's process per test would start a
-## pair per test.
-test: build
+## pair per test. test-deploy first: it takes seconds.
+test: build test-deploy
 	$(CARGO) test --workspace
+
+## test-deploy: render deploy/k8s (base and production overlay) and validate
+## every object against the Kubernetes schemas; promtool check and unit tests
+## of deploy/grafana/alerts.yaml; the dashboard's JSON and PromQL; the
+## Dockerfile (deploy/k8s/check.py; .ci/run installs its tools)
+test-deploy:
+	$(PYTHON) deploy/k8s/check.py
 
 ## lint: formatting and clippy, warnings are errors
 lint:
