@@ -39,7 +39,8 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## up: local Postgres + Redis + ingestor with demo data (deploy/local/up.sh)
+## up: local Postgres + Redis + ingestor + two gateways + demo backend, behind
+## nginx on 127.0.0.1:8080 with the live demo page (deploy/local/up.sh)
 up:
 	bash deploy/local/up.sh
 
@@ -47,9 +48,9 @@ up:
 down:
 	bash deploy/local/down.sh
 
-## logs: follow the local ingestor's log
+## logs: follow every log of the local stack (deploy/local/logs.sh)
 logs:
-	tail -n 100 -F "$${REALTIME_LOCAL_DIR:-.local}/ingestor.log"
+	bash deploy/local/logs.sh
 
 ## bench-ingest: ingestor vs pg_recvlogical on a 200k-row backlog, and
 ## commit→publish latency at a steady rate (tests/src/bin/bench_ingest.rs),

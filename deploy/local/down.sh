@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `make down`: stops what deploy/local/up.sh started (ingestor, Redis,
-# Postgres). Idempotent: whatever is not running is skipped. The data in
+# `make down`: stops what deploy/local/up.sh started (nginx, the demo
+# backend, the gateways, the ingestor, Redis, Postgres), front to back. Idempotent: whatever is not running is skipped. The data in
 # .local stays for the next `make up`; `down.sh --purge` removes it too.
 set -euo pipefail
 
@@ -13,6 +13,18 @@ case "${1:-}" in
 "") ;;
 *) die "usage: $0 [--purge]" ;;
 esac
+
+# nginx first, so no new request reaches what stops next. SIGTERM is its fast
+# shutdown: a graceful one (SIGQUIT) would wait for every open SSE stream.
+if pid_alive "$NGINX_PID"; then
+    say "stopping nginx (pid $(cat "$NGINX_PID"))"
+fi
+stop_pidfile "$NGINX_PID" 10
+
+if pid_alive "$DEMO_PID"; then
+    say "stopping the demo backend (pid $(cat "$DEMO_PID"))"
+fi
+stop_pidfile "$DEMO_PID" 10
 
 for n in 1 2; do
     pidfile="$LOCAL_DIR/gateway$n.pid"

@@ -5,8 +5,15 @@
 #                 database `oikion` with the Oikion schema and demo data, loaded once)
 #   Redis         127.0.0.1:${REALTIME_LOCAL_REDIS_PORT:-63799}  (no persistence)
 #   ingestor      target/debug/realtime-ingestor, admin on 127.0.0.1:9091
-# Re-running it starts only what is not running. `make down` stops it all.
-# Works as a normal user and as root (server commands then run as `postgres`).
+#   gateways      two realtime-gateway replicas on 127.0.0.1:8081 and :8082 (admin :9092, :9093)
+#   demo          realtime-demo (deploy/local/demo): the demo page and its JSON API, 127.0.0.1:8090
+#   nginx         127.0.0.1:${REALTIME_LOCAL_HTTP_PORT:-8080}: the demo page at /, /api/realtime/*
+#                 balanced over both gateways, SSE-safe (deploy/local/nginx.conf.template)
+# Every port can be moved (see common.sh). Re-running it starts only what is
+# not running. `make down` stops it all, `make logs` follows every log.
+# Works as a normal user and as root (Postgres then runs as `postgres`; nginx's
+# workers as root, the user who ran it). nginx is Debian's package: as root
+# it is installed when missing, otherwise the message says how.
 set -euo pipefail
 
 # shellcheck source=deploy/local/common.sh
@@ -17,6 +24,20 @@ command -v redis-server >/dev/null 2>&1 || die "redis-server not found: install 
 command -v curl >/dev/null 2>&1 || die "curl not found: install curl"
 if is_root; then
     id postgres >/dev/null 2>&1 || die "running as root needs a 'postgres' user to run the server as"
+fi
+NGINX="$(nginx_bin)" || true
+if [[ -z "$NGINX" ]]; then
+    # Like .ci/run: install Debian's package when we may, else say how.
+    if is_root && command -v apt-get >/dev/null 2>&1 && [[ -z "${REALTIME_LOCAL_NO_INSTALL:-}" ]]; then
+        say "nginx not found: installing Debian's nginx-light"
+        DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx-light >/dev/null ||
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx >/dev/null ||
+            die "installing nginx failed: run 'apt-get install nginx-light'"
+        NGINX="$(nginx_bin)" || die "nginx installed but not found in PATH or /usr/sbin: set REALTIME_LOCAL_NGINX"
+    else
+        die "nginx not found (looked in PATH and /usr/sbin): install it, e.g. 'sudo apt-get install nginx-light', or set REALTIME_LOCAL_NGINX"
+    fi
 fi
 
 psql_local() {
@@ -105,8 +126,14 @@ fi
 
 # --- ingestor -----------------------------------------------------------------
 
-say "building realtime-ingestor and realtime-gateway"
-(cd "$REPO_ROOT" && cargo build --quiet --bin realtime-ingestor --bin realtime-gateway)
+if [[ -n "${REALTIME_LOCAL_BIN_DIR:-}" ]]; then
+    for bin in "$INGESTOR_BIN" "$GATEWAY_BIN" "$DEMO_BIN"; do
+        [[ -x "$bin" ]] || die "REALTIME_LOCAL_BIN_DIR: $bin is missing: run 'cargo build --workspace --bins'"
+    done
+else
+    say "building realtime-ingestor, realtime-gateway and realtime-demo"
+    (cd "$REPO_ROOT" && cargo build --quiet --bin realtime-ingestor --bin realtime-gateway --bin realtime-demo)
+fi
 
 if pid_alive "$INGESTOR_PID"; then
     say "ingestor already running (pid $(cat "$INGESTOR_PID")); 'make down && make up' restarts it"
@@ -170,6 +197,75 @@ for n in 0 1; do
     [[ -n "$ready" ]] || { tail -n 20 "$log" >&2; die "gateway $((n + 1)) not ready after 30 s (log: $log)"; }
 done
 
+# --- demo backend -------------------------------------------------------------
+
+if pid_alive "$DEMO_PID"; then
+    say "demo backend already running (pid $(cat "$DEMO_PID"))"
+else
+    say "starting the demo backend on 127.0.0.1:$DEMO_PORT (log: $DEMO_LOG)"
+    DATABASE_URL="$DATABASE_URL_LOCAL" \
+        REALTIME_DEMO_LISTEN="127.0.0.1:$DEMO_PORT" \
+        NO_COLOR=1 \
+        nohup "$DEMO_BIN" </dev/null >>"$DEMO_LOG" 2>&1 &
+    echo $! >"$DEMO_PID"
+    ready=""
+    for ((i = 0; i < 300; i++)); do
+        if curl -fs "http://127.0.0.1:$DEMO_PORT/healthz" >/dev/null 2>&1; then
+            ready=yes
+            break
+        fi
+        pid_alive "$DEMO_PID" || { tail -n 20 "$DEMO_LOG" >&2; die "the demo backend exited (log: $DEMO_LOG)"; }
+        sleep 0.1
+    done
+    [[ -n "$ready" ]] || { tail -n 20 "$DEMO_LOG" >&2; die "the demo backend is not answering after 30 s (log: $DEMO_LOG)"; }
+fi
+
+# --- nginx --------------------------------------------------------------------
+
+if pid_alive "$NGINX_PID"; then
+    say "nginx already running (pid $(cat "$NGINX_PID")) on 127.0.0.1:$HTTP_PORT"
+else
+    say "starting nginx on 127.0.0.1:$HTTP_PORT (logs: $NGINX_ACCESS_LOG, $NGINX_ERROR_LOG)"
+    mkdir -p "$NGINX_DIR/tmp"
+    user_line="# (not root: the workers run as the user who started nginx)"
+    if is_root; then
+        user_line="user $(id -un) $(id -gn);"
+    fi
+    sed -e "s|@USER_LINE@|$user_line|" \
+        -e "s|@NGINX_PID@|$NGINX_PID|" \
+        -e "s|@NGINX_ERROR_LOG@|$NGINX_ERROR_LOG|" \
+        -e "s|@NGINX_ACCESS_LOG@|$NGINX_ACCESS_LOG|" \
+        -e "s|@NGINX_DIR@|$NGINX_DIR|g" \
+        -e "s|@GATEWAY_PORT_1@|${GATEWAY_PORTS[0]}|" \
+        -e "s|@GATEWAY_PORT_2@|${GATEWAY_PORTS[1]}|" \
+        -e "s|@DEMO_PORT@|$DEMO_PORT|" \
+        -e "s|@HTTP_PORT@|$HTTP_PORT|" \
+        "$REPO_ROOT/deploy/local/nginx.conf.template" >"$NGINX_CONF"
+    # -p/-e: nothing of Debian's /etc/nginx or /var/log/nginx is used.
+    nginx_args=(-p "$NGINX_DIR" -c "$NGINX_CONF" -e "$NGINX_ERROR_LOG")
+    "$NGINX" "${nginx_args[@]}" -t -q 2>>"$NGINX_ERROR_LOG" ||
+        { tail -n 20 "$NGINX_ERROR_LOG" >&2; die "nginx refused its configuration $NGINX_CONF"; }
+    rm -f "$NGINX_PID"
+    "$NGINX" "${nginx_args[@]}" </dev/null >/dev/null 2>>"$NGINX_ERROR_LOG" ||
+        {
+            tail -n 5 "$NGINX_ERROR_LOG" >&2
+            die "nginx did not start (port 127.0.0.1:$HTTP_PORT taken? set REALTIME_LOCAL_HTTP_PORT; log: $NGINX_ERROR_LOG)"
+        }
+    ready=""
+    for ((i = 0; i < 100; i++)); do
+        if pid_alive "$NGINX_PID" && curl -fs "http://127.0.0.1:$HTTP_PORT/nginx-health" >/dev/null 2>&1; then
+            ready=yes
+            break
+        fi
+        sleep 0.1
+    done
+    [[ -n "$ready" ]] || { tail -n 20 "$NGINX_ERROR_LOG" >&2; die "nginx is not answering on 127.0.0.1:$HTTP_PORT after 10 s (log: $NGINX_ERROR_LOG)"; }
+fi
+# Through nginx, end to end: the page and the gateways' auth answer.
+curl -fs "http://127.0.0.1:$HTTP_PORT/healthz" >/dev/null 2>&1 ||
+    die "nginx does not reach the demo backend: curl http://127.0.0.1:$HTTP_PORT/healthz (logs: $NGINX_ERROR_LOG, $DEMO_LOG)"
+
+DEMO_URL="http://127.0.0.1:$HTTP_PORT/"
 cat <<INFO
 
 Local realtime stack is up:
@@ -177,17 +273,23 @@ Local realtime stack is up:
   Redis      $REDIS_URL_LOCAL   (log $REDIS_LOG)
   ingestor   pid $(cat "$INGESTOR_PID"), admin http://$ADMIN_LISTEN/{healthz,readyz,metrics}, log $INGESTOR_LOG
   gateways   http://127.0.0.1:${GATEWAY_PORTS[0]} and http://127.0.0.1:${GATEWAY_PORTS[1]}, admin :${GATEWAY_ADMIN_PORTS[0]} and :${GATEWAY_ADMIN_PORTS[1]}, logs $LOCAL_DIR/gateway{1,2}.log
+  demo       http://127.0.0.1:$DEMO_PORT (page + JSON API), log $DEMO_LOG
+  nginx      http://127.0.0.1:$HTTP_PORT: / → demo, /api/realtime/ → both gateways, logs $NGINX_ACCESS_LOG, $NGINX_ERROR_LOG
 
-Stream org_acme's events as alice (a demo database session, like the app's Auth.js cookie):
-  curl -N -H 'Cookie: authjs.session-token=demo-session-alice' 'http://127.0.0.1:${GATEWAY_PORTS[0]}/api/realtime/stream?organizationId=org_acme'
+Open the demo page: pick an organization and a user, connect, create/update/delete properties
+and watch their events arrive live:
+  Demo page: $DEMO_URL
 
-Watch the live events of the demo organization org_acme (Acme Realty):
+Stream org_acme's events as alice through nginx (a demo database session, like the app's Auth.js cookie):
+  curl -N -H 'Cookie: authjs.session-token=demo-session-alice' 'http://127.0.0.1:$HTTP_PORT/api/realtime/stream?organizationId=org_acme'
+
+Watch the live events of the demo organization org_acme (Acme Realty) in Redis:
   redis-cli -p $REDIS_PORT SUBSCRIBE '$KEY_PREFIX:{org:org_acme}'
 and its history:
   redis-cli -p $REDIS_PORT XRANGE '$KEY_PREFIX:{org:org_acme}:history' - +
 
-Then change a demo property to see a property.update event:
+Or change a demo property by hand to see a property.update event:
   psql '$DATABASE_URL_LOCAL' -c "UPDATE properties SET price = price + 1000, updated_at = now() WHERE id = 'prop_acme_1'"
 
-Follow the ingestor's log with 'make logs'; stop everything with 'make down'.
+Follow every log with 'make logs'; stop everything with 'make down'.
 INFO
