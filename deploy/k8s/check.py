@@ -448,8 +448,27 @@ def check_dockerfile(c: Checks) -> None:
     )
     exposed = {p for l in lines if l.upper().startswith("EXPOSE ") for p in l.split()[1:]}
     c.check({"8080", "9090"} <= exposed, "Dockerfile exposes 8080 and 9090")
-    c.check((ROOT / ".dockerignore").is_file() and "target" in (ROOT / ".dockerignore").read_text(),
-            ".dockerignore keeps target/ out of the build context")
+    ignore_file = ROOT / ".dockerignore"
+    ignored = [
+        l.strip().rstrip("/") for l in (ignore_file.read_text() if ignore_file.is_file() else "").splitlines()
+        if l.strip() and not l.strip().startswith(("#", "!"))
+    ]
+    c.check("target" in ignored, ".dockerignore keeps target/ out of the build context")
+    # cargo needs every workspace member in the context.
+    try:
+        import tomllib
+        with (ROOT / "Cargo.toml").open("rb") as f:
+            members = tomllib.load(f)["workspace"]["members"]
+    except (ImportError, OSError, KeyError) as e:
+        c.check(False, f"reading the workspace members of Cargo.toml: {e}")
+        members = []
+    for member in members:
+        parts = member.split("/")
+        prefixes = {"/".join(parts[: i + 1]) for i in range(len(parts))}
+        c.check(
+            not any(p in prefixes or p == "**/" + parts[-1] for p in ignored),
+            f".dockerignore keeps workspace member {member} in the build context",
+        )
     c.ok("Dockerfile and .dockerignore")
 
 
