@@ -16,7 +16,8 @@ Prometheus/Grafana would read, with zero tolerance.
    select, the Ingress's SSE annotations, secrets referenced but not shipped.
 4. Alerts: `promtool check rules` and `promtool test rules` (unit tests of the
    alert logic, deploy/grafana/alerts_test.yaml) on deploy/grafana/alerts.yaml,
-   and the PrometheusRule's groups identical to that file.
+   and the PrometheusRule's groups identical to that file (`check.py
+   --write-rule` regenerates deploy/k8s/base/prometheusrule.yaml from it).
 5. Dashboard: valid JSON, a Prometheus datasource variable used by every
    panel, the expected panels, and every PromQL expression compiled by
    promtool (as a throw-away recording rule).
@@ -336,7 +337,7 @@ def check_contract(c: Checks, level: str, objects: list[dict]) -> None:
         with (GRAFANA / "alerts.yaml").open() as f:
             groups = yaml.safe_load(f)["groups"]
         c.check(set(rule["spec"]) == {"groups"}, f"{level}: PrometheusRule spec has only groups")
-        c.check(rule["spec"].get("groups") == groups, f"{level}: PrometheusRule groups identical to deploy/grafana/alerts.yaml")
+        c.check(rule["spec"].get("groups") == groups, f"{level}: PrometheusRule groups identical to deploy/grafana/alerts.yaml (regenerate: check.py --write-rule)")
     if level == "production":
         images = {
             ctr["image"]
@@ -472,7 +473,40 @@ def check_dockerfile(c: Checks) -> None:
     c.ok("Dockerfile and .dockerignore")
 
 
+PROMETHEUSRULE_HEAD = """# The alerting rules of deploy/grafana/alerts.yaml for the Prometheus
+# Operator. The groups must stay identical to that file (`make test-deploy`
+# compares them); regenerate with `python3 deploy/k8s/check.py --write-rule`.
+"""
+
+
+def write_prometheusrule() -> None:
+    """Rewrites base/prometheusrule.yaml from deploy/grafana/alerts.yaml."""
+    with (GRAFANA / "alerts.yaml").open() as f:
+        groups = yaml.safe_load(f)["groups"]
+    doc = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "realtime", "labels": {"app.kubernetes.io/part-of": "realtime"}},
+        "spec": {"groups": groups},
+    }
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper, value):
+        style = "|" if "\n" in value else (">" if len(value) > 80 else None)
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, text)
+    body = yaml.dump(doc, Dumper=Dumper, sort_keys=False, width=100, allow_unicode=True)
+    (K8S / "base" / "prometheusrule.yaml").write_text(PROMETHEUSRULE_HEAD + body)
+
+
 def main() -> int:
+    if sys.argv[1:] == ["--write-rule"]:
+        write_prometheusrule()
+        print("wrote deploy/k8s/base/prometheusrule.yaml")
+        return 0
     c = Checks()
     rendered = render_all(c)
     with (K8S / "secret.example.yaml").open() as f:
