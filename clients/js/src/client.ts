@@ -1,0 +1,386 @@
+/**
+ * `connect()`: one organization's event stream from the realtime gateway, over
+ * the browser's `EventSource`.
+ *
+ * Contract:
+ * - Events are delivered at most once and in commit order: an event whose id is
+ *   not after the last one seen is dropped (a replica that replays from an
+ *   older point after a failover cannot duplicate anything).
+ * - Nothing is lost across reconnects: every new connection passes the last
+ *   id seen as the `lastEventId` query parameter, and the gateway replays the
+ *   history after it. (EventSource's own `Last-Event-ID` header only survives
+ *   its automatic reconnects to the same URL, and this client makes its own
+ *   reconnects, to the next replica, so it uses the query parameter.)
+ * - When the history no longer reaches back that far the gateway sends one
+ *   `data.sync` (`reason: "gap"`); `onResync` handlers run so the app refetches.
+ * - With `persist`, the last id is saved per organization in `sessionStorage`,
+ *   so a page reload resumes where the previous page stopped.
+ * - `url` may list several gateway base URLs: every failure moves to the next
+ *   one, round robin, after a backoff with jitter (so a replica's clients do
+ *   not all land on the next one in the same millisecond).
+ */
+
+import {
+  type Channel,
+  type ConnectionMessage,
+  type DataSyncEvent,
+  type EventType,
+  type RealtimeEvent,
+  type RealtimeEventMap,
+  isEventType,
+} from "./events.js";
+
+/** The stream path on a gateway (DESIGN §3). */
+export const STREAM_PATH = "/api/realtime/stream";
+
+/** Longest wait for the gateway to answer `close()`'s DELETE before the socket is dropped anyway. */
+const CLOSE_WAIT_MS = 2_000;
+
+export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
+
+export interface ConnectOptions {
+  /**
+   * Gateway base URL(s), e.g. `"https://rt.example.com"`, or `""` for the
+   * page's own origin (a Next.js app proxying `/api/realtime/stream`). A
+   * list is tried in order, moving to the next one on each failure.
+   */
+  url?: string | readonly string[];
+  organizationId: string;
+  /** Channel filter; absent or empty: every event type. */
+  channels?: readonly Channel[];
+  /** Send cookies (the Auth.js session) to a gateway on another origin. Default `true`. */
+  withCredentials?: boolean;
+  /** Resume after this event id (overrides a persisted one). */
+  lastEventId?: string;
+  /** Save the last event id in `sessionStorage` so a reload resumes. Default `false`. */
+  persist?: boolean;
+  /** First reconnect delay in ms (doubled per failed attempt, with jitter). Default 500. */
+  retryDelay?: number;
+  /** Longest reconnect delay in ms. Default 15000. */
+  maxRetryDelay?: number;
+  /** Seams for tests and non-browser runtimes; default to the globals. */
+  EventSource?: EventSourceConstructor;
+  fetch?: typeof fetch;
+  storage?: Pick<Storage, "getItem" | "setItem" | "removeItem"> | null;
+}
+
+/** The constructor shape this client needs from `EventSource`. */
+export type EventSourceConstructor = new (
+  url: string,
+  init?: { withCredentials?: boolean },
+) => EventSourceLike;
+
+/** The subset of `EventSource` this client uses. */
+export interface EventSourceLike {
+  onopen: ((this: never, ev: Event) => unknown) | null;
+  onmessage: ((this: never, ev: MessageEvent) => unknown) | null;
+  onerror: ((this: never, ev: Event) => unknown) | null;
+  close(): void;
+}
+
+export type Unsubscribe = () => void;
+
+export interface RealtimeClient {
+  /** Calls `handler` for each event of `type`; returns the unsubscribe function. */
+  on<T extends EventType>(type: T, handler: (event: RealtimeEventMap[T]) => void): Unsubscribe;
+  /** Calls `handler` for every event. */
+  onEvent(handler: (event: RealtimeEvent) => void): Unsubscribe;
+  /** Calls `handler` on every state change (not with the current state). */
+  onStateChange(handler: (state: ConnectionState) => void): Unsubscribe;
+  /** Calls `handler` on each `data.sync`: the app should refetch its data. */
+  onResync(handler: (event: DataSyncEvent) => void): Unsubscribe;
+  /** Calls `handler` with each connection's first message. */
+  onConnection(handler: (message: ConnectionMessage) => void): Unsubscribe;
+  readonly state: ConnectionState;
+  /** The id of the last event delivered (or the resume point), if any. */
+  readonly lastEventId: string | undefined;
+  /** The current connection's id (from its `connection` message), if open. */
+  readonly connectionId: string | undefined;
+  /** The base URL of the gateway in use. */
+  readonly currentUrl: string;
+  /**
+   * Changes the channel filter. On an open connection this asks its gateway
+   * (`PUT /api/realtime/stream?connectionId=`); if that fails (no such
+   * endpoint, connection gone) the client reconnects with the new filter,
+   * resuming after the last event, so nothing is lost either way.
+   */
+  changeChannels(channels: readonly Channel[]): Promise<void>;
+  /**
+   * Closes the stream for good and tells its gateway
+   * (`DELETE /api/realtime/stream?connectionId=`) so the server frees the
+   * connection at once, even behind a proxy that keeps the TCP connection.
+   * The promise settles when that request did; it never rejects.
+   */
+  close(): Promise<void>;
+}
+
+/** The `sessionStorage` key holding an organization's last event id. */
+export function storageKey(organizationId: string): string {
+  return `realtime:lastEventId:${organizationId}`;
+}
+
+/** Parses `<lsn>-<index>` into a comparable pair; `undefined` if malformed. */
+export function parseEventId(id: string): [bigint, bigint] | undefined {
+  const m = /^(\d{1,20})-(\d{1,20})$/.exec(id);
+  if (!m) return undefined;
+  return [BigInt(m[1] as string), BigInt(m[2] as string)];
+}
+
+/** Whether event id `a` comes after `b` in commit order. */
+export function isAfter(a: string, b: string): boolean {
+  const pa = parseEventId(a);
+  const pb = parseEventId(b);
+  if (!pa || !pb) return a !== b;
+  return pa[0] > pb[0] || (pa[0] === pb[0] && pa[1] > pb[1]);
+}
+
+/** The stream URL for one connection attempt. */
+export function streamUrl(
+  base: string,
+  organizationId: string,
+  channels: readonly Channel[] | undefined,
+  lastEventId: string | undefined,
+): string {
+  const params = new URLSearchParams({ organizationId });
+  if (channels && channels.length > 0) params.set("channel", channels.join(","));
+  if (lastEventId) params.set("lastEventId", lastEventId);
+  return `${base.replace(/\/+$/, "")}${STREAM_PATH}?${params.toString()}`;
+}
+
+function defaultStorage(): ConnectOptions["storage"] {
+  try {
+    return typeof sessionStorage === "undefined" ? null : sessionStorage;
+  } catch {
+    // Storage can throw when disabled (privacy settings, sandboxed frames).
+    return null;
+  }
+}
+
+/** Opens the stream; the returned client reconnects until `close()`. */
+export function connect(options: ConnectOptions): RealtimeClient {
+  const urls = (Array.isArray(options.url) ? [...options.url] : [options.url ?? ""]) as string[];
+  if (urls.length === 0) throw new Error("connect: `url` lists no gateway");
+  if (!options.organizationId) throw new Error("connect: `organizationId` is required");
+  const maybeES = options.EventSource ?? (globalThis as { EventSource?: EventSourceConstructor }).EventSource;
+  if (!maybeES) throw new Error("connect: no EventSource in this environment (pass options.EventSource)");
+  const ES: EventSourceConstructor = maybeES;
+  const doFetch = options.fetch ?? globalThis.fetch?.bind(globalThis);
+  const storage = options.persist ? (options.storage === undefined ? defaultStorage() : options.storage) : null;
+  const withCredentials = options.withCredentials ?? true;
+  const retryDelay = options.retryDelay ?? 500;
+  const maxRetryDelay = options.maxRetryDelay ?? 15_000;
+  const key = storageKey(options.organizationId);
+
+  let channels: readonly Channel[] | undefined = options.channels;
+  let lastEventId: string | undefined = options.lastEventId ?? readStored();
+  let state: ConnectionState = "connecting";
+  let urlIndex = 0;
+  let failures = 0;
+  let source: EventSourceLike | undefined;
+  let connectionId: string | undefined;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+
+  const typed = new Map<string, Set<(event: never) => void>>();
+  const any = new Set<(event: RealtimeEvent) => void>();
+  const stateHandlers = new Set<(state: ConnectionState) => void>();
+  const resyncHandlers = new Set<(event: DataSyncEvent) => void>();
+  const connectionHandlers = new Set<(message: ConnectionMessage) => void>();
+
+  function readStored(): string | undefined {
+    try {
+      return storage?.getItem(key) ?? undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  function store(id: string): void {
+    try {
+      storage?.setItem(key, id);
+    } catch {
+      // Full or disabled storage: resuming after a reload is best effort.
+    }
+  }
+
+  function add<H>(set: Set<H>, handler: H): Unsubscribe {
+    set.add(handler);
+    return () => {
+      set.delete(handler);
+    };
+  }
+
+  /** Runs handlers so that one throwing cannot stop the others or the stream. */
+  function emit<A>(handlers: Iterable<(arg: A) => void>, arg: A): void {
+    for (const handler of [...handlers]) {
+      try {
+        handler(arg);
+      } catch (error) {
+        setTimeout(() => {
+          throw error;
+        });
+      }
+    }
+  }
+
+  function setState(next: ConnectionState): void {
+    if (next === state) return;
+    state = next;
+    emit(stateHandlers, next);
+  }
+
+  function open(): void {
+    timer = undefined;
+    const base = urls[urlIndex % urls.length] as string;
+    const es = new ES(streamUrl(base, options.organizationId, channels, lastEventId), { withCredentials });
+    source = es;
+    es.onopen = () => {
+      if (source !== es) return;
+      failures = 0;
+      setState("open");
+    };
+    es.onmessage = (message: MessageEvent) => {
+      if (source === es) receive(message);
+    };
+    es.onerror = () => {
+      if (source !== es) return;
+      // Take reconnection over from EventSource: it would retry the same
+      // URL with a Last-Event-ID that this client tracks better itself.
+      es.close();
+      source = undefined;
+      connectionId = undefined;
+      scheduleReconnect();
+    };
+  }
+
+  function scheduleReconnect(): void {
+    if (state === "closed") return;
+    setState("reconnecting");
+    failures += 1;
+    urlIndex = (urlIndex + 1) % urls.length;
+    const ceiling = Math.min(maxRetryDelay, retryDelay * 2 ** Math.min(failures - 1, 20));
+    const delay = ceiling / 2 + Math.random() * (ceiling / 2);
+    timer = setTimeout(open, delay);
+  }
+
+  function receive(message: MessageEvent): void {
+    let data: unknown;
+    try {
+      data = JSON.parse(String(message.data));
+    } catch {
+      return; // not ours: the gateway only sends JSON
+    }
+    if (typeof data !== "object" || data === null) return;
+    const type = (data as { type?: unknown }).type;
+    if (type === "connection") {
+      connectionId = (data as ConnectionMessage).connectionId;
+      emit(connectionHandlers, data as ConnectionMessage);
+      return;
+    }
+    if (!isEventType(type)) return; // a newer server's type: ignore, never crash
+    const event = data as RealtimeEvent;
+    const id = typeof event.id === "string" && event.id !== "" ? event.id : undefined;
+    if (id !== undefined) {
+      if (lastEventId !== undefined && !isAfter(id, lastEventId)) return;
+      lastEventId = id;
+      store(id);
+    }
+    emit(typed.get(type) ?? [], event as never);
+    emit(any, event);
+    if (event.type === "data.sync") emit(resyncHandlers, event);
+  }
+
+  function controlUrl(): string | undefined {
+    if (!connectionId) return undefined;
+    const base = (urls[urlIndex % urls.length] as string).replace(/\/+$/, "");
+    return `${base}${STREAM_PATH}?connectionId=${encodeURIComponent(connectionId)}`;
+  }
+
+  function reconnectNow(): void {
+    if (state === "closed") return;
+    source?.close();
+    source = undefined;
+    connectionId = undefined;
+    if (timer !== undefined) clearTimeout(timer);
+    setState("reconnecting");
+    open();
+  }
+
+  const client: RealtimeClient = {
+    on(type, handler) {
+      let set = typed.get(type);
+      if (!set) {
+        set = new Set();
+        typed.set(type, set);
+      }
+      return add(set, handler as (event: never) => void);
+    },
+    onEvent: (handler) => add(any, handler),
+    onStateChange: (handler) => add(stateHandlers, handler),
+    onResync: (handler) => add(resyncHandlers, handler),
+    onConnection: (handler) => add(connectionHandlers, handler),
+    get state() {
+      return state;
+    },
+    get lastEventId() {
+      return lastEventId;
+    },
+    get connectionId() {
+      return connectionId;
+    },
+    get currentUrl() {
+      return urls[urlIndex % urls.length] as string;
+    },
+    async changeChannels(next) {
+      channels = [...next];
+      const url = controlUrl();
+      if (state === "closed") return;
+      if (url && doFetch && state === "open") {
+        try {
+          const response = await doFetch(url, {
+            method: "PUT",
+            headers: { "Content-Type": "application/json" },
+            body: JSON.stringify({ channels: next }),
+            credentials: withCredentials ? "include" : "same-origin",
+          });
+          if (response.ok) return;
+        } catch {
+          // fall through: reconnect with the new filter
+        }
+      }
+      reconnectNow();
+    },
+    async close() {
+      if (state === "closed") return;
+      const url = controlUrl();
+      const es = source;
+      // Detach first: the stream ending from here on is expected, not a
+      // reason to reconnect.
+      source = undefined;
+      connectionId = undefined;
+      if (timer !== undefined) clearTimeout(timer);
+      timer = undefined;
+      setState("closed");
+      if (url && doFetch) {
+        // Ask the server before dropping the socket: the request names a
+        // connection it still holds (once the socket is gone the server
+        // forgets the id and would answer 404). Bounded, so a gateway that
+        // does not answer cannot keep the stream open.
+        const request = doFetch(url, {
+          method: "DELETE",
+          credentials: withCredentials ? "include" : "same-origin",
+          keepalive: true,
+        }).then(
+          () => undefined,
+          () => undefined, // closed locally below anyway; the server notices the socket
+        );
+        let bound: ReturnType<typeof setTimeout> | undefined;
+        await Promise.race([request, new Promise<void>((resolve) => (bound = setTimeout(resolve, CLOSE_WAIT_MS)))]);
+        clearTimeout(bound);
+      }
+      es?.close();
+    },
+  };
+
+  open();
+  return client;
+}

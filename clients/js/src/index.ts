@@ -1,0 +1,22 @@
+/**
+ * `@oikion/realtime`: the browser client of the realtime gateway.
+ *
+ * `connect()` opens one organization's event stream; React hooks live in
+ * `@oikion/realtime/react`. See README.md.
+ */
+
+export {
+  type ConnectOptions,
+  type ConnectionState,
+  connect,
+  type EventSourceConstructor,
+  type EventSourceLike,
+  isAfter,
+  parseEventId,
+  type RealtimeClient,
+  STREAM_PATH,
+  storageKey,
+  streamUrl,
+  type Unsubscribe,
+} from "./client.js";
+export * from "./events.js";
