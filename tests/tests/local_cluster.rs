@@ -390,6 +390,44 @@ async fn stream_through_nginx(http_port: u16) {
     );
 }
 
+/// The demo API refuses writes without a session (401) and for a user who
+/// is not a member of the organization (403), through nginx.
+async fn demo_api_refusals(http_port: u16) {
+    let base = format!("http://127.0.0.1:{http_port}/api/demo");
+    let client = reqwest::Client::new();
+    let create = format!("{base}/organizations/org_acme/properties");
+    let status = |r: reqwest::Result<reqwest::Response>| {
+        r.unwrap_or_else(|e| panic!("demo API request: {e}"))
+            .status()
+    };
+    assert_eq!(status(client.post(&create).send().await), 401, "no session");
+    let session = client
+        .post(format!("{base}/session"))
+        .header("Content-Type", "application/json")
+        .body(r#"{"userId":"user_carol"}"#)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {base}/session: {e}"));
+    assert_eq!(session.status(), 200, "minting carol's session");
+    let cookie = session
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .unwrap_or_else(|| panic!("the session answer sets the cookie"))
+        .to_owned();
+    assert!(cookie.starts_with("authjs.session-token="), "{cookie}");
+    let refused = client.post(&create).header("Cookie", &cookie).send().await;
+    assert_eq!(status(refused), 403, "carol is not a member of org_acme");
+    let unknown = client
+        .post(format!("{base}/session"))
+        .header("Content-Type", "application/json")
+        .body(r#"{"userId":"user_nobody"}"#)
+        .send()
+        .await;
+    assert_eq!(status(unknown), 404, "no such user");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn make_up_serves_the_demo_page_with_live_events_through_nginx() {
     let tools = required_tools();
@@ -441,6 +479,7 @@ async fn make_up_serves_the_demo_page_with_live_events_through_nginx() {
     );
 
     stream_through_nginx(cluster.http_port).await;
+    demo_api_refusals(cluster.http_port).await;
 
     // The page in Chromium, through nginx.
     let target = binary_path("realtime-demo")
@@ -489,6 +528,11 @@ async fn make_up_serves_the_demo_page_with_live_events_through_nginx() {
     assert_eq!(report["ok"], true, "{report}");
     let property = report["propertyId"].as_str().unwrap_or_default().to_owned();
     assert!(property.starts_with("prop_demo_"), "{report}");
+    let kept = report["keptPropertyId"].as_str().unwrap_or_default();
+    assert!(
+        kept.starts_with("prop_demo_") && kept != property,
+        "a second property was created: {report}"
+    );
     let operations: Vec<&str> = report["events"]
         .as_array()
         .map(|events| {

@@ -1,6 +1,7 @@
 // Drives the local cluster's demo page in Debian's headless Chromium, as a
 // person would: pick an organization and a user, sign in and connect, click
-// "Create property", then the new row's "update" and "delete", and wait for
+// "Create property", then the new row's "update" and "delete", then "Create
+// property" once more (that one stays, for the screenshot), and wait for
 // each change's event to appear in the page's live list (it arrives over the
 // page's EventSource, through nginx, from a gateway). Takes a screenshot.
 //
@@ -97,10 +98,17 @@ async function drive(page, args) {
   await eventRow(page, "delete", propertyId).waitFor();
   await row.waitFor({ state: "detached" });
 
+  // One more that stays, so the screenshot shows a live-added row too.
+  await page.click("#create");
+  await page.locator(`#message[data-last-property-id]:not([data-last-property-id="${propertyId}"])`).waitFor();
+  const keptPropertyId = await page.locator("#message").getAttribute("data-last-property-id");
+  await eventRow(page, "create", keptPropertyId).waitFor();
+  await page.locator(`#properties tr[data-property-id="${keptPropertyId}"]`).waitFor();
+
   const events = await page.locator("#events li[data-type]").evaluateAll((items) =>
     items.map((li) => ({ type: li.dataset.type, id: li.dataset.id, operation: li.dataset.operation,
                          propertyId: li.dataset.propertyId })));
-  return { connected, propertyId, events };
+  return { connected, propertyId, keptPropertyId, events };
 }
 
 main().catch((e) => {
