@@ -22,7 +22,8 @@
 # realtime-ingestor, realtime-gateway and realtime-demo binaries: up.sh then
 # runs those and does not build (default: cargo build into target/debug).
 # REALTIME_LOCAL_NGINX is the nginx binary (default: nginx on PATH, else
-# /usr/sbin/nginx).
+# /usr/sbin/nginx); when there is none, up.sh installs Debian's nginx-light
+# if it runs as root, unless REALTIME_LOCAL_NO_INSTALL is set.
 # shellcheck shell=bash disable=SC2034  # the variables are used by the scripts that source this
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
