@@ -26,6 +26,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::frame::Frame;
+use crate::trace::Fanout;
 
 #[derive(Debug, Clone)]
 pub enum HubMessage {
@@ -239,23 +240,37 @@ impl Hub {
     }
 
     fn dispatch(&self, channel: &str, payload: &[u8], broadcast_channel: &str) {
+        // `None` (one check) unless tracing is on and the event carries a
+        // trace context: see `crate::trace`.
+        let fanout = Fanout::start(payload);
         let frame = match Frame::parse(payload) {
             Ok(frame) => Arc::new(frame),
             Err(e) => {
                 tracing::warn!(error = %e, channel, "skipping a malformed message");
+                if let Some(fanout) = fanout {
+                    fanout.fail(&e.to_string());
+                }
                 return;
             }
         };
+        let (event_type, id) = (frame.event_type, frame.id);
+        let broadcast = channel == broadcast_channel;
+        // `send` answers how many local streams the frame was queued for.
+        let mut queued = 0;
         let entries = self.lock();
-        if channel == broadcast_channel {
+        if broadcast {
             for entry in entries.values() {
-                let _ = entry.tx.send(HubMessage::Frame(frame.clone()));
+                queued += entry.tx.send(HubMessage::Frame(frame.clone())).unwrap_or(0);
             }
         } else if let Some(entry) = entries.get(channel) {
             if let Some(member) = &frame.leaving_member {
                 (self.inner.on_leave)(member, &entry.org);
             }
-            let _ = entry.tx.send(HubMessage::Frame(frame));
+            queued = entry.tx.send(HubMessage::Frame(frame)).unwrap_or(0);
+        }
+        drop(entries);
+        if let Some(fanout) = fanout {
+            fanout.finish(event_type, &id, broadcast, queued);
         }
     }
 }

@@ -10,6 +10,7 @@
 //! - [`frame`]: an event parsed and encoded once into its SSE frame.
 //! - [`history`]: reading the Redis histories for resume and catch-up.
 //! - [`channels`]: channel filters.
+//! - [`trace`]: OpenTelemetry fan-out spans continuing the ingestor's traces.
 //! - [`stream`]: one SSE connection's body.
 //! - [`app`]: the HTTP routes; [`gateway`]: build and run a replica.
 #![forbid(unsafe_code)]
@@ -25,6 +26,7 @@ pub mod hub;
 pub mod membership;
 pub mod metrics;
 pub mod stream;
+pub mod trace;
 
 pub use crate::config::Config;
 pub use crate::gateway::Gateway;

@@ -17,7 +17,15 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    telemetry::init("info");
+    // Kept until `run_until_stopped` has returned: dropping it exports the
+    // spans still queued (bounded wait), so the last events' traces are kept.
+    let telemetry = match telemetry::init("info", "realtime-gateway") {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
         tracing::warn!(error = %e, "jemalloc background purging unavailable; freed memory returns to the OS more slowly");
     }
@@ -25,7 +33,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         match Gateway::build(config).await {
             Ok(gateway) => {
                 gateway.run_until_stopped(shutdown::signal()).await;
@@ -36,5 +44,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // The runtime first (its tasks may still hold spans), then the exporter.
+    drop(runtime);
+    drop(telemetry);
+    code
 }

@@ -9,6 +9,7 @@
 //! - [`change`] and [`router`]: row changes → event drafts, by the routing config.
 //! - [`session`]: one replication session: decode, route, publish, acknowledge.
 //! - [`heartbeat`]: WAL heartbeats and slot metrics.
+//! - [`trace`]: OpenTelemetry spans per transaction and `traceparent` in events.
 //!
 //! [`Ingestor::build`] does everything that can fail fast (config, routes,
 //! Postgres and Redis reachable, DDL, admin port) so that a bad start is one
@@ -25,6 +26,7 @@ pub mod replication;
 pub mod router;
 pub mod session;
 pub mod setup;
+pub mod trace;
 pub mod value;
 
 use std::future::Future;

@@ -11,7 +11,15 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    telemetry::init("info");
+    // Kept until `run_until_stopped` has returned: dropping it exports the
+    // spans still queued (bounded wait), so the last events' traces are kept.
+    let telemetry = match telemetry::init("info", "realtime-ingestor") {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     // One thread: the ingestor is a single ordered pipeline (replication
     // reader → decoder → Redis pipeline), and a single-threaded runtime
     // spares it the cross-thread wake-ups that dominated its CPU profile.
@@ -19,7 +27,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         match Ingestor::build(config).await {
             Ok(ingestor) => {
                 ingestor.run_until_stopped(shutdown::signal()).await;
@@ -30,5 +38,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // The runtime first (its tasks may still hold spans), then the exporter.
+    drop(runtime);
+    drop(telemetry);
+    code
 }

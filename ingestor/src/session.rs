@@ -17,6 +17,10 @@
 //!   nothing is in flight, the position of a server keepalive or of our own
 //!   heartbeat message is acknowledged too, so busy unpublished tables do
 //!   not pin WAL.
+//! - Tracing (only when an OTLP endpoint is set, see [`crate::trace`]): a
+//!   span per transaction from Begin until Redis accepted its last event,
+//!   a child span per Redis pipeline carrying its events, and the span's
+//!   `traceparent` in each event's envelope.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,12 +30,14 @@ use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationEvent};
 use realtime_shared::envelope::Envelope;
 use realtime_shared::event::{Event, EventId, EventType, EventVersion};
 use realtime_shared::publish::{Outgoing, PublishError, Publisher};
+use realtime_shared::telemetry;
 use tokio_util::sync::CancellationToken;
 
 use crate::change::{Operation, RowChange};
 use crate::metrics as m;
 use crate::pgoutput::{self, Message, OldTuple, Relation};
 use crate::router::{Draft, Router};
+use crate::trace::{self, TxnTrace};
 use crate::value::{self, TypeRegistry};
 
 /// The prefix of our heartbeat messages (DESIGN §2).
@@ -69,6 +75,8 @@ struct Txn {
     final_lsn: u64,
     commit_ms: i64,
     next_index: u64,
+    /// `None` unless tracing is on and the sampler kept the transaction.
+    trace: Option<TxnTrace>,
 }
 
 /// Metadata kept beside each batched event for metrics.
@@ -90,6 +98,10 @@ pub struct Session<'a> {
     /// End LSN of the newest commit whose events are all in `batch` or
     /// already in Redis: acknowledged after the next successful flush.
     ack_after_flush: Option<u64>,
+    /// Traces of committed transactions whose events are all in `batch` or
+    /// already in Redis, with their change counts: ended after the next
+    /// successful flush, like `ack_after_flush`.
+    committed_traces: Vec<(TxnTrace, u64)>,
 }
 
 impl<'a> Session<'a> {
@@ -110,6 +122,7 @@ impl<'a> Session<'a> {
             batch: Vec::with_capacity(max_batch),
             sent: Vec::with_capacity(max_batch),
             ack_after_flush: None,
+            committed_traces: Vec::new(),
         }
     }
 
@@ -163,17 +176,25 @@ impl<'a> Session<'a> {
         match event {
             ReplicationEvent::Begin {
                 final_lsn,
+                xid,
                 commit_time_micros,
-                ..
             } => {
                 self.txn = Some(Txn {
                     final_lsn: final_lsn.as_u64(),
                     commit_ms: unix_millis(commit_time_micros),
                     next_index: 0,
+                    trace: TxnTrace::start(xid, final_lsn.as_u64()),
                 });
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
-                self.txn = None;
+                if let Some(Txn {
+                    trace: Some(trace),
+                    next_index,
+                    ..
+                }) = self.txn.take()
+                {
+                    self.committed_traces.push((trace, next_index));
+                }
                 self.ack_after_flush = Some(end_lsn.as_u64());
                 if self.batch.is_empty() {
                     self.flush().await?;
@@ -318,13 +339,16 @@ impl<'a> Session<'a> {
         };
         match self.router.route_message(prefix, content) {
             Ok(Some(draft)) => {
-                let id = match &self.txn {
-                    Some(txn) if transactional => EventId::new(txn.final_lsn, index),
+                let (id, traceparent) = match &mut self.txn {
+                    Some(txn) if transactional => (
+                        EventId::new(txn.final_lsn, index),
+                        txn.trace.as_mut().map(TxnTrace::event),
+                    ),
                     // A non-transactional message is decoded at its own WAL
                     // position, between transactions: its LSN orders it.
-                    _ => EventId::new(lsn, 0),
+                    _ => (EventId::new(lsn, 0), None),
                 };
-                self.push_with(draft, id, commit_ms);
+                self.push_with(draft, id, commit_ms, traceparent);
                 if !transactional && self.txn.is_none() {
                     self.ack_after_flush = Some(lsn);
                 }
@@ -349,17 +373,24 @@ impl<'a> Session<'a> {
     }
 
     fn push(&mut self, draft: Draft, index: u64) {
-        let Some(txn) = &self.txn else {
+        let Some(txn) = &mut self.txn else {
             tracing::warn!("skipping a change outside a transaction");
             metrics::counter!(m::SKIPPED, "reason" => "no_transaction").increment(1);
             return;
         };
         let id = EventId::new(txn.final_lsn, index);
         let commit_ms = txn.commit_ms;
-        self.push_with(draft, id, commit_ms);
+        let traceparent = txn.trace.as_mut().map(TxnTrace::event);
+        self.push_with(draft, id, commit_ms, traceparent);
     }
 
-    fn push_with(&mut self, draft: Draft, id: EventId, commit_ms: i64) {
+    fn push_with(
+        &mut self,
+        draft: Draft,
+        id: EventId,
+        commit_ms: i64,
+        traceparent: Option<String>,
+    ) {
         let event = Event {
             id,
             event_type: draft.event_type,
@@ -374,7 +405,7 @@ impl<'a> Session<'a> {
         let envelope = Envelope {
             event,
             user_id: draft.user_id,
-            traceparent: None,
+            traceparent,
         };
         self.batch.push(Outgoing {
             id,
@@ -391,7 +422,12 @@ impl<'a> Session<'a> {
     /// events are all accepted.
     async fn flush(&mut self) -> Result<(), SessionError> {
         if !self.batch.is_empty() {
-            let accepted = self.publisher.publish(&self.batch).await?;
+            let spans = self.publish_spans();
+            let result = self.publisher.publish(&self.batch).await;
+            if !spans.is_empty() {
+                self.end_publish_spans(spans, &result);
+            }
+            let accepted = result?;
             let now = now_millis();
             for (new, sent) in accepted.iter().zip(&self.sent) {
                 if *new {
@@ -409,7 +445,57 @@ impl<'a> Session<'a> {
         if let Some(lsn) = self.ack_after_flush.take() {
             self.acknowledge(lsn);
         }
+        for (trace, changes) in self.committed_traces.drain(..) {
+            trace.finish(changes);
+        }
         Ok(())
+    }
+
+    /// The `realtime.publish` spans of the batch about to be sent: one per
+    /// traced transaction with events in it (none, without allocating, when
+    /// tracing is off).
+    fn publish_spans(&self) -> Vec<telemetry::Span> {
+        let open = self.txn.as_ref().and_then(|txn| txn.trace.as_ref());
+        self.committed_traces
+            .iter()
+            .map(|(trace, _)| trace)
+            .chain(open)
+            .filter_map(|trace| trace.publish_span(self.batch.len()))
+            .collect()
+    }
+
+    fn end_publish_spans(
+        &mut self,
+        spans: Vec<telemetry::Span>,
+        result: &Result<Vec<bool>, PublishError>,
+    ) {
+        let open = self.txn.as_mut().and_then(|txn| txn.trace.as_mut());
+        for trace in self
+            .committed_traces
+            .iter_mut()
+            .map(|(trace, _)| trace)
+            .chain(open)
+        {
+            trace.flushed();
+        }
+        match result {
+            Ok(accepted) => {
+                let duplicates = accepted.iter().filter(|new| !**new).count();
+                trace::end_publish(spans, duplicates, None);
+            }
+            Err(e) => {
+                let error = e.to_string();
+                trace::end_publish(spans, 0, Some(&error));
+                // Postgres sends these transactions again after the
+                // reconnect; their new spans will be the complete ones.
+                for (trace, _) in self.committed_traces.drain(..) {
+                    trace.fail(&error);
+                }
+                if let Some(trace) = self.txn.as_mut().and_then(|txn| txn.trace.take()) {
+                    trace.fail(&error);
+                }
+            }
+        }
     }
 
     /// Acknowledges a position past which nothing of ours is pending, when
