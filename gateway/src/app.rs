@@ -1,30 +1,45 @@
-//! The public HTTP API: `GET /api/realtime/stream` (DESIGN §3) and CORS.
+//! The public HTTP API (DESIGN §3): `GET`, `POST`, `PUT`, `DELETE
+//! /api/realtime/stream`, `POST /api/realtime/publish`, CORS, and the
+//! per-IP connect rate limit.
 //!
-//! Request path, in order: credentials (401) → query (400) → Redis
-//! subscription confirmed (503) → membership (403) → resume point → stream.
+//! `GET` request path, in order: draining (503) → connect rate (429) →
+//! credentials (401) → query (400) → Redis subscription confirmed (503) →
+//! membership (403) → connection caps (429) → resume point → stream.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::num::NonZeroU32;
+use std::time::{Instant, SystemTime};
+
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use realtime_shared::event::EventId;
+use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
+use tower_governor::GovernorLayer;
+use tower_governor::governor::GovernorConfigBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::auth::{self, Verification, Verifier};
+use crate::caps::{CapError, Caps};
 use crate::channels::ChannelFilter;
+use crate::client_ip::ClientIp;
+use crate::control::{Command, Control};
 use crate::frame::data_only;
 use crate::history::History;
 use crate::hub::Hub;
 use crate::membership::Membership;
 use crate::metrics as m;
-use crate::stream::{Connection, gap_message, now_ms};
+use crate::publishing::{self, Emitter, PublishError};
+use crate::registry::Registry;
+use crate::stream::{Connection, Lease, gap_message, now_ms};
 
 /// Longest organization id accepted (ids are short text keys).
 const MAX_ORG_ID: usize = 256;
@@ -37,14 +52,92 @@ pub struct AppState {
     pub heartbeat: Duration,
     pub retry: Duration,
     pub io_timeout: Duration,
-    pub shutdown: CancellationToken,
+    /// Cancelled at SIGTERM: new streams are refused from then on.
+    pub draining: CancellationToken,
+    /// Cancelled when the replica stops; every stream's close token is a
+    /// child of it.
+    pub stop: CancellationToken,
+    pub registry: Registry,
+    pub caps: Caps,
+    pub control: Control,
+    pub emitter: Emitter,
+    pub publish_key: Option<String>,
+    /// `user.activity` posts per user (this replica).
+    pub activity_limiter: DefaultKeyedRateLimiter<String>,
 }
 
-pub fn router(state: Arc<AppState>, cors_origins: &[String]) -> Router {
-    let router = Router::new()
-        .route("/api/realtime/stream", get(stream))
+/// How the public router limits and shares.
+pub struct RouterOptions {
+    pub cors_origins: Vec<String>,
+    /// New streams per second per client IP; 0: no limit.
+    pub connect_rate: f64,
+    pub connect_burst: u32,
+    pub client_ip: ClientIp,
+    pub max_publish_bytes: usize,
+}
+
+/// A per-user limiter for `POST /api/realtime/stream`.
+pub fn activity_limiter(rate: u32, burst: u32) -> DefaultKeyedRateLimiter<String> {
+    let rate = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+}
+
+/// The public routes. The connect limiter's key map is trimmed every few
+/// seconds until `stop`, so it holds only recently seen clients.
+pub fn router(state: Arc<AppState>, options: RouterOptions) -> Router {
+    let stop = state.stop.clone();
+    let mut stream_routes = Router::new().route(
+        "/api/realtime/stream",
+        get(stream)
+            .post(post_activity)
+            .put(put_stream)
+            .delete(delete_stream),
+    );
+    if options.connect_rate > 0.0 {
+        let period =
+            Duration::from_secs_f64(1.0 / options.connect_rate).max(Duration::from_nanos(1));
+        let config = GovernorConfigBuilder::default()
+            .period(period)
+            .burst_size(options.connect_burst.max(1))
+            .methods(vec![Method::GET])
+            .key_extractor(options.client_ip)
+            .finish();
+        if let Some(config) = config {
+            let limiter = config.limiter().clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => {
+                            limiter.retain_recent();
+                            limiter.shrink_to_fit();
+                        }
+                    }
+                }
+            });
+            stream_routes =
+                stream_routes.layer(GovernorLayer::new(config).error_handler(|e| match e {
+                    tower_governor::GovernorError::TooManyRequests { wait_time, .. } => too_many(
+                        "rate_limited",
+                        "too many new connections; slow down",
+                        wait_time.max(1),
+                    ),
+                    _ => reject(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "error",
+                        "client address unknown",
+                    ),
+                }));
+        }
+    }
+    let router = stream_routes
+        .route("/api/realtime/publish", post(publish))
+        .layer(DefaultBodyLimit::max(options.max_publish_bytes))
         .with_state(state);
-    let origins: Vec<HeaderValue> = cors_origins
+    let origins: Vec<HeaderValue> = options
+        .cors_origins
         .iter()
         .map(|o| o.trim())
         .filter(|o| !o.is_empty())
@@ -84,10 +177,40 @@ fn reject(status: StatusCode, reason: &'static str, why: &str) -> Response {
         .into_response()
 }
 
+/// 429 with `Retry-After` (seconds) and a reason.
+fn too_many(reason: &'static str, why: &str, retry_after_secs: u64) -> Response {
+    let mut response = reject(StatusCode::TOO_MANY_REQUESTS, reason, why);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    response
+}
+
+/// A `text/plain` answer of the non-stream endpoints (not counted as
+/// stream connections).
+fn plain(status: StatusCode, why: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{why}\n"),
+    )
+        .into_response()
+}
+
+fn json_response(status: StatusCode, value: serde_json::Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        value.to_string(),
+    )
+        .into_response()
+}
+
 struct Query {
     organization_id: Option<String>,
     channel: Option<String>,
     last_event_id: Option<String>,
+    connection_id: Option<String>,
 }
 
 fn parse_query(raw: Option<&str>) -> Query {
@@ -95,16 +218,96 @@ fn parse_query(raw: Option<&str>) -> Query {
         organization_id: None,
         channel: None,
         last_event_id: None,
+        connection_id: None,
     };
     for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
         match key.as_ref() {
             "organizationId" => q.organization_id = Some(value.into_owned()),
             "channel" => q.channel = Some(value.into_owned()),
             "lastEventId" => q.last_event_id = Some(value.into_owned()),
+            "connectionId" => q.connection_id = Some(value.into_owned()),
             _ => {}
         }
     }
     q
+}
+
+/// Who is asking: the user id and when their credential expires, or the
+/// refusal to send (401, or 503 when credentials cannot be checked now).
+async fn authenticate(
+    app: &AppState,
+    headers: &HeaderMap,
+) -> Result<(String, Option<SystemTime>), Response> {
+    let Some(credential) = auth::credentials_from_headers(headers) else {
+        return Err(reject(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "authentication required",
+        ));
+    };
+    match app.verifier.verify(&credential).await {
+        Ok(Verification::Identity(identity)) => Ok((identity.user_id, identity.expires_at)),
+        Ok(Verification::LookUpSession { token }) => {
+            match app.membership.session_user(&token).await {
+                Ok(Some((user, expires))) => Ok((user, Some(expires))),
+                Ok(None) => Err(reject(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    "invalid or expired session",
+                )),
+                Err(e) => {
+                    tracing::warn!(error = %e, "session lookup failed");
+                    Err(reject(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        "session store unavailable; retry",
+                    ))
+                }
+            }
+        }
+        Err(e) if e.status() == StatusCode::UNAUTHORIZED => {
+            tracing::debug!(error = %e, "credential refused");
+            Err(reject(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "invalid or expired credentials",
+            ))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "credentials cannot be checked now");
+            Err(reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "credentials cannot be checked now; retry",
+            ))
+        }
+    }
+}
+
+/// `organizationId` checked: present, bounded, no control characters.
+// A refusal is built once per refused request, off the hot path.
+#[allow(clippy::result_large_err)]
+fn organization_param(org: Option<String>) -> Result<String, Response> {
+    match org.filter(|o| !o.is_empty()) {
+        None => Err(reject(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "organizationId is required",
+        )),
+        Some(o) if o.len() > MAX_ORG_ID => Err(reject(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "organizationId is too long",
+        )),
+        // Ids are text keys: control characters (NUL above all, which
+        // Postgres refuses in text) are never part of one.
+        Some(o) if o.chars().any(char::is_control) => Err(reject(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "organizationId contains control characters",
+        )),
+        Some(o) => Ok(o),
+    }
 }
 
 async fn stream(
@@ -112,7 +315,7 @@ async fn stream(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    if app.shutdown.is_cancelled() {
+    if app.draining.is_cancelled() {
         return reject(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
@@ -120,80 +323,16 @@ async fn stream(
         );
     }
     // 1. Who is asking.
-    let Some(credential) = auth::credentials_from_headers(&headers) else {
-        return reject(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "authentication required",
-        );
-    };
-    let (user, expires_at) = match app.verifier.verify(&credential).await {
-        Ok(Verification::Identity(identity)) => (identity.user_id, identity.expires_at),
-        Ok(Verification::LookUpSession { token }) => {
-            match app.membership.session_user(&token).await {
-                Ok(Some((user, expires))) => (user, Some(expires)),
-                Ok(None) => {
-                    return reject(
-                        StatusCode::UNAUTHORIZED,
-                        "unauthenticated",
-                        "invalid or expired session",
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "session lookup failed");
-                    return reject(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "unavailable",
-                        "session store unavailable; retry",
-                    );
-                }
-            }
-        }
-        Err(e) if e.status() == StatusCode::UNAUTHORIZED => {
-            tracing::debug!(error = %e, "credential refused");
-            return reject(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "invalid or expired credentials",
-            );
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "credentials cannot be checked now");
-            return reject(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "credentials cannot be checked now; retry",
-            );
-        }
+    let (user, expires_at) = match authenticate(&app, &headers).await {
+        Ok(who) => who,
+        Err(refusal) => return refusal,
     };
 
     // 2. What is asked.
     let query = parse_query(raw.as_deref());
-    let org = match query.organization_id.filter(|o| !o.is_empty()) {
-        None => {
-            return reject(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "organizationId is required",
-            );
-        }
-        Some(o) if o.len() > MAX_ORG_ID => {
-            return reject(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "organizationId is too long",
-            );
-        }
-        // Ids are text keys: control characters (NUL above all, which
-        // Postgres refuses in text) are never part of one.
-        Some(o) if o.chars().any(char::is_control) => {
-            return reject(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "organizationId contains control characters",
-            );
-        }
-        Some(o) => o,
+    let org = match organization_param(query.organization_id) {
+        Ok(org) => org,
+        Err(refusal) => return refusal,
     };
     let (filter, channel_name) = match ChannelFilter::parse(query.channel.as_deref()) {
         Ok(f) => f,
@@ -262,8 +401,44 @@ async fn stream(
         }
     };
 
-    // 5. Where the stream starts.
-    let connection_id = uuid_like();
+    // 5. A place under the caps, counted across replicas.
+    let connection_id: Arc<str> = uuid_like().into();
+    match app.caps.acquire(&connection_id, &user, &org).await {
+        Ok(()) => {}
+        Err(CapError::User) => {
+            return too_many(
+                "user_limit",
+                "too many open streams for this user",
+                app.caps.retry_after_secs(),
+            );
+        }
+        Err(CapError::Organization) => {
+            return too_many(
+                "org_limit",
+                "too many open streams for this organization",
+                app.caps.retry_after_secs(),
+            );
+        }
+        Err(CapError::Redis(e)) => {
+            tracing::warn!(error = %e, "connection caps unavailable");
+            return reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "connection caps unavailable; retry",
+            );
+        }
+    }
+    let registration = app.registry.register(
+        connection_id.clone(),
+        user.as_str().into(),
+        org.as_str().into(),
+        filter,
+        &app.stop,
+    );
+    // From here on, dropping `lease` gives the place back.
+    let lease = Lease::new(app.caps.clone(), &registration.handle);
+
+    // 6. Where the stream starts.
     let mut pending = VecDeque::new();
     let hello = serde_json::json!({
         "type": "connection",
@@ -273,7 +448,7 @@ async fn stream(
         "organizationName": org_name,
         "channel": channel_name,
         "userId": user,
-        "connectionId": connection_id,
+        "connectionId": &*connection_id,
     });
     let mut first = format!("retry: {}\n", app.retry.as_millis()).into_bytes();
     first.extend_from_slice(&data_only(&hello.to_string()));
@@ -319,12 +494,12 @@ async fn stream(
     let conn = Connection {
         org,
         user,
-        filter,
+        handle: registration.handle.clone(),
         sub,
         history: app.history.clone(),
         heartbeat: app.heartbeat,
+        retry: app.retry,
         expires_at,
-        shutdown: app.shutdown.clone(),
         pending,
         last_seen,
         replay_after,
@@ -332,7 +507,7 @@ async fn stream(
         delivered: metrics::counter!(m::EVENTS_DELIVERED),
         latency: metrics::histogram!(m::COMMIT_TO_SEND),
     };
-    let body = Body::from_stream(conn.into_body(m::ConnectionGuard::new()));
+    let body = Body::from_stream(conn.into_body(m::ConnectionGuard::new(), registration, lease));
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")
@@ -340,6 +515,245 @@ async fn stream(
         .header("x-accel-buffering", "no")
         .body(body)
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// `POST /api/realtime/stream?organizationId=`: a member publishes a
+/// `user.activity` to the organization, as themselves.
+async fn post_activity(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Response {
+    let (user, _) = match authenticate(&app, &headers).await {
+        Ok(who) => who,
+        Err(refusal) => return refusal,
+    };
+    let org = match organization_param(parse_query(raw.as_deref()).organization_id) {
+        Ok(org) => org,
+        Err(refusal) => return refusal,
+    };
+    // Checked fresh (no cached answer): this replica may not be subscribed
+    // to the organization, so it might not have seen a revocation.
+    match app
+        .membership
+        .organization_name(&user, &org, Instant::now())
+        .await
+    {
+        Ok(Some(_)) => {}
+        Ok(None) => return plain(StatusCode::FORBIDDEN, "not a member of this organization"),
+        Err(e) => {
+            tracing::warn!(error = %e, "membership query failed");
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "membership unavailable; retry",
+            );
+        }
+    }
+    let content = match publishing::activity_message(&org, &user, &body) {
+        Ok(c) => c,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    // Counted after validation: a refused body costs a parse, not a place.
+    if let Err(not_until) = app.activity_limiter.check_key(&user) {
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(
+            &governor::clock::DefaultClock::default(),
+        ));
+        return too_many(
+            "activity_rate_limited",
+            "too many activity posts; slow down",
+            wait.as_secs().max(1),
+        );
+    }
+    emit(&app, &content).await
+}
+
+/// `POST /api/realtime/publish`: server-side publish with the publish key.
+async fn publish(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(key) = app.publish_key.as_deref() else {
+        return plain(
+            StatusCode::NOT_FOUND,
+            "the publish API is off (REALTIME_PUBLISH_KEY is not set)",
+        );
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return plain(
+            StatusCode::UNAUTHORIZED,
+            "Authorization: Bearer <publish key> required",
+        );
+    };
+    if !bool::from(presented.as_bytes().ct_eq(key.as_bytes())) {
+        return plain(StatusCode::UNAUTHORIZED, "wrong publish key");
+    }
+    let content = match publishing::api_message(&body) {
+        Ok(c) => c,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    emit(&app, &content).await
+}
+
+async fn emit(app: &AppState, content: &str) -> Response {
+    match app.emitter.emit(content).await {
+        Ok(lsn) => {
+            metrics::counter!(m::PUBLISHED).increment(1);
+            json_response(
+                StatusCode::ACCEPTED,
+                serde_json::json!({"status": "accepted", "lsn": lsn}),
+            )
+        }
+        Err(PublishError::BadBody(why)) => plain(StatusCode::BAD_REQUEST, &why),
+        Err(PublishError::Unavailable(e)) => {
+            tracing::warn!(error = %e, "publishing through Postgres failed");
+            plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database unavailable; retry",
+            )
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelsBody {
+    channels: Vec<String>,
+}
+
+/// `connectionId` checked: present and shaped like one of ours.
+// A refusal is built once per refused request, off the hot path.
+#[allow(clippy::result_large_err)]
+fn connection_param(id: Option<String>) -> Result<String, Response> {
+    match id {
+        Some(id) if id.len() == 36 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') => {
+            Ok(id)
+        }
+        Some(_) => Err(plain(StatusCode::NOT_FOUND, "no such connection")),
+        None => Err(plain(StatusCode::BAD_REQUEST, "connectionId is required")),
+    }
+}
+
+/// Whether the caller holds the connection (on any replica): 404 otherwise,
+/// so someone else's connection ids are indistinguishable from unknown ones.
+async fn owned(app: &AppState, user: &str, id: &str) -> Result<(), Response> {
+    match app.caps.owns(user, id).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(plain(StatusCode::NOT_FOUND, "no such connection")),
+        Err(e) => {
+            tracing::warn!(error = %e, "connection registry unavailable");
+            Err(plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "connection registry unavailable; retry",
+            ))
+        }
+    }
+}
+
+/// `PUT /api/realtime/stream?connectionId=` with `{"channels":[…]}`.
+async fn put_stream(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Response {
+    let (user, _) = match authenticate(&app, &headers).await {
+        Ok(who) => who,
+        Err(refusal) => return refusal,
+    };
+    let id = match connection_param(parse_query(raw.as_deref()).connection_id) {
+        Ok(id) => id,
+        Err(refusal) => return refusal,
+    };
+    let channels = match serde_json::from_slice::<ChannelsBody>(&body) {
+        Ok(b) => b.channels,
+        Err(e) => {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                &format!("body must be {{\"channels\":[…]}}: {e}"),
+            );
+        }
+    };
+    let (filter, name) = match ChannelFilter::parse_list(&channels) {
+        Ok(f) => f,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    if let Err(refusal) = owned(&app, &user, &id).await {
+        return refusal;
+    }
+    let command = Command::Filter {
+        connection_id: id.clone(),
+        user_id: user,
+        mask: filter.bits(),
+    };
+    match app.control.send(command).await {
+        Ok(()) => json_response(
+            StatusCode::OK,
+            serde_json::json!({"connectionId": id, "channel": name}),
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "control channel unavailable");
+            plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "control channel unavailable; retry",
+            )
+        }
+    }
+}
+
+/// `DELETE /api/realtime/stream?connectionId=` (one stream) or
+/// `?organizationId=` (all of the caller's streams to that organization).
+async fn delete_stream(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let (user, _) = match authenticate(&app, &headers).await {
+        Ok(who) => who,
+        Err(refusal) => return refusal,
+    };
+    let query = parse_query(raw.as_deref());
+    let command = if query.connection_id.is_some() {
+        let id = match connection_param(query.connection_id) {
+            Ok(id) => id,
+            Err(refusal) => return refusal,
+        };
+        if let Err(refusal) = owned(&app, &user, &id).await {
+            return refusal;
+        }
+        Command::Close {
+            connection_id: id,
+            user_id: user,
+        }
+    } else {
+        match query.organization_id {
+            Some(_) => match organization_param(query.organization_id) {
+                Ok(org) => Command::CloseAll {
+                    user_id: user,
+                    organization_id: org,
+                },
+                Err(refusal) => return refusal,
+            },
+            None => {
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    "connectionId or organizationId is required",
+                );
+            }
+        }
+    };
+    match app.control.send(command).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "control channel unavailable");
+            plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "control channel unavailable; retry",
+            )
+        }
+    }
 }
 
 /// A random 128-bit id in UUID text form (v4 layout).

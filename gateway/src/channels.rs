@@ -50,6 +50,20 @@ impl ChannelFilter {
         Ok((ChannelFilter(mask), spec.to_owned()))
     }
 
+    /// Parses the `channels` list of a `PUT` body; an empty list is all,
+    /// like an absent `channel` parameter.
+    pub fn parse_list(names: &[String]) -> Result<(ChannelFilter, String), UnknownChannel> {
+        ChannelFilter::parse(Some(&names.join(",")))
+    }
+
+    pub const fn bits(self) -> u16 {
+        self.0
+    }
+
+    pub const fn from_bits(bits: u16) -> ChannelFilter {
+        ChannelFilter(bits)
+    }
+
     pub fn passes(self, t: EventType) -> bool {
         self.0 & bit(t) != 0
     }

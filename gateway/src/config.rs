@@ -158,9 +158,76 @@ pub struct Config {
     #[arg(long = "realtime-client-buffer", env = "REALTIME_CLIENT_BUFFER", value_name = "REALTIME_CLIENT_BUFFER", default_value_t = 256, value_parser = clap::value_parser!(u64).range(8..=65_536))]
     pub client_buffer: u64,
 
+    /// How long open streams are closed over after SIGTERM (paced, each
+    /// with a jittered `retry:`); the process exits within it.
+    #[arg(long = "realtime-drain", env = "REALTIME_DRAIN", value_name = "REALTIME_DRAIN", default_value = "20s", value_parser = parse_positive_duration)]
+    pub drain: Duration,
+
+    /// New streams per second per client IP, fractions allowed (`0.5`: one
+    /// every two seconds); 0: no limit.
+    #[arg(long = "realtime-connect-rate", env = "REALTIME_CONNECT_RATE", value_name = "REALTIME_CONNECT_RATE", default_value_t = 10.0, value_parser = parse_rate)]
+    pub connect_rate: f64,
+
+    /// Burst of new streams per client IP above the rate.
+    #[arg(long = "realtime-connect-burst", env = "REALTIME_CONNECT_BURST", value_name = "REALTIME_CONNECT_BURST", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub connect_burst: u32,
+
+    /// Comma-separated proxy addresses or CIDRs whose X-Forwarded-For /
+    /// Forwarded headers are trusted for the client IP; empty: none.
+    #[arg(
+        long = "realtime-trusted-proxies",
+        env = "REALTIME_TRUSTED_PROXIES",
+        value_name = "REALTIME_TRUSTED_PROXIES",
+        default_value = "",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
+
+    /// Open streams per user across all replicas.
+    #[arg(long = "realtime-max-connections-per-user", env = "REALTIME_MAX_CONNECTIONS_PER_USER", value_name = "REALTIME_MAX_CONNECTIONS_PER_USER", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_user: u32,
+
+    /// Open streams per organization across all replicas.
+    #[arg(long = "realtime-max-connections-per-org", env = "REALTIME_MAX_CONNECTIONS_PER_ORG", value_name = "REALTIME_MAX_CONNECTIONS_PER_ORG", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_org: u32,
+
+    /// Lease of a stream's place in the caps: a crashed replica's streams
+    /// stop counting within it; leases are renewed every third of it.
+    #[arg(long = "realtime-connection-lease", env = "REALTIME_CONNECTION_LEASE", value_name = "REALTIME_CONNECTION_LEASE", default_value = "30s", value_parser = parse_positive_duration)]
+    pub connection_lease: Duration,
+
+    /// Bearer key of `POST /api/realtime/publish`; unset: that endpoint is off.
+    #[arg(
+        long = "realtime-publish-key",
+        env = "REALTIME_PUBLISH_KEY",
+        value_name = "REALTIME_PUBLISH_KEY",
+        hide_env_values = true
+    )]
+    pub publish_key: Option<String>,
+
+    /// Largest body accepted by the publish endpoints, in bytes.
+    #[arg(long = "realtime-max-publish-bytes", env = "REALTIME_MAX_PUBLISH_BYTES", value_name = "REALTIME_MAX_PUBLISH_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(64..=8_388_608))]
+    pub max_publish_bytes: u32,
+
+    /// `user.activity` posts per second per user (`POST /api/realtime/stream`).
+    #[arg(long = "realtime-activity-rate", env = "REALTIME_ACTIVITY_RATE", value_name = "REALTIME_ACTIVITY_RATE", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub activity_rate: u32,
+
+    /// Burst of `user.activity` posts per user above the rate.
+    #[arg(long = "realtime-activity-burst", env = "REALTIME_ACTIVITY_BURST", value_name = "REALTIME_ACTIVITY_BURST", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub activity_burst: u32,
+
     /// Timeout for connecting to and hearing back from Postgres and Redis.
     #[arg(long = "realtime-io-timeout", env = "REALTIME_IO_TIMEOUT", value_name = "REALTIME_IO_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
     pub io_timeout: Duration,
+}
+
+/// A rate: a finite, non-negative number.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
+        _ => Err(format!("{s:?} is not a non-negative number")),
+    }
 }
 
 impl Config {

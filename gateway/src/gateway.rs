@@ -10,13 +10,18 @@ use realtime_shared::keys::Keys;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{self, AppState};
+use crate::app::{self, AppState, RouterOptions};
 use crate::auth::{AuthConfig, AuthEnv, Verifier};
+use crate::caps::Caps;
+use crate::client_ip::{self, ClientIp};
 use crate::config::Config;
+use crate::control::Control;
 use crate::history::History;
 use crate::hub::Hub;
 use crate::membership::{Membership, MembershipError};
 use crate::metrics as m;
+use crate::publishing::Emitter;
+use crate::registry::{CloseReason, Registry};
 
 /// Why a replica could not start; each message is the one line printed
 /// before a non-zero exit.
@@ -35,6 +40,8 @@ pub enum StartError {
     },
     #[error("{0}")]
     Auth(String),
+    #[error("REALTIME_TRUSTED_PROXIES: {0}")]
+    TrustedProxies(String),
 }
 
 pub struct Gateway {
@@ -45,6 +52,7 @@ pub struct Gateway {
     membership: Arc<Membership>,
     verifier: Verifier,
     redis: redis::aio::ConnectionManager,
+    client_ip: ClientIp,
 }
 
 impl Gateway {
@@ -64,6 +72,10 @@ impl Gateway {
         })
         .map_err(|e| StartError::Auth(e.to_string()))?;
         let verifier = Verifier::new(auth).map_err(|e| StartError::Auth(e.to_string()))?;
+        let client_ip = ClientIp::new(
+            client_ip::parse_trusted(&config.trusted_proxies)
+                .map_err(StartError::TrustedProxies)?,
+        );
         let membership = Membership::new(
             &config.database_url,
             config.membership_query.clone(),
@@ -111,6 +123,7 @@ impl Gateway {
             membership: Arc::new(membership),
             verifier,
             redis,
+            client_ip,
         })
     }
 
@@ -122,23 +135,39 @@ impl Gateway {
         self.admin.local_addr().unwrap_or(self.config.admin_listen)
     }
 
-    /// Serves until `shutdown` resolves; open streams end themselves then.
+    /// Serves until `shutdown` resolves, then drains: `/readyz` turns 503
+    /// and new streams are refused at once, open streams are closed paced
+    /// over `REALTIME_DRAIN`, each with a jittered `retry:`, and the replica
+    /// stops within the drain time.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) {
-        let token = CancellationToken::new();
-        let trigger = token.clone();
+        let draining = CancellationToken::new();
+        let stop = CancellationToken::new();
+        let trigger = draining.clone();
         tokio::spawn(async move {
             shutdown.await;
             trigger.cancel();
         });
         let keys = Keys::new(self.config.key_prefix.clone());
+        let registry = Registry::default();
+        let control = Control::new(self.redis.clone(), keys.control(), registry.clone());
         let membership = self.membership.clone();
+        let control_hook = control.clone();
         let hub = Hub::start(
             self.config.redis_url.clone(),
             keys.clone(),
             self.config.client_buffer as usize,
             move |user, org| membership.revoke(user, org),
-            token.clone(),
+            move |payload| control_hook.on_message(payload),
+            stop.clone(),
         );
+        let caps = Caps::new(
+            self.redis.clone(),
+            keys.clone(),
+            self.config.max_connections_per_user,
+            self.config.max_connections_per_org,
+            self.config.connection_lease,
+        );
+        let renewal = tokio::spawn(caps.clone().renew_until(registry.clone(), stop.clone()));
         let state = Arc::new(AppState {
             hub,
             history: History::new(self.redis.clone(), keys),
@@ -147,36 +176,110 @@ impl Gateway {
             heartbeat: self.config.heartbeat,
             retry: self.config.retry,
             io_timeout: self.config.io_timeout,
-            shutdown: token.clone(),
+            draining: draining.clone(),
+            stop: stop.clone(),
+            registry: registry.clone(),
+            caps,
+            control,
+            emitter: Emitter::new(self.membership.pool()),
+            publish_key: self.config.publish_key.clone().filter(|k| !k.is_empty()),
+            activity_limiter: app::activity_limiter(
+                self.config.activity_rate,
+                self.config.activity_burst,
+            ),
         });
         let readiness_task = tokio::spawn(watch_readiness(
             self.readiness.clone(),
             self.membership.clone(),
             self.redis.clone(),
-            token.clone(),
+            draining.clone(),
         ));
-        let admin_stop = token.clone().cancelled_owned();
+        let admin_stop = stop.clone().cancelled_owned();
         let admin = tokio::spawn(async move {
             if let Err(e) = self.admin.run(admin_stop).await {
                 tracing::error!(error = %e, "admin server failed");
             }
         });
-        let app = app::router(state, &self.config.cors_origins);
-        let stop = token.clone().cancelled_owned();
-        if let Err(e) = axum::serve(self.listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::error!(error = %e, "server failed");
+        let app = app::router(
+            state,
+            RouterOptions {
+                cors_origins: self.config.cors_origins.clone(),
+                connect_rate: self.config.connect_rate,
+                connect_burst: self.config.connect_burst,
+                client_ip: self.client_ip,
+                max_publish_bytes: self.config.max_publish_bytes as usize,
+            },
+        );
+        let drain_time = self.config.drain;
+        let drained = stop.clone();
+        let drain_signal = draining.clone();
+        let drainer = tokio::spawn(async move {
+            drain_signal.cancelled().await;
+            drain(&registry, drain_time).await;
+            drained.cancel();
+        });
+        // Graceful shutdown from the start of the drain: the listener
+        // closes (a load balancer retries elsewhere) and keep-alive is off,
+        // so each connection closes as soon as its stream is drained and
+        // the client's reconnection cannot land here again.
+        let server_stop = draining.clone().cancelled_owned();
+        let serve = axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(server_stop);
+        let mut serve = std::pin::pin!(serve.into_future());
+        tokio::select! {
+            result = &mut serve => {
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "server failed");
+                }
+            }
+            _ = stop.cancelled() => {
+                // Streams have ended; idle keep-alive connections get a
+                // moment to close before the replica stops regardless.
+                let _ = tokio::time::timeout(Duration::from_secs(1), &mut serve).await;
+            }
         }
-        token.cancel();
+        stop.cancel();
+        drainer.abort();
+        let _ = renewal.await;
         let _ = readiness_task.await;
         let _ = admin.await;
         tracing::info!("gateway stopped");
     }
 }
 
-/// `/readyz`: Redis and Postgres both answer, and not shutting down.
+/// Closes every open stream, paced evenly over 80% of `within` (the rest is
+/// slack for the last writes and the exit), each with a jittered `retry:`.
+/// Spreading the closes spreads the reconnections the other replicas see.
+async fn drain(registry: &Registry, within: Duration) {
+    let handles = registry.all();
+    let count = handles.len();
+    tracing::info!(streams = count, over = ?within, "draining");
+    if count == 0 {
+        return;
+    }
+    let span = within.mul_f64(0.8);
+    let start = tokio::time::Instant::now();
+    for (i, handle) in handles.iter().enumerate() {
+        let at = start + span.mul_f64(i as f64 / count as f64);
+        tokio::time::sleep_until(at).await;
+        handle.close(CloseReason::Drain);
+        metrics::counter!(m::DRAINED).increment(1);
+    }
+    // Streams opened during the drain were refused; any left are closed now.
+    for handle in registry.all() {
+        handle.close(CloseReason::Drain);
+    }
+    // Give the last streams time to write their retry hint.
+    let left = span
+        .mul_f64(1.0 / count as f64)
+        .min(Duration::from_millis(200));
+    tokio::time::sleep(left).await;
+}
+
+/// `/readyz`: Redis and Postgres both answer, and not draining.
 async fn watch_readiness(
     readiness: Readiness,
     membership: Arc<Membership>,

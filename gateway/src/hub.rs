@@ -52,6 +52,9 @@ struct Entry {
 /// Called with (member, organization) for every `member.leave` seen.
 type LeaveHook = Box<dyn Fn(&str, &str) + Send + Sync>;
 
+/// Called with the payload of every message on the control channel.
+type ControlHook = Box<dyn Fn(&[u8]) + Send + Sync>;
+
 struct Inner {
     keys: Keys,
     capacity: usize,
@@ -61,6 +64,8 @@ struct Inner {
     commands: mpsc::UnboundedSender<Command>,
     /// Called once per `member.leave` frame (membership cache invalidation).
     on_leave: LeaveHook,
+    /// Control messages (`rt:{control}`) for this replica's streams.
+    on_control: ControlHook,
 }
 
 /// Cheap to clone; see the module docs.
@@ -85,6 +90,7 @@ impl Hub {
         keys: Keys,
         capacity: usize,
         on_leave: impl Fn(&str, &str) + Send + Sync + 'static,
+        on_control: impl Fn(&[u8]) + Send + Sync + 'static,
         shutdown: CancellationToken,
     ) -> Hub {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -95,6 +101,7 @@ impl Hub {
                 entries: Mutex::new(HashMap::new()),
                 commands: tx,
                 on_leave: Box::new(on_leave),
+                on_control: Box::new(on_control),
             }),
         };
         tokio::spawn(hub.clone().run(redis_url, rx, shutdown));
@@ -199,6 +206,8 @@ impl Hub {
         let client = redis::Client::open(redis_url)?;
         let (mut sink, mut stream) = client.get_async_pubsub().await?.split();
         sink.subscribe(broadcast_channel).await?;
+        let control_channel = self.inner.keys.control();
+        sink.subscribe(&control_channel).await?;
         // Commands queued while disconnected are reflected in the map.
         while commands.try_recv().is_ok() {}
         let channels: Vec<String> = self.lock().keys().cloned().collect();
@@ -232,6 +241,9 @@ impl Hub {
                     None => return Ok(()),
                 },
                 message = stream.next() => match message {
+                    Some(message) if message.get_channel_name() == control_channel => {
+                        (self.inner.on_control)(message.get_payload_bytes());
+                    }
                     Some(message) => self.dispatch(message.get_channel_name(), message.get_payload_bytes(), broadcast_channel),
                     None => return Err(redis::RedisError::from((redis::ErrorKind::Io, "pub/sub connection closed"))),
                 },

@@ -12,19 +12,29 @@
 //! - [`channels`]: channel filters.
 //! - [`trace`]: OpenTelemetry fan-out spans continuing the ingestor's traces.
 //! - [`stream`]: one SSE connection's body.
-//! - [`app`]: the HTTP routes; [`gateway`]: build and run a replica.
+//! - [`registry`]: this replica's open streams, by connection id.
+//! - [`caps`]: per-user and per-organization connection caps, leased in Redis.
+//! - [`control`]: PUT/DELETE on a stream held by any replica.
+//! - [`client_ip`]: the client address behind trusted proxies (connect rate limit).
+//! - [`publishing`]: events posted over HTTP, written through Postgres.
+//! - [`app`]: the HTTP routes; [`gateway`]: build and run a replica, and drain it.
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod auth;
+pub mod caps;
 pub mod channels;
+pub mod client_ip;
 pub mod config;
+pub mod control;
 pub mod frame;
 pub mod gateway;
 pub mod history;
 pub mod hub;
 pub mod membership;
 pub mod metrics;
+pub mod publishing;
+pub mod registry;
 pub mod stream;
 pub mod trace;
 

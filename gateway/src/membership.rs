@@ -100,6 +100,11 @@ impl Membership {
             .map_err(|e| MembershipError::Unavailable(e.to_string()))
     }
 
+    /// The connection pool, shared with the publish endpoints.
+    pub fn pool(&self) -> Pool {
+        self.pool.clone()
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Object, MembershipError> {
         self.pool
             .get()

@@ -6,10 +6,15 @@ pub const EVENTS_DELIVERED: &str = "realtime_gateway_events_delivered_total";
 pub const COMMIT_TO_SEND: &str = "realtime_gateway_commit_to_send_seconds";
 pub const REPLAYED: &str = "realtime_gateway_replayed_events_total";
 pub const REJECTED: &str = "realtime_gateway_rejected_total";
+pub const PUBLISHED: &str = "realtime_gateway_published_total";
+pub const DRAINED: &str = "realtime_gateway_drained_total";
 
 pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_gauge!(CONNECTIONS, "Open SSE streams on this replica.");
+    // Exported from the start, so dashboards and alerts see zeros, not gaps.
+    metrics::counter!(DRAINED).increment(0);
+    metrics::counter!(PUBLISHED).increment(0);
     describe_counter!(CONNECTIONS_TOTAL, "Stream requests, by result.");
     describe_counter!(
         EVENTS_DELIVERED,
@@ -18,13 +23,21 @@ pub fn describe() {
     describe_histogram!(
         COMMIT_TO_SEND,
         Unit::Seconds,
-        "Commit time to the event being handed to a client's stream."
+        "Commit time to a live event being handed to a client's stream (replays excluded)."
     );
     describe_counter!(
         REPLAYED,
         "Events read from history for resumes and catch-ups."
     );
     describe_counter!(REJECTED, "Stream requests refused, by reason.");
+    describe_counter!(
+        PUBLISHED,
+        "Events accepted by POST /api/realtime/stream and /api/realtime/publish."
+    );
+    describe_counter!(
+        DRAINED,
+        "Streams closed by a drain (SIGTERM), each with a jittered retry."
+    );
 }
 
 /// Counts one open stream while alive.

@@ -18,23 +18,27 @@ use futures_util::Stream;
 use realtime_shared::event::{EventId, EventType};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
-use tokio_util::sync::CancellationToken;
 
-use crate::channels::ChannelFilter;
+use std::sync::Arc;
+
+use crate::caps::Caps;
 use crate::frame::{Frame, data_only};
 use crate::history::History;
 use crate::hub::{HubMessage, Subscription};
 use crate::metrics as m;
+use crate::registry::{CloseReason, Handle, Registration};
 
 pub struct Connection {
     pub org: String,
     pub user: String,
-    pub filter: ChannelFilter,
+    /// Filter and close signal, shared with PUT/DELETE and the drain.
+    pub handle: Arc<Handle>,
     pub sub: Subscription,
     pub history: History,
     pub heartbeat: Duration,
+    /// The `retry:` hint; a draining replica sends it jittered.
+    pub retry: Duration,
     pub expires_at: Option<SystemTime>,
-    pub shutdown: CancellationToken,
     /// Frames to send before anything else (the connection message, replays).
     pub pending: VecDeque<Bytes>,
     /// The id of the newest event this connection has passed (sent or
@@ -74,6 +78,42 @@ struct Running {
     heartbeat: Interval,
     expiry: Option<Instant>,
     _guard: m::ConnectionGuard,
+    _registration: Registration,
+    _lease: Lease,
+}
+
+/// A stream's place in the connection caps, given back when it ends.
+pub struct Lease {
+    caps: Caps,
+    id: Arc<str>,
+    user: Arc<str>,
+    org: Arc<str>,
+}
+
+impl Lease {
+    pub fn new(caps: Caps, handle: &Handle) -> Self {
+        Lease {
+            caps,
+            id: handle.id.clone(),
+            user: handle.user.clone(),
+            org: handle.org.clone(),
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.caps
+            .release(self.id.clone(), self.user.clone(), self.org.clone());
+    }
+}
+
+/// `retry:` drawn uniformly from [retry/2, 3·retry/2): clients closed at
+/// the same moment of a drain come back spread out.
+pub fn jittered_retry(retry: Duration) -> Bytes {
+    let base = retry.as_millis().max(2) as u64;
+    let ms = base / 2 + rand::random_range(0..base);
+    Bytes::from(format!("retry: {ms}\n\n"))
 }
 
 impl Connection {
@@ -82,6 +122,8 @@ impl Connection {
     pub fn into_body(
         self,
         guard: m::ConnectionGuard,
+        registration: Registration,
+        lease: Lease,
     ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
         let mut heartbeat =
             tokio::time::interval_at(Instant::now() + self.heartbeat, self.heartbeat);
@@ -95,25 +137,31 @@ impl Connection {
             heartbeat,
             expiry,
             _guard: guard,
+            _registration: registration,
+            _lease: lease,
         };
         futures_util::stream::unfold(running, |mut r| async move {
             r.next().await.map(|bytes| (Ok(bytes), r))
         })
     }
 
-    /// Takes a frame from the feed or a replay: drops duplicates, applies
-    /// the channel filter and the user target, notices revocation.
-    fn offer(&mut self, frame: &Frame) {
+    /// Takes a frame from the feed (`live`) or a replay: drops duplicates,
+    /// applies the channel filter and the user target, notices revocation.
+    /// Commit→send latency is recorded for live frames only: a replay's
+    /// age says how long the client was away, not how fast we are.
+    fn offer(&mut self, frame: &Frame, live: bool) {
         if self.last_seen.is_some_and(|last| frame.id <= last) {
             return;
         }
         self.last_seen = Some(frame.id);
         let for_me = frame.user_id.as_deref().is_none_or(|u| u == self.user);
-        if for_me && self.filter.passes(frame.event_type) {
+        if for_me && self.handle.filter().passes(frame.event_type) {
             self.pending.push_back(frame.bytes.clone());
             self.delivered.increment(1);
-            let latency = (now_ms() - frame.commit_ms).max(0) as f64 / 1000.0;
-            self.latency.record(latency);
+            if live {
+                let latency = (now_ms() - frame.commit_ms).max(0) as f64 / 1000.0;
+                self.latency.record(latency);
+            }
         }
         if frame.event_type == EventType::MemberLeave
             && frame.leaving_member.as_deref() == Some(self.user.as_str())
@@ -158,7 +206,7 @@ impl Running {
                 let last = page.frames.last().map(|f| f.id);
                 metrics::counter!(m::REPLAYED).increment(page.frames.len() as u64);
                 for frame in &page.frames {
-                    conn.offer(frame);
+                    conn.offer(frame, false);
                 }
                 conn.replay_after = if page.more {
                     Some(last.or(after))
@@ -175,10 +223,16 @@ impl Running {
             };
             tokio::select! {
                 biased;
-                _ = conn.shutdown.cancelled() => return None,
+                _ = conn.handle.closed().cancelled() => {
+                    if conn.handle.close_reason() != CloseReason::Drain {
+                        return None;
+                    }
+                    conn.closing = true;
+                    return Some(jittered_retry(conn.retry));
+                }
                 _ = expiry => return None,
                 message = conn.sub.rx.recv() => match message {
-                    Ok(HubMessage::Frame(frame)) => conn.offer(&frame),
+                    Ok(HubMessage::Frame(frame)) => conn.offer(&frame, true),
                     Ok(HubMessage::Resync) | Err(RecvError::Lagged(_)) => {
                         if !conn.start_catch_up().await {
                             return None;

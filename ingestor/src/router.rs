@@ -25,8 +25,6 @@
 //!   draft, not per change.
 //! - Values of rows and messages never appear in error messages (logs).
 
-use std::str::FromStr;
-
 use realtime_shared::event::{EventType, Source};
 use realtime_shared::routes::{
     ActivityRoute, MembershipRoute, NotificationRoute, OrganizationRoute, PropertyRoute, RouteKind,
@@ -36,21 +34,7 @@ use serde_json::{Map, Value, json};
 
 use crate::change::{Operation, Row, RowChange};
 
-/// The logical-message prefix that carries application events
-/// (`pg_logical_emit_message(true, 'realtime', json)`).
-pub const MESSAGE_PREFIX: &str = "realtime";
-
-/// An event before it has an id and a timestamp.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Draft {
-    pub event_type: EventType,
-    pub source: Source,
-    /// `None`: a broadcast, to every organization.
-    pub organization_id: Option<String>,
-    /// `Some`: only this user's connections receive the event.
-    pub user_id: Option<String>,
-    pub payload: Value,
-}
+pub use realtime_shared::message::{Draft, MESSAGE_PREFIX, MessageError};
 
 /// Which row of a change a problem is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,29 +79,6 @@ pub enum RouteError {
     },
     #[error("logical message {MESSAGE_PREFIX:?}: {0}")]
     Message(#[from] MessageError),
-}
-
-/// Why a `realtime` logical message was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MessageError {
-    #[error("content is not JSON: {0}")]
-    Json(String),
-    #[error("content is not a JSON object")]
-    NotObject,
-    #[error("unknown field {0:?} (expected type, organizationId, userId, payload)")]
-    UnknownField(String),
-    #[error("missing field {0:?}")]
-    MissingField(&'static str),
-    #[error("{0:?} must be a string")]
-    NotString(&'static str),
-    #[error("{0:?} must not be empty")]
-    Empty(&'static str),
-    #[error("unknown event type {0:?}")]
-    UnknownType(String),
-    #[error("\"payload\" must be a JSON object")]
-    PayloadNotObject,
-    #[error("notification.new requires \"userId\"")]
-    NotificationWithoutUser,
 }
 
 /// Routes changes by a validated [`Routes`] config.
@@ -181,65 +142,8 @@ impl Router {
         if prefix != MESSAGE_PREFIX {
             return Ok(None);
         }
-        Ok(Some(parse_message(content)?))
+        Ok(Some(Draft::from_message(content)?))
     }
-}
-
-fn parse_message(content: &[u8]) -> Result<Draft, MessageError> {
-    // Parsing into a `Value` first keeps serde's type errors, which quote
-    // values, out of the messages; syntax errors only name a position.
-    let value: Value =
-        serde_json::from_slice(content).map_err(|e| MessageError::Json(e.to_string()))?;
-    let Value::Object(mut fields) = value else {
-        return Err(MessageError::NotObject);
-    };
-    if let Some(key) = fields
-        .keys()
-        .find(|k| !matches!(k.as_str(), "type" | "organizationId" | "userId" | "payload"))
-    {
-        return Err(MessageError::UnknownField(truncate(key)));
-    }
-    let event_type = match fields.remove("type") {
-        Some(Value::String(t)) => {
-            EventType::from_str(&t).map_err(|_| MessageError::UnknownType(truncate(&t)))?
-        }
-        Some(_) => return Err(MessageError::NotString("type")),
-        None => return Err(MessageError::MissingField("type")),
-    };
-    let organization_id = optional_id(&mut fields, "organizationId")?;
-    let user_id = optional_id(&mut fields, "userId")?;
-    let payload = match fields.remove("payload") {
-        Some(p @ Value::Object(_)) => p,
-        Some(_) => return Err(MessageError::PayloadNotObject),
-        None => return Err(MessageError::MissingField("payload")),
-    };
-    if event_type == EventType::NotificationNew && user_id.is_none() {
-        return Err(MessageError::NotificationWithoutUser);
-    }
-    Ok(Draft {
-        event_type,
-        source: Source::Api,
-        organization_id,
-        user_id,
-        payload,
-    })
-}
-
-fn optional_id(
-    fields: &mut Map<String, Value>,
-    key: &'static str,
-) -> Result<Option<String>, MessageError> {
-    match fields.remove(key) {
-        None => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Err(MessageError::Empty(key)),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(MessageError::NotString(key)),
-    }
-}
-
-/// Bounds names echoed into error messages.
-fn truncate(s: &str) -> String {
-    s.chars().take(64).collect()
 }
 
 /// One change being routed by one route.

@@ -4,6 +4,7 @@
 //! - [`event`]: the event model and its wire JSON (DESIGN §3).
 //! - [`envelope`]: the bytes stored in Redis per event (event + routing metadata).
 //! - [`keys`]: Redis key and channel names (DESIGN §4).
+//! - [`message`]: application events sent as Postgres logical messages, validated.
 //! - [`routes`]: the routing config: which tables become which events (DESIGN §6).
 //! - [`publish`]: the atomic XADD-then-PUBLISH Redis function and a pipelined publisher.
 //! - [`config`]: durations and start-up validation helpers (DESIGN §5).
@@ -17,6 +18,7 @@ pub mod config;
 pub mod envelope;
 pub mod event;
 pub mod keys;
+pub mod message;
 pub mod publish;
 pub mod routes;
 pub mod shutdown;

@@ -1297,6 +1297,8 @@ async fn nine_thousand_idle_streams_opened_and_dropped_leave_memory_at_baseline(
         // per-IP connect rate limit (DESIGN §3) for this test.
         ("REALTIME_CONNECT_RATE", "100000".to_owned()),
         ("REALTIME_CONNECT_BURST", "100000".to_owned()),
+        ("REALTIME_MAX_CONNECTIONS_PER_USER", "100000".to_owned()),
+        ("REALTIME_MAX_CONNECTIONS_PER_ORG", "100000".to_owned()),
     ];
     let child =
         realtime_tests::ChildProcess::spawn(&realtime_tests::binary_path("realtime-gateway"), &env);

@@ -20,6 +20,7 @@ fn env(ctx: &TestContext, listen_port: u16) -> Vec<(&'static str, String)> {
         ("REALTIME_LISTEN", format!("127.0.0.1:{listen_port}")),
         ("REALTIME_ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
         ("REALTIME_IO_TIMEOUT", "3s".to_owned()),
+        ("REALTIME_DRAIN", "2s".to_owned()),
     ]
 }
 

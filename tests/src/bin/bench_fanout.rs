@@ -494,6 +494,10 @@ async fn main() -> anyhow::Result<()> {
             ("REALTIME_ADMIN_LISTEN", "127.0.0.1:0"),
             ("REALTIME_JWT_SECRET", JWT_SECRET),
             ("REALTIME_HEARTBEAT", "30s"),
+            // Thousands of streams from one address and a few users.
+            ("REALTIME_CONNECT_RATE", "0"),
+            ("REALTIME_MAX_CONNECTIONS_PER_USER", "1000000"),
+            ("REALTIME_MAX_CONNECTIONS_PER_ORG", "1000000"),
             ("RUST_LOG", "info"),
         ],
     );

@@ -36,6 +36,12 @@ pub fn gateway_config(ctx: &TestContext) -> Config {
     config.jwt_secret = Some(JWT_SECRET.to_owned());
     config.auth_secret = Some("test-auth-secret".to_owned());
     config.heartbeat = Duration::from_secs(1);
+    // Tests open many streams from one address and user; the protection
+    // tests set their own limits.
+    config.connect_rate = 0.0;
+    config.max_connections_per_user = 100_000;
+    config.max_connections_per_org = 100_000;
+    config.drain = Duration::from_millis(500);
     config
 }
 

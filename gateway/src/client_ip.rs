@@ -1,0 +1,165 @@
+//! The client IP behind a request, for the per-IP connect rate limit
+//! (DESIGN §3, `REALTIME_TRUSTED_PROXIES`).
+//!
+//! The TCP peer is the client unless it is a trusted proxy; then the
+//! `X-Forwarded-For` chain (or, without it, `X-Real-IP`) is read from the
+//! right, skipping trusted proxies, and the first untrusted address is the
+//! client. Reading from the right matters: the left part of the chain is
+//! whatever the client wrote. IPv6 clients are keyed by their /64, which one
+//! subscriber controls as a whole, so rotating addresses does not evade the
+//! limit.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::ConnectInfo;
+use axum::http::Request;
+use ipnet::IpNet;
+use tower_governor::GovernorError;
+use tower_governor::key_extractor::KeyExtractor;
+
+/// Parses `REALTIME_TRUSTED_PROXIES` items: an address or a CIDR.
+pub fn parse_trusted(items: &[String]) -> Result<Vec<IpNet>, String> {
+    items
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| format!("{s:?} is not an IP address or CIDR"))
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ClientIp {
+    trusted: Arc<[IpNet]>,
+}
+
+impl ClientIp {
+    pub fn new(trusted: Vec<IpNet>) -> Self {
+        ClientIp {
+            trusted: trusted.into(),
+        }
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client address for a request from `peer`.
+    pub fn resolve(&self, peer: IpAddr, headers: &axum::http::HeaderMap) -> IpAddr {
+        if !self.is_trusted(peer) {
+            return peer;
+        }
+        let forwarded: Vec<IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+            .collect();
+        if let Some(client) = forwarded.iter().rev().find(|ip| !self.is_trusted(**ip)) {
+            return *client;
+        }
+        if let Some(first) = forwarded.first() {
+            return *first;
+        }
+        headers
+            .get("x-real-ip")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.trim().parse::<IpAddr>().ok())
+            .unwrap_or(peer)
+    }
+}
+
+/// The rate-limit key: the address, IPv6 cut to its /64.
+pub fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+impl KeyExtractor for ClientIp {
+    type Key = IpAddr;
+
+    fn extract<T>(&self, req: &Request<T>) -> Result<Self::Key, GovernorError> {
+        let peer = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip())
+            .ok_or(GovernorError::UnableToExtractKey)?;
+        Ok(limit_key(self.resolve(peer, req.headers())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderMap;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn untrusted_peers_cannot_forge_their_address() {
+        let c = ClientIp::new(parse_trusted(&["10.0.0.0/8".into()]).unwrap());
+        let peer: IpAddr = "203.0.113.9".parse().unwrap();
+        let h = headers(&[("x-forwarded-for", "1.2.3.4")]);
+        assert_eq!(c.resolve(peer, &h), peer);
+    }
+
+    #[test]
+    fn trusted_proxy_chain_is_read_from_the_right() {
+        let c = ClientIp::new(parse_trusted(&["10.0.0.0/8".into(), "192.0.2.1".into()]).unwrap());
+        let peer: IpAddr = "10.1.1.1".parse().unwrap();
+        // The client wrote 1.1.1.1 itself; 198.51.100.7 is what the first
+        // trusted proxy saw.
+        let h = headers(&[("x-forwarded-for", "1.1.1.1, 198.51.100.7, 192.0.2.1")]);
+        assert_eq!(
+            c.resolve(peer, &h),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        let h = headers(&[("x-real-ip", "198.51.100.8")]);
+        assert_eq!(
+            c.resolve(peer, &h),
+            "198.51.100.8".parse::<IpAddr>().unwrap()
+        );
+        let h = headers(&[("x-forwarded-for", "garbage")]);
+        assert_eq!(c.resolve(peer, &h), peer);
+    }
+
+    #[test]
+    fn ipv6_is_keyed_by_its_64() {
+        let a = limit_key("2001:db8:1:2:aaaa::1".parse().unwrap());
+        let b = limit_key("2001:db8:1:2:bbbb::2".parse().unwrap());
+        assert_eq!(a, b);
+        assert_eq!(
+            limit_key("::ffff:192.0.2.5".parse().unwrap()),
+            "192.0.2.5".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn bad_proxy_items_are_named() {
+        let e = parse_trusted(&["10.0.0.0/8".into(), "nope".into()]).unwrap_err();
+        assert!(e.contains("nope"), "{e}");
+        assert!(parse_trusted(&["".into()]).unwrap().is_empty());
+    }
+}

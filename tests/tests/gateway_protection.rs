@@ -1,0 +1,967 @@
+//! Gateway protection and control (DESIGN §3) against real Postgres, Redis,
+//! the ingestor and two gateway replicas: connection caps counted across
+//! replicas with expiring leases, the per-IP connect rate limit behind
+//! trusted proxies, PUT/DELETE on a stream held by the other replica, the
+//! publish API and members' activity posts written through Postgres, a
+//! client that stops reading, and the paced drain on SIGTERM.
+
+#![allow(clippy::unwrap_used)] // test helpers, not only #[test] fns
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use realtime_tests::{ChildProcess, TestContext, binary_path, free_port, wait_until};
+use serde_json::{Value, json};
+use support::gateway::{JWT_SECRET, RunningGateway, gateway_config, token};
+use support::sse::SseClient;
+use support::{RunningIngestor, config_for, http_get, metric_value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const WAIT: Duration = Duration::from_secs(30);
+const PUBLISH_KEY: &str = "test-publish-key";
+
+const SEED: &str = "INSERT INTO organizations (id, name) VALUES ('orgA', 'Acme'), ('orgB', 'Bolt');
+     INSERT INTO users (id) VALUES ('ua'), ('ua2'), ('ub'), ('outsider');
+     INSERT INTO organization_members (id, \"userId\", \"organizationId\") VALUES
+       ('m1', 'ua', 'orgA'), ('m2', 'ua2', 'orgA'), ('m3', 'ub', 'orgB');";
+
+/// The ingestor in-process and two gateway replicas in-process.
+struct Cluster {
+    ing: RunningIngestor,
+    gw: [RunningGateway; 2],
+}
+
+async fn cluster(tune: impl Fn(&mut realtime_gateway::Config)) -> Cluster {
+    let ctx = TestContext::new().await;
+    ctx.batch(SEED).await;
+    let mut config = config_for(&ctx);
+    config.history_len = 50_000;
+    let ing = RunningIngestor::start(ctx.clone(), config).await;
+    let mut a = gateway_config(&ctx);
+    let mut b = gateway_config(&ctx);
+    tune(&mut a);
+    tune(&mut b);
+    let gw = [
+        RunningGateway::start(a).await,
+        RunningGateway::start(b).await,
+    ];
+    Cluster { ing, gw }
+}
+
+fn base(gw: &RunningGateway) -> String {
+    format!("http://{}", gw.addr)
+}
+
+/// A gateway binary as a child process (for kill -9, RSS and SIGTERM).
+struct GatewayProcess {
+    child: ChildProcess,
+    addr: SocketAddr,
+    admin: SocketAddr,
+}
+
+async fn gateway_process(ctx: &TestContext, extra: &[(&str, &str)]) -> GatewayProcess {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut env: Vec<(&str, String)> = vec![
+        ("DATABASE_URL", ctx.database_url()),
+        ("REDIS_URL", ctx.redis_url()),
+        ("REALTIME_KEY_PREFIX", ctx.key_prefix().to_owned()),
+        ("REALTIME_JWT_SECRET", JWT_SECRET.to_owned()),
+        ("REALTIME_LISTEN", addr.to_string()),
+        ("REALTIME_ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
+        ("REALTIME_CONNECT_RATE", "0".to_owned()),
+    ];
+    for (k, v) in extra {
+        env.retain(|(key, _)| key != k);
+        env.push((k, (*v).to_owned()));
+    }
+    let child = ChildProcess::spawn(&binary_path("realtime-gateway"), &env);
+    let admin = child.admin_addr(WAIT).await;
+    wait_until("the gateway is ready", WAIT, || async move {
+        http_get(&format!("http://{admin}/readyz"))
+            .await
+            .filter(|(s, _)| *s == 200)
+    })
+    .await;
+    GatewayProcess { child, addr, admin }
+}
+
+impl GatewayProcess {
+    fn stream_url(&self, query: &str) -> String {
+        format!("http://{}/api/realtime/stream?{query}", self.addr)
+    }
+
+    async fn metrics(&self) -> String {
+        http_get(&format!("http://{}/metrics", self.admin))
+            .await
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+
+    fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.pid())).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        kb * 1024
+    }
+}
+
+/// The first message of a stream: the connection message.
+async fn hello(client: &mut SseClient) -> Value {
+    let m = client
+        .next(WAIT)
+        .await
+        .unwrap()
+        .expect("connection message");
+    let j = m.json();
+    assert_eq!(j["type"], "connection");
+    j
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap()
+}
+
+async fn publish(base: &str, key: Option<&str>, body: &str) -> (u16, String) {
+    let mut req = http()
+        .post(format!("{base}/api/realtime/publish"))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let resp = req.send().await.unwrap();
+    (
+        resp.status().as_u16(),
+        resp.text().await.unwrap_or_default(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caps_hold_across_replicas_and_free_after_a_replica_is_killed() {
+    let ctx = TestContext::new().await;
+    ctx.batch(SEED).await;
+    let caps = [
+        ("REALTIME_MAX_CONNECTIONS_PER_USER", "2"),
+        ("REALTIME_MAX_CONNECTIONS_PER_ORG", "3"),
+        ("REALTIME_CONNECTION_LEASE", "2s"),
+    ];
+    let mut a = gateway_process(&ctx, &caps).await;
+    let b = gateway_process(&ctx, &caps).await;
+    let q = "organizationId=orgA";
+    let ua = token("ua", 600);
+    let ua2 = token("ua2", 600);
+
+    let mut s1 = SseClient::connect(&a.stream_url(q), Some(&ua), &[]).await;
+    assert_eq!(s1.status, 200);
+    hello(&mut s1).await;
+    let mut s2 = SseClient::connect(&b.stream_url(q), Some(&ua), &[]).await;
+    assert_eq!(s2.status, 200);
+    hello(&mut s2).await;
+
+    // ua's third stream, on either replica: the user cap.
+    let over = SseClient::connect(&b.stream_url(q), Some(&ua), &[]).await;
+    assert_eq!(over.status, 429, "{}", over.body_text);
+    let retry_after: u64 = over.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1);
+    assert!(
+        over.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    assert!(over.body_text.contains("user"), "{}", over.body_text);
+    assert!(
+        metric_value(
+            &b.metrics().await,
+            "realtime_gateway_rejected_total{reason=\"user_limit\"}"
+        ) >= 1.0
+    );
+
+    // A second member fills the organization (3), then is over its cap.
+    let mut s3 = SseClient::connect(&b.stream_url(q), Some(&ua2), &[]).await;
+    assert_eq!(s3.status, 200);
+    hello(&mut s3).await;
+    let over = SseClient::connect(&a.stream_url(q), Some(&ua2), &[]).await;
+    assert_eq!(over.status, 429);
+    assert!(
+        over.body_text.contains("organization"),
+        "{}",
+        over.body_text
+    );
+    assert!(
+        metric_value(
+            &a.metrics().await,
+            "realtime_gateway_rejected_total{reason=\"org_limit\"}"
+        ) >= 1.0
+    );
+
+    // A stream that ends gives its place back at once.
+    drop(s3);
+    wait_until("ua2's place is free again", WAIT, || {
+        let url = a.stream_url(q);
+        let t = ua2.clone();
+        async move {
+            let mut c = SseClient::connect(&url, Some(&t), &[]).await;
+            if c.status == 200 {
+                hello(&mut c).await;
+                Some(c)
+            } else {
+                None
+            }
+        }
+    })
+    .await;
+
+    // Replica A dies without a word: its leases (s1, and ua2's stream on
+    // A) stop counting within a lease period.
+    a.child.kill9();
+    let killed = tokio::time::Instant::now();
+    let still = SseClient::connect(&b.stream_url(q), Some(&ua), &[]).await;
+    assert_eq!(
+        still.status, 429,
+        "the dead replica's lease still counts at first"
+    );
+    let mut again = wait_until("ua's place on B after A died", WAIT, || {
+        let url = b.stream_url(q);
+        let t = ua.clone();
+        async move {
+            let c = SseClient::connect(&url, Some(&t), &[]).await;
+            (c.status == 200).then_some(c)
+        }
+    })
+    .await;
+    let freed_after = killed.elapsed();
+    hello(&mut again).await;
+    assert!(
+        freed_after < Duration::from_secs(4),
+        "freed after {freed_after:?}, lease 2s"
+    );
+    drop(s2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_rate_is_limited_per_client_ip_behind_trusted_proxies() {
+    let ctx = TestContext::new().await;
+    ctx.batch(SEED).await;
+    // One replica trusts the loopback proxy, the other trusts nobody.
+    let mut trusting = gateway_config(&ctx);
+    // One new stream per 10 s after a burst of 2: no refill within the test.
+    trusting.connect_rate = 0.1;
+    trusting.connect_burst = 2;
+    trusting.trusted_proxies = vec!["127.0.0.0/8".into()];
+    let mut plain = trusting.clone();
+    plain.trusted_proxies = vec![];
+    let trusting = RunningGateway::start(trusting).await;
+    let plain = RunningGateway::start(plain).await;
+
+    let url = trusting.stream_url("organizationId=orgA");
+    let tok = token("ua", 600);
+    let status = |url: String, xff: Option<&'static str>| {
+        let tok = tok.clone();
+        async move {
+            let headers: Vec<(&str, &str)> = xff
+                .map(|x| vec![("x-forwarded-for", x)])
+                .unwrap_or_default();
+            let c = SseClient::connect(&url, Some(&tok), &headers).await;
+            (
+                c.status,
+                c.headers.get("retry-after").is_some(),
+                c.body_text,
+            )
+        }
+    };
+    // The burst of 2, then 429 with Retry-After.
+    assert_eq!(status(url.clone(), Some("198.51.100.1")).await.0, 200);
+    assert_eq!(status(url.clone(), Some("198.51.100.1")).await.0, 200);
+    let (code, has_retry, body) = status(url.clone(), Some("198.51.100.1")).await;
+    assert_eq!(code, 429, "{body}");
+    assert!(has_retry);
+    assert!(body.contains("too many"), "{body}");
+    // Another client behind the same proxy has its own bucket.
+    assert_eq!(status(url.clone(), Some("198.51.100.2")).await.0, 200);
+    // The rightmost untrusted address counts, not what the client wrote.
+    let (code, ..) = status(url.clone(), Some("198.51.100.2, 198.51.100.1")).await;
+    assert_eq!(code, 429, "the forged left part is ignored");
+    let text = http_get(&format!("http://{}/metrics", trusting.admin))
+        .await
+        .unwrap()
+        .1;
+    assert!(
+        metric_value(
+            &text,
+            "realtime_gateway_rejected_total{reason=\"rate_limited\"}"
+        ) >= 2.0
+    );
+
+    // Without trusted proxies, forwarded headers change nothing.
+    let url = plain.stream_url("organizationId=orgA");
+    assert_eq!(status(url.clone(), Some("203.0.113.1")).await.0, 200);
+    assert_eq!(status(url.clone(), Some("203.0.113.2")).await.0, 200);
+    assert_eq!(status(url.clone(), Some("203.0.113.3")).await.0, 429);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_and_delete_act_on_a_stream_held_by_the_other_replica() {
+    let c = cluster(|cfg| cfg.publish_key = Some(PUBLISH_KEY.into())).await;
+    let (g0, g1) = (&c.gw[0], &c.gw[1]);
+    let ua = token("ua", 600);
+    let mut s = SseClient::connect(&g0.stream_url("organizationId=orgA"), Some(&ua), &[]).await;
+    assert_eq!(s.status, 200);
+    let id = hello(&mut s).await["connectionId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let put = |base: String, user: &str, id: String, body: &'static str| {
+        let tok = token(user, 600);
+        async move {
+            let r = http()
+                .put(format!("{base}/api/realtime/stream?connectionId={id}"))
+                .bearer_auth(tok)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    // Someone else's connection, an unknown one, bad bodies.
+    assert_eq!(
+        put(base(g1), "ua2", id.clone(), r#"{"channels":["property"]}"#)
+            .await
+            .0,
+        404
+    );
+    let unknown = "00000000-0000-4000-8000-000000000000".to_owned();
+    assert_eq!(
+        put(
+            base(g1),
+            "ua",
+            unknown.clone(),
+            r#"{"channels":["property"]}"#
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        put(base(g1), "ua", id.clone(), r#"{"channels":["bogus"]}"#)
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        put(base(g1), "ua", id.clone(), r#"{"chanels":[]}"#).await.0,
+        400
+    );
+    assert_eq!(put(base(g1), "ua", id.clone(), "not json").await.0, 400);
+
+    // The filter changes on replica 0 through replica 1.
+    let (code, body) = put(base(g1), "ua", id.clone(), r#"{"channels":["property"]}"#).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["channel"],
+        "property"
+    );
+    let alert =
+        r#"{"type":"system.alert","organizationId":"orgA","payload":{"message":"filtered out"}}"#;
+    assert_eq!(publish(&base(g1), Some(PUBLISH_KEY), alert).await.0, 202);
+    c.ing
+        .ctx
+        .execute(
+            "INSERT INTO properties (id, \"organizationId\", \"createdBy\", price) VALUES ('p1', 'orgA', 'ua', 1)",
+            &[],
+        )
+        .await;
+    let next = s.next_event(WAIT).await.expect("an event").json();
+    assert_eq!(
+        next["type"], "property.update",
+        "the alert was filtered out: {next}"
+    );
+
+    // DELETE through the other replica, then by organization.
+    let ua2 = token("ua2", 600);
+    let mut other_user =
+        SseClient::connect(&g1.stream_url("organizationId=orgA"), Some(&ua2), &[]).await;
+    hello(&mut other_user).await;
+    let delete = |base: String, user: &str, query: String| {
+        let tok = token(user, 600);
+        async move {
+            http()
+                .delete(format!("{base}/api/realtime/stream?{query}"))
+                .bearer_auth(tok)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(
+        delete(base(g1), "ua2", format!("connectionId={id}")).await,
+        404
+    );
+    assert_eq!(
+        delete(base(g1), "ua", format!("connectionId={unknown}")).await,
+        404
+    );
+    assert_eq!(delete(base(g1), "ua", String::new()).await, 400);
+    assert_eq!(
+        delete(base(g1), "ua", format!("connectionId={id}")).await,
+        204
+    );
+    assert!(
+        s.ends_within(Duration::from_secs(5)).await,
+        "closed through the other replica"
+    );
+
+    let mut t0 = SseClient::connect(&g0.stream_url("organizationId=orgA"), Some(&ua), &[]).await;
+    hello(&mut t0).await;
+    let mut t1 = SseClient::connect(&g1.stream_url("organizationId=orgA"), Some(&ua), &[]).await;
+    hello(&mut t1).await;
+    assert_eq!(
+        delete(base(g0), "ua", "organizationId=orgA".into()).await,
+        204
+    );
+    assert!(t0.ends_within(Duration::from_secs(5)).await);
+    assert!(
+        t1.ends_within(Duration::from_secs(5)).await,
+        "on the other replica too"
+    );
+    // ua2's stream is untouched.
+    c.ing
+        .ctx
+        .execute(
+            "INSERT INTO properties (id, \"organizationId\", \"createdBy\", price) VALUES ('p2', 'orgA', 'ua', 1)",
+            &[],
+        )
+        .await;
+    let mut seen = BTreeSet::new();
+    while !seen.contains("p2") {
+        let e = other_user
+            .next_event(WAIT)
+            .await
+            .expect("ua2 still streams")
+            .json();
+        if let Some(p) = e["payload"]["propertyId"].as_str() {
+            seen.insert(p.to_owned());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_events_arrive_with_ids_resume_and_bad_bodies_publish_nothing() {
+    let c = cluster(|cfg| {
+        cfg.publish_key = Some(PUBLISH_KEY.into());
+        cfg.max_publish_bytes = 1024;
+    })
+    .await;
+    let (g0, g1) = (&c.gw[0], &c.gw[1]);
+    let mut a = SseClient::connect(
+        &g0.stream_url("organizationId=orgA"),
+        Some(&token("ua", 600)),
+        &[],
+    )
+    .await;
+    hello(&mut a).await;
+    let mut a2 = SseClient::connect(
+        &g0.stream_url("organizationId=orgA"),
+        Some(&token("ua2", 600)),
+        &[],
+    )
+    .await;
+    hello(&mut a2).await;
+    let mut b = SseClient::connect(
+        &g1.stream_url("organizationId=orgB"),
+        Some(&token("ub", 600)),
+        &[],
+    )
+    .await;
+    hello(&mut b).await;
+
+    // Refused, and nothing published.
+    let big = format!(
+        r#"{{"type":"system.alert","organizationId":"orgA","payload":{{"pad":"{}"}}}}"#,
+        "x".repeat(2048)
+    );
+    let refused: Vec<(Option<&str>, &str, u16)> = vec![
+        (None, r#"{"type":"system.alert","payload":{}}"#, 401),
+        (
+            Some("wrong-key"),
+            r#"{"type":"system.alert","payload":{}}"#,
+            401,
+        ),
+        (Some(PUBLISH_KEY), "{not json", 400),
+        (Some(PUBLISH_KEY), r#"{"type":"nope","payload":{}}"#, 400),
+        (Some(PUBLISH_KEY), r#"{"type":"system.alert"}"#, 400),
+        (
+            Some(PUBLISH_KEY),
+            r#"{"type":"system.alert","payload":[1]}"#,
+            400,
+        ),
+        (
+            Some(PUBLISH_KEY),
+            r#"{"type":"notification.new","organizationId":"orgA","payload":{}}"#,
+            400,
+        ),
+        (
+            Some(PUBLISH_KEY),
+            r#"{"type":"system.alert","organizationId":"","payload":{}}"#,
+            400,
+        ),
+        (
+            Some(PUBLISH_KEY),
+            r#"{"type":"system.alert","payload":{},"extra":1}"#,
+            400,
+        ),
+        (
+            Some(PUBLISH_KEY),
+            r#"{"type":"data.sync","payload":{}}"#,
+            400,
+        ),
+        (Some(PUBLISH_KEY), big.as_str(), 413),
+    ];
+    for (key, body, want) in &refused {
+        let (code, text) = publish(&base(g0), *key, body).await;
+        assert_eq!(code, *want, "{body:.80}: {text}");
+        assert!(!text.trim().is_empty(), "a reason is given for {body:.80}");
+    }
+    // The publish API is off where no key is configured.
+    let ctx = c.ing.ctx.clone();
+    let keyless = RunningGateway::start(gateway_config(&ctx)).await;
+    assert_eq!(
+        publish(
+            &base(&keyless),
+            Some(PUBLISH_KEY),
+            r#"{"type":"system.alert","payload":{}}"#
+        )
+        .await
+        .0,
+        404
+    );
+
+    // Accepted: to one org, to one user, to everyone.
+    let (code, body) = publish(
+        &base(g1),
+        Some(PUBLISH_KEY),
+        r#"{"type":"system.alert","organizationId":"orgA","payload":{"message":"first"}}"#,
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["status"],
+        "accepted"
+    );
+    let first = a.next_event(WAIT).await.expect("the alert");
+    let fj = first.json();
+    assert_eq!(
+        fj["type"], "system.alert",
+        "no refused body was published: {fj}"
+    );
+    assert_eq!(fj["source"], "api");
+    assert_eq!(fj["organizationId"], "orgA");
+    assert_eq!(fj["payload"]["message"], "first");
+    assert_eq!(first.id.as_deref(), fj["id"].as_str());
+    assert_eq!(
+        a2.next_event(WAIT).await.unwrap().json()["payload"]["message"],
+        "first"
+    );
+
+    let note = r#"{"type":"notification.new","organizationId":"orgA","userId":"ua2","payload":{"title":"t","message":"for ua2"}}"#;
+    assert_eq!(publish(&base(g1), Some(PUBLISH_KEY), note).await.0, 202);
+    let everyone = r#"{"type":"system.alert","payload":{"message":"everyone"}}"#;
+    assert_eq!(publish(&base(g1), Some(PUBLISH_KEY), everyone).await.0, 202);
+    assert_eq!(
+        a2.next_event(WAIT).await.unwrap().json()["payload"]["message"],
+        "for ua2"
+    );
+    assert_eq!(
+        a2.next_event(WAIT).await.unwrap().json()["payload"]["message"],
+        "everyone"
+    );
+    let to_a = a.next_event(WAIT).await.unwrap().json();
+    assert_eq!(
+        to_a["payload"]["message"], "everyone",
+        "ua never sees ua2's notification"
+    );
+    let to_b = b.next_event(WAIT).await.unwrap().json();
+    assert_eq!(
+        to_b["payload"]["message"], "everyone",
+        "orgB gets the broadcast, not orgA's alert"
+    );
+
+    // Resumable like any event: from before the first alert, on the other replica.
+    let before: u64 = first
+        .id
+        .as_deref()
+        .unwrap()
+        .split('-')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let resume_from = format!("{}-0", before - 1);
+    let mut again = SseClient::connect(
+        &g1.stream_url("organizationId=orgA"),
+        Some(&token("ua", 600)),
+        &[("last-event-id", resume_from.as_str())],
+    )
+    .await;
+    hello(&mut again).await;
+    let replayed = again.events(2, WAIT).await;
+    let messages: Vec<Value> = replayed
+        .iter()
+        .map(|m| m.json()["payload"]["message"].clone())
+        .collect();
+    assert_eq!(messages, vec![json!("first"), json!("everyone")]);
+    keyless.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_post_activity_as_themselves_within_a_rate() {
+    let c = cluster(|cfg| {
+        cfg.activity_rate = 1;
+        cfg.activity_burst = 2;
+    })
+    .await;
+    let (g0, g1) = (&c.gw[0], &c.gw[1]);
+    let mut watcher = SseClient::connect(
+        &g0.stream_url("organizationId=orgA&channel=user"),
+        Some(&token("ua2", 600)),
+        &[],
+    )
+    .await;
+    hello(&mut watcher).await;
+    let post = |user: &str, org: &str, body: &'static str| {
+        let url = format!("{}/api/realtime/stream?organizationId={org}", base(g1));
+        let tok = token(user, 600);
+        async move {
+            let r = http()
+                .post(url)
+                .bearer_auth(tok)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.headers().get("retry-after").is_some(),
+                r.text().await.unwrap(),
+            )
+        }
+    };
+    let ok = r#"{"type":"user.activity","payload":{"action":"viewed","resource":"property/p1","metadata":{"from":"list"}}}"#;
+    assert_eq!(post("outsider", "orgA", ok).await.0, 403);
+    assert_eq!(
+        post(
+            "ua",
+            "orgA",
+            r#"{"type":"user.activity","payload":{"action":"viewed"}}"#
+        )
+        .await
+        .0,
+        400
+    );
+    assert_eq!(
+        post(
+            "ua",
+            "orgA",
+            r#"{"payload":{"action":"a","resource":"r","userId":"ua2"}}"#
+        )
+        .await
+        .0,
+        400,
+        "a body cannot choose the user"
+    );
+    let (code, _, body) = post("ua", "orgA", ok).await;
+    assert_eq!(code, 202, "{body}");
+    let e = watcher.next_event(WAIT).await.expect("the activity").json();
+    assert_eq!(e["type"], "user.activity");
+    assert_eq!(e["payload"]["userId"], "ua");
+    assert_eq!(e["payload"]["action"], "viewed");
+    assert_eq!(e["payload"]["metadata"]["from"], "list");
+    // The per-user rate: burst 2 (one used above), then 429.
+    assert_eq!(post("ua", "orgA", ok).await.0, 202);
+    let (code, retry, body) = post("ua", "orgA", ok).await;
+    assert_eq!(code, 429, "{body}");
+    assert!(retry);
+    // Another user has their own budget.
+    assert_eq!(post("ua2", "orgA", ok).await.0, 202);
+}
+
+/// Sends a stream request on a raw socket and never reads a byte.
+async fn stalled_client(addr: SocketAddr, query: &str, tok: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // A small receive window, so the stall shows at once.
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    let req = format!(
+        "GET /api/realtime/stream?{query} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {tok}\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_costs_bounded_memory_and_delays_no_one() {
+    const EVENTS: u64 = 20_000;
+    let ctx = TestContext::new().await;
+    ctx.batch(SEED).await;
+    let mut config = config_for(&ctx);
+    config.history_len = 50_000;
+    let ing = RunningIngestor::start(ctx.clone(), config).await;
+    let gw = gateway_process(&ctx, &[]).await;
+    let q = "organizationId=orgA";
+    let mut normal = SseClient::connect(&gw.stream_url(q), Some(&token("ua", 600)), &[]).await;
+    hello(&mut normal).await;
+    let baseline = gw.rss_bytes();
+    let mut stalled = stalled_client(gw.addr, q, &token("ua2", 600)).await;
+
+    // 20,000 events of ~1 KB, in 10 transactions.
+    for batch in 0..10u64 {
+        ctx.execute(
+            "SELECT pg_logical_emit_message(true, 'realtime', json_build_object(
+                 'type', 'system.alert', 'organizationId', 'orgA',
+                 'payload', json_build_object('n', g, 'pad', repeat('x', 1000)))::text)
+             FROM generate_series($1::bigint, $2::bigint) g",
+            &[
+                &(batch * 2_000 + 1).cast_signed(),
+                &((batch + 1) * 2_000).cast_signed(),
+            ],
+        )
+        .await;
+    }
+    let mut peak = baseline;
+    let mut expected = 1u64;
+    let mut last_id = String::new();
+    while expected <= EVENTS {
+        let m = normal
+            .next_event(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("event {expected} arrives"));
+        let j = m.json();
+        assert_eq!(j["payload"]["n"], json!(expected), "in order, none missing");
+        last_id = m.id.unwrap();
+        expected += 1;
+        if expected.is_multiple_of(1_000) {
+            peak = peak.max(gw.rss_bytes());
+        }
+    }
+    let growth = peak.saturating_sub(baseline);
+    eprintln!(
+        "gateway RSS: baseline {} MiB, peak {} MiB while one client stalled through {EVENTS} x 1 KB events",
+        baseline >> 20,
+        peak >> 20
+    );
+    assert!(growth < 100 << 20, "RSS grew by {} MiB", growth >> 20);
+
+    // The stalled client, reading again, is caught up from history: every
+    // event in order, ending with the last.
+    let mut buf = vec![0u8; 1 << 16];
+    let mut text = Vec::new();
+    let needle = format!("id: {last_id}\n");
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let n = stalled.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the stalled stream stays open");
+            // Search only what is new (plus an overlap): the text is MBs.
+            let from = text.len().saturating_sub(needle.len());
+            text.extend_from_slice(&buf[..n]);
+            if memchr_find(&text[from..], needle.as_bytes()) {
+                break;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        let t = String::from_utf8_lossy(&text);
+        panic!(
+            "the stalled client did not catch up: {} bytes read, ending {:?}",
+            t.len(),
+            &t[t.len().saturating_sub(600)..]
+        )
+    });
+    let text = String::from_utf8_lossy(&text);
+    let ns: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|j| j["payload"]["n"].as_u64())
+        .collect();
+    assert_eq!(
+        ns,
+        (1..=EVENTS).collect::<Vec<_>>(),
+        "caught up in order with nothing missing or doubled"
+    );
+    ing.stop().await;
+}
+
+fn memchr_find(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// One stream on a raw socket: the time it ended after `t0`, and its last
+/// `retry:` hint.
+async fn watch_until_closed(
+    mut s: TcpStream,
+    t0: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
+) -> (Duration, Option<u64>) {
+    let mut buf = vec![0u8; 4096];
+    let mut tail = String::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(60), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                tail.push_str(&String::from_utf8_lossy(&buf[..n]));
+                if tail.len() > 8192 {
+                    tail.drain(..tail.len() - 4096);
+                }
+            }
+            Err(_) => panic!("stream still open after 60 s"),
+        }
+    }
+    let ended = tokio::time::Instant::now();
+    let start = t0.borrow().expect("SIGTERM was sent before streams ended");
+    let retry = tail
+        .lines()
+        .filter_map(|l| l.strip_prefix("retry: "))
+        .filter_map(|v| v.trim().parse().ok())
+        .next_back();
+    (ended.saturating_duration_since(start), retry)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_a_thousand_streams_paced_over_the_drain_and_exits_in_time() {
+    const STREAMS: usize = 1_000;
+    const DRAIN: Duration = Duration::from_secs(4);
+    let ctx = TestContext::new().await;
+    ctx.batch(SEED).await;
+    let mut gw = gateway_process(
+        &ctx,
+        &[
+            ("REALTIME_DRAIN", "4s"),
+            ("REALTIME_RETRY", "2s"),
+            ("REALTIME_MAX_CONNECTIONS_PER_USER", "100000"),
+            ("REALTIME_MAX_CONNECTIONS_PER_ORG", "100000"),
+        ],
+    )
+    .await;
+    let tok = token("ua", 600);
+    let (t0_tx, t0_rx) = tokio::sync::watch::channel(None);
+    let mut watchers = tokio::task::JoinSet::new();
+    for _ in 0..STREAMS {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        let req = format!(
+            "GET /api/realtime/stream?organizationId=orgA HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tok}\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        // Wait for the connection message before opening the next.
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        while !memchr_find(&got, b"\"type\":\"connection\"") {
+            let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "stream opened");
+            got.extend_from_slice(&buf[..n]);
+        }
+        watchers.spawn(watch_until_closed(s, t0_rx.clone()));
+    }
+    wait_until("every stream counted", WAIT, || async {
+        (metric_value(&gw.metrics().await, "realtime_gateway_connections") >= STREAMS as f64)
+            .then_some(())
+    })
+    .await;
+
+    t0_tx.send_replace(Some(tokio::time::Instant::now()));
+    gw.child.terminate();
+    let admin = gw.admin;
+    wait_until(
+        "/readyz is 503 at once",
+        Duration::from_secs(2),
+        || async move {
+            http_get(&format!("http://{admin}/readyz"))
+                .await
+                .filter(|(s, _)| *s == 503)
+        },
+    )
+    .await;
+    // No new streams while draining: the listener is closed (a load
+    // balancer retries another replica), or, in the instant before, 503.
+    let attempt = http()
+        .get(gw.stream_url("organizationId=orgA"))
+        .bearer_auth(&tok)
+        .send()
+        .await;
+    if let Ok(r) = attempt {
+        assert_eq!(r.status().as_u16(), 503, "no new streams while draining");
+    }
+
+    let mut ends = Vec::with_capacity(STREAMS);
+    let mut retries = BTreeSet::new();
+    while let Some(r) = watchers.join_next().await {
+        let (at, retry) = r.unwrap();
+        ends.push(at);
+        let retry = retry.expect("each drained stream gets a retry hint");
+        assert!(
+            (1000..3000).contains(&retry),
+            "retry {retry} within [retry/2, 3·retry/2)"
+        );
+        retries.insert(retry);
+    }
+    let status = gw.child.wait_exit(DRAIN + Duration::from_secs(3)).await;
+    assert!(
+        status.success(),
+        "exits cleanly:\n{}",
+        gw.child.output_text()
+    );
+    ends.sort();
+    let last = *ends.last().unwrap();
+    let p10 = ends[STREAMS / 10];
+    let p90 = ends[STREAMS * 9 / 10];
+    // Closes per second over the busiest 500 ms: what the other replicas
+    // see as reconnections.
+    let mut busiest = 0;
+    for (i, start) in ends.iter().enumerate() {
+        let n = ends[i..]
+            .iter()
+            .take_while(|e| **e < *start + Duration::from_millis(500))
+            .count();
+        busiest = busiest.max(n);
+    }
+    eprintln!(
+        "drain of {STREAMS} streams over {DRAIN:?}: p10 {p10:?}, p90 {p90:?}, last {last:?}, \
+         peak {} closes/s (even pacing: {:.0}/s), {} distinct retry hints",
+        busiest * 2,
+        STREAMS as f64 / (DRAIN.as_secs_f64() * 0.8),
+        retries.len()
+    );
+    assert!(
+        last <= DRAIN + Duration::from_secs(1),
+        "all closed within the drain: {last:?}"
+    );
+    assert!(
+        p90 - p10 >= DRAIN / 2,
+        "closes are spread, not at once: p10 {p10:?} p90 {p90:?}"
+    );
+    assert!(
+        busiest * 2 < STREAMS,
+        "no burst closes half the streams within 500 ms"
+    );
+    assert!(retries.len() > 50, "retry hints are jittered");
+}
