@@ -9,6 +9,7 @@ use realtime_shared::admin::{AdminServer, Readiness};
 use realtime_shared::keys::Keys;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::app::{self, AppState, RouterOptions};
 use crate::auth::{AuthConfig, AuthEnv, Verifier};
@@ -22,6 +23,7 @@ use crate::membership::{Membership, MembershipError};
 use crate::metrics as m;
 use crate::publishing::Emitter;
 use crate::registry::{CloseReason, Registry};
+use crate::serve;
 
 /// Why a replica could not start; each message is the one line printed
 /// before a non-zero exit.
@@ -218,29 +220,24 @@ impl Gateway {
             drain(&registry, drain_time).await;
             drained.cancel();
         });
-        // Graceful shutdown from the start of the drain: the listener
-        // closes (a load balancer retries elsewhere) and keep-alive is off,
-        // so each connection closes as soon as its stream is drained and
-        // the client's reconnection cannot land here again.
-        let server_stop = draining.clone().cancelled_owned();
-        let serve = axum::serve(
+        // From the start of the drain the listener is closed (a load
+        // balancer retries elsewhere) and hyper connections lose
+        // keep-alive; stream connections close as each stream is drained,
+        // so a client's reconnection cannot land here again.
+        let connections = TaskTracker::new();
+        let listening = tokio::spawn(serve::serve(
             self.listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(server_stop);
-        let mut serve = std::pin::pin!(serve.into_future());
-        tokio::select! {
-            result = &mut serve => {
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "server failed");
-                }
-            }
-            _ = stop.cancelled() => {
-                // Streams have ended; idle keep-alive connections get a
-                // moment to close before the replica stops regardless.
-                let _ = tokio::time::timeout(Duration::from_secs(1), &mut serve).await;
-            }
-        }
+            app,
+            draining.clone(),
+            connections.clone(),
+            self.config.io_timeout.max(Duration::from_secs(10)),
+        ));
+        stop.cancelled().await;
+        let _ = listening.await;
+        connections.close();
+        // Streams have ended; the last writes and idle keep-alive
+        // connections get a moment before the replica stops regardless.
+        let _ = tokio::time::timeout(Duration::from_secs(1), connections.wait()).await;
         stop.cancel();
         drainer.abort();
         let _ = renewal.await;

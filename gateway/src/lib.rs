@@ -17,6 +17,7 @@
 //! - [`control`]: PUT/DELETE on a stream held by any replica.
 //! - [`client_ip`]: the client address behind trusted proxies (connect rate limit).
 //! - [`publishing`]: events posted over HTTP, written through Postgres.
+//! - [`serve`]: the listener: SSE streams written directly, other requests through hyper.
 //! - [`app`]: the HTTP routes; [`gateway`]: build and run a replica, and drain it.
 #![forbid(unsafe_code)]
 
@@ -35,6 +36,7 @@ pub mod membership;
 pub mod metrics;
 pub mod publishing;
 pub mod registry;
+pub mod serve;
 pub mod stream;
 pub mod trace;
 

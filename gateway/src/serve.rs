@@ -1,0 +1,444 @@
+//! The public listener: an accept loop that serves the SSE stream itself
+//! and hands every other request to hyper.
+//!
+//! Why not hyper for the stream: an SSE connection lives for hours and
+//! carries small frames. hyper keeps an HTTP/1 read buffer (8 KiB, grown to
+//! 16 KiB after the head is read) and an 8 KiB header write buffer per
+//! connection for its whole life, which was most of the gateway's memory
+//! per idle stream, and it writes each body frame with its own `writev`.
+//! Here the request head is read into a short-lived buffer, the axum router
+//! answers it as usual (auth, CORS, every status and header are the
+//! router's), and the body is written straight to the socket as chunked
+//! encoding: frames ready together leave in one chunk and one `writev`.
+//!
+//! Only a plain `GET /api/realtime/stream` HTTP/1.1 request whose head fits
+//! [`FAST_HEAD_LIMIT`], with no body, no upgrade, no `Expect` and nothing
+//! pipelined behind it, takes this path. Anything else, including every
+//! malformed or oversized request, goes to hyper with the bytes already read
+//! put back in front, so hyper's checks and statuses apply unchanged. The
+//! stream's connection closes when the stream ends (`Connection: close`).
+
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderName, HeaderValue, Method, Request, Response, Uri, Version, header};
+use bytes::{Buf, Bytes};
+use futures_util::{FutureExt, StreamExt};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+/// The stream path served without hyper.
+const STREAM_PATH: &str = "/api/realtime/stream";
+/// Largest request head read for the fast path; larger heads go to hyper
+/// (which accepts up to ~400 KB and answers 431 past that).
+pub const FAST_HEAD_LIMIT: usize = 8 * 1024;
+/// Most headers parsed on the fast path; more go to hyper.
+const MAX_HEADERS: usize = 64;
+/// Frames (and bytes) coalesced into one chunk and one `writev`.
+const MAX_BATCH_FRAMES: usize = 64;
+const MAX_BATCH_BYTES: usize = 64 * 1024;
+/// Largest non-stream body (a refusal) written on the fast path.
+const MAX_REFUSAL_BYTES: usize = 64 * 1024;
+
+/// Accepts connections until `draining`; each runs in a task tracked by
+/// `tracker`. hyper connections start a graceful shutdown at `draining`
+/// (keep-alive off, in-flight requests finish); fast-path streams end
+/// through their own close tokens.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    draining: CancellationToken,
+    tracker: TaskTracker,
+    head_timeout: Duration,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = draining.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (socket, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        tracker.spawn(connection(
+            socket,
+            peer,
+            router.clone(),
+            draining.clone(),
+            head_timeout,
+        ));
+    }
+}
+
+/// What the first bytes of a connection turned out to be.
+enum Head {
+    /// A plain stream request, for the fast path (boxed: it is the rare
+    /// large variant, and the head is read once per connection).
+    Stream(Box<Request<Body>>),
+    /// Anything else: hyper gets these bytes first.
+    Other(Bytes),
+    /// The client went away (or stalled) before sending a request.
+    Gone,
+}
+
+async fn connection(
+    mut socket: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    draining: CancellationToken,
+    head_timeout: Duration,
+) {
+    let head = match tokio::time::timeout(head_timeout, read_head(&mut socket, peer)).await {
+        Ok(head) => head,
+        Err(_) => Head::Gone,
+    };
+    match head {
+        Head::Stream(request) => {
+            let response = match router.oneshot(*request).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            };
+            if let Err(e) = respond(&mut socket, response).await {
+                tracing::debug!(error = %e, "stream connection ended");
+            }
+        }
+        Head::Other(prefix) => hand_to_hyper(socket, prefix, peer, router, draining).await,
+        Head::Gone => {}
+    }
+}
+
+/// Reads until the end of the request head (or the fast-path limit).
+async fn read_head(socket: &mut TcpStream, peer: SocketAddr) -> Head {
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        if buf.len() >= FAST_HEAD_LIMIT {
+            return Head::Other(buf.into());
+        }
+        let mut chunk = [0u8; 1024];
+        let want = chunk.len().min(FAST_HEAD_LIMIT - buf.len());
+        match socket.read(&mut chunk[..want]).await {
+            Ok(0) | Err(_) if buf.is_empty() => return Head::Gone,
+            Ok(0) | Err(_) => return Head::Other(buf.into()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if let Some(end) = find_head_end(&buf) {
+            return match stream_request(&buf, end, peer) {
+                Some(request) => Head::Stream(Box::new(request)),
+                None => Head::Other(buf.into()),
+            };
+        }
+        // Not HTTP/1 at all (e.g. the HTTP/2 preface): hyper decides.
+        if buf.len() >= 4 && !buf[..4].iter().all(u8::is_ascii_uppercase) {
+            return Head::Other(buf.into());
+        }
+    }
+}
+
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+/// The request, when `buf[..end]` is a fast-path stream request and
+/// nothing follows it.
+fn stream_request(buf: &[u8], end: usize, peer: SocketAddr) -> Option<Request<Body>> {
+    if end != buf.len() {
+        return None; // pipelined bytes: hyper handles sequencing
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n == end => {}
+        _ => return None,
+    }
+    if parsed.method != Some("GET") || parsed.version != Some(1) {
+        return None;
+    }
+    let target = parsed.path?;
+    if target.split('?').next() != Some(STREAM_PATH) {
+        return None;
+    }
+    let uri: Uri = target.parse().ok()?;
+    let mut request = Request::builder()
+        .method(Method::GET)
+        .uri(uri)
+        .version(Version::HTTP_11);
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        if name == header::CONTENT_LENGTH && h.value != b"0" {
+            return None;
+        }
+        if name == header::TRANSFER_ENCODING || name == header::UPGRADE || name == header::EXPECT {
+            return None;
+        }
+        let value = HeaderValue::from_bytes(h.value).ok()?;
+        request = request.header(name, value);
+    }
+    let mut request = request.body(Body::empty()).ok()?;
+    request.extensions_mut().insert(ConnectInfo(peer));
+    Some(request)
+}
+
+/// Writes the router's answer: an SSE body as chunks until it ends, any
+/// other body whole; then closes.
+async fn respond(socket: &mut TcpStream, response: Response<Body>) -> std::io::Result<()> {
+    let is_stream = response.status().is_success()
+        && response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let (parts, body) = response.into_parts();
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(parts.status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("Unknown")
+            .as_bytes(),
+    );
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONNECTION
+            || name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+        {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"date: ");
+    head.extend_from_slice(httpdate::fmt_http_date(SystemTime::now()).as_bytes());
+    head.extend_from_slice(b"\r\nconnection: close\r\n");
+    if !is_stream {
+        let body = axum::body::to_bytes(body, MAX_REFUSAL_BYTES)
+            .await
+            .unwrap_or_default();
+        head.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+        head.extend_from_slice(&body);
+        socket.write_all(&head).await?;
+        return socket.shutdown().await;
+    }
+    head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+    socket.write_all(&head).await?;
+    drop(head);
+    pump(socket, body).await
+}
+
+/// Copies SSE frames to the socket until the body ends or the client goes.
+async fn pump(socket: &mut TcpStream, body: Body) -> std::io::Result<()> {
+    let mut frames = body.into_data_stream();
+    let (mut reader, mut writer) = socket.split();
+    let mut batch: Vec<Bytes> = Vec::new();
+    loop {
+        let mut probe = [0u8; 64];
+        tokio::select! {
+            biased;
+            read = reader.read(&mut probe) => match read {
+                // The client closed its side (or reset): the stream is over.
+                Ok(0) | Err(_) => return Ok(()),
+                // A client has nothing to send on a stream; ignore it.
+                Ok(_) => continue,
+            },
+            frame = frames.next() => match frame {
+                Some(Ok(first)) => {
+                    let mut bytes = first.len();
+                    batch.push(first);
+                    while batch.len() < MAX_BATCH_FRAMES && bytes < MAX_BATCH_BYTES {
+                        match frames.next().now_or_never() {
+                            Some(Some(Ok(more))) => {
+                                bytes += more.len();
+                                batch.push(more);
+                            }
+                            _ => break,
+                        }
+                    }
+                    write_chunk(&mut writer, &batch, bytes).await?;
+                    batch.clear();
+                }
+                Some(Err(_)) | None => {
+                    writer.write_all(b"0\r\n\r\n").await?;
+                    return writer.shutdown().await;
+                }
+            },
+        }
+    }
+}
+
+/// One chunk holding `frames` (`bytes` in all), in as few `writev` calls
+/// as the socket allows.
+async fn write_chunk<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    frames: &[Bytes],
+    bytes: usize,
+) -> std::io::Result<()> {
+    let size = format!("{bytes:x}\r\n");
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() + 2);
+    slices.push(IoSlice::new(size.as_bytes()));
+    slices.extend(frames.iter().map(|f| IoSlice::new(f)));
+    slices.push(IoSlice::new(b"\r\n"));
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        let n = writer.write_vectored(slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
+}
+
+async fn hand_to_hyper(
+    socket: TcpStream,
+    prefix: Bytes,
+    peer: SocketAddr,
+    router: Router,
+    draining: CancellationToken,
+) {
+    let service = router.map_request(move |mut req: Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        req.map(Body::new)
+    });
+    let io = TokioIo::new(Prefixed { prefix, io: socket });
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service));
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended");
+            }
+            return;
+        }
+        _ = draining.cancelled() => conn.as_mut().graceful_shutdown(),
+    }
+    let _ = conn.await;
+}
+
+/// A socket with bytes already read put back in front.
+struct Prefixed {
+    prefix: Bytes,
+    io: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> SocketAddr {
+        "127.0.0.1:1".parse().unwrap()
+    }
+
+    #[test]
+    fn plain_stream_requests_take_the_fast_path() {
+        let raw = b"GET /api/realtime/stream?organizationId=o HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n\r\n";
+        let req = stream_request(raw, raw.len(), peer()).unwrap();
+        assert_eq!(req.uri().query(), Some("organizationId=o"));
+        assert_eq!(req.headers()["authorization"], "Bearer t");
+        assert!(req.extensions().get::<ConnectInfo<SocketAddr>>().is_some());
+    }
+
+    #[test]
+    fn anything_unusual_goes_to_hyper() {
+        for raw in [
+            &b"POST /api/realtime/stream HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"GET /api/realtime/stream HTTP/1.0\r\n\r\n",
+            b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /api/realtime/streamx HTTP/1.1\r\n\r\n",
+            b"GET /api/realtime/stream HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+            b"GET /api/realtime/stream HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET /api/realtime/stream HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+            b"GET /api/realtime/stream HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            b"GET /api/realtime/stream HTTP/1.1\r\nX: a\x01b\r\n\r\n",
+            b"GET /api/realtime/stream\xff HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(
+                stream_request(raw, raw.len(), peer()).is_none(),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        let pipelined = b"GET /api/realtime/stream HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n";
+        let end = find_head_end(pipelined).unwrap();
+        assert!(stream_request(pipelined, end, peer()).is_none());
+    }
+
+    #[tokio::test]
+    async fn chunks_carry_every_frame_once() {
+        let mut out = Vec::new();
+        let frames = [
+            Bytes::from_static(b"id: 1\n\n"),
+            Bytes::from_static(b"id: 2\n\n"),
+        ];
+        write_chunk(&mut out, &frames, 14).await.unwrap();
+        assert_eq!(out, b"e\r\nid: 1\n\nid: 2\n\n\r\n");
+    }
+}
