@@ -16,8 +16,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures_util::Stream;
 use realtime_shared::event::{EventId, EventType};
+use std::pin::Pin;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::time::{Instant, Interval, MissedTickBehavior};
+
+use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use std::sync::Arc;
 
@@ -73,10 +76,15 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// A stream's loop state. The close and expiry futures live here, made
+/// once per connection: a fresh `cancelled()` or `sleep_until` on every
+/// poll would register (and drop) a waiter and a timer per event per
+/// connection, which showed in the fan-out profile.
 struct Running {
     conn: Connection,
     heartbeat: Interval,
-    expiry: Option<Instant>,
+    expiry: Option<Pin<Box<Sleep>>>,
+    closed: Pin<Box<WaitForCancellationFutureOwned>>,
     _guard: m::ConnectionGuard,
     _registration: Registration,
     _lease: Lease,
@@ -130,12 +138,14 @@ impl Connection {
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let expiry = self.expires_at.map(|at| {
             let left = at.duration_since(SystemTime::now()).unwrap_or_default();
-            Instant::now() + left
+            Box::pin(tokio::time::sleep_until(Instant::now() + left))
         });
+        let closed = Box::pin(self.handle.closed().clone().cancelled_owned());
         let running = Running {
             conn: self,
             heartbeat,
             expiry,
+            closed,
             _guard: guard,
             _registration: registration,
             _lease: lease,
@@ -202,7 +212,9 @@ impl Running {
                 return None;
             }
             if let Some(after) = conn.replay_after {
-                let page = conn.history.page(&conn.org, after).await.ok()?;
+                // Boxed, like the catch-up below: rare paths whose futures
+                // would otherwise be part of every idle stream's state.
+                let page = Box::pin(conn.history.page(&conn.org, after)).await.ok()?;
                 let last = page.frames.last().map(|f| f.id);
                 metrics::counter!(m::REPLAYED).increment(page.frames.len() as u64);
                 for frame in &page.frames {
@@ -216,14 +228,14 @@ impl Running {
                 continue;
             }
             let expiry = async {
-                match self.expiry {
-                    Some(at) => tokio::time::sleep_until(at).await,
+                match self.expiry.as_mut() {
+                    Some(sleep) => sleep.as_mut().await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
                 biased;
-                _ = conn.handle.closed().cancelled() => {
+                _ = self.closed.as_mut() => {
                     if conn.handle.close_reason() != CloseReason::Drain {
                         return None;
                     }
@@ -234,7 +246,7 @@ impl Running {
                 message = conn.sub.rx.recv() => match message {
                     Ok(HubMessage::Frame(frame)) => conn.offer(&frame, true),
                     Ok(HubMessage::Resync) | Err(RecvError::Lagged(_)) => {
-                        if !conn.start_catch_up().await {
+                        if !Box::pin(conn.start_catch_up()).await {
                             return None;
                         }
                     }
