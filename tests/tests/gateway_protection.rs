@@ -247,8 +247,10 @@ async fn caps_hold_across_replicas_and_free_after_a_replica_is_killed() {
     .await;
     let freed_after = killed.elapsed();
     hello(&mut again).await;
+    eprintln!("the killed replica's place was free {freed_after:?} after kill -9 (lease 2 s)");
+    // Within one lease period, plus the polling and the request itself.
     assert!(
-        freed_after < Duration::from_secs(4),
+        freed_after < Duration::from_secs(3),
         "freed after {freed_after:?}, lease 2s"
     );
     drop(s2);
