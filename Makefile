@@ -7,7 +7,7 @@
 CARGO ?= cargo
 PYTHON ?= python3
 
-.PHONY: all build test test-deploy lint fmt up down logs bench-ingest bench-fanout
+.PHONY: all build test test-deploy test-js lint fmt up down logs bench-ingest bench-fanout
 
 all: build
 
@@ -20,8 +20,14 @@ build:
 ## `cargo test` rather than nextest: each test binary then shares one Postgres
 ## and one Redis between its tests; nextest's process per test would start a
 ## pair per test. test-deploy first: it takes seconds.
-test: build test-deploy
+test: build test-deploy test-js
 	$(CARGO) test --workspace
+
+## test-js: the TypeScript client (clients/js): npm ci, build to dist/, type
+## check, Vitest. Before `cargo test`: its client_js test runs the built
+## package in headless Chromium against the real services.
+test-js:
+	cd clients/js && npm ci --no-audit --no-fund && npm run build && npm run typecheck && npm test
 
 ## test-deploy: render deploy/k8s (base and production overlay) and validate
 ## every object against the Kubernetes schemas; promtool check and unit tests
