@@ -141,6 +141,39 @@ impl TestContext {
         &self.db.key_prefix
     }
 
+    /// The environment a real `realtime-ingestor` binary needs for this
+    /// context: its database, Redis, slot, publication and key prefix,
+    /// replica identity managed, admin on a free port. Callers append their
+    /// own settings; a variable given twice takes the later value.
+    pub fn ingestor_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("DATABASE_URL", self.database_url()),
+            ("REDIS_URL", self.redis_url()),
+            ("REALTIME_SLOT", self.slot().to_owned()),
+            ("REALTIME_PUBLICATION", self.publication().to_owned()),
+            ("REALTIME_KEY_PREFIX", self.key_prefix().to_owned()),
+            ("REALTIME_MANAGE_REPLICA_IDENTITY", "true".to_owned()),
+            ("REALTIME_ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
+        ]
+    }
+
+    /// The same for a real `realtime-gateway` binary listening on `listen`
+    /// and accepting bearer JWTs signed with `jwt_secret`.
+    pub fn gateway_env(
+        &self,
+        listen: std::net::SocketAddr,
+        jwt_secret: &str,
+    ) -> Vec<(&'static str, String)> {
+        vec![
+            ("DATABASE_URL", self.database_url()),
+            ("REDIS_URL", self.redis_url()),
+            ("REALTIME_KEY_PREFIX", self.key_prefix().to_owned()),
+            ("REALTIME_JWT_SECRET", jwt_secret.to_owned()),
+            ("REALTIME_LISTEN", listen.to_string()),
+            ("REALTIME_ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
+        ]
+    }
+
     /// A temp dir of this test, removed with the context.
     pub fn temp_dir(&self) -> &Path {
         self.db.temp.path()

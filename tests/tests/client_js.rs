@@ -470,16 +470,13 @@ async fn browser_client_fails_over_resumes_and_resyncs() {
     let _ingestor = start_ready(
         "realtime-ingestor",
         &[
-            ("DATABASE_URL", ctx.database_url()),
-            ("REDIS_URL", ctx.redis_url()),
-            ("REALTIME_SLOT", ctx.slot().to_owned()),
-            ("REALTIME_PUBLICATION", ctx.publication().to_owned()),
-            ("REALTIME_KEY_PREFIX", ctx.key_prefix().to_owned()),
-            ("REALTIME_MANAGE_REPLICA_IDENTITY", "true".to_owned()),
-            ("REALTIME_ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
-            ("REALTIME_STATUS_INTERVAL", "200ms".to_owned()),
-            ("REALTIME_HISTORY_LEN", "10".to_owned()),
-        ],
+            ctx.ingestor_env(),
+            vec![
+                ("REALTIME_STATUS_INTERVAL", "200ms".to_owned()),
+                ("REALTIME_HISTORY_LEN", "10".to_owned()),
+            ],
+        ]
+        .concat(),
     )
     .await;
 

@@ -1286,20 +1286,15 @@ async fn nine_thousand_idle_streams_opened_and_dropped_leave_memory_at_baseline(
     let addr: SocketAddr = format!("127.0.0.1:{}", realtime_tests::free_port())
         .parse()
         .expect("address");
-    let env = [
-        ("DATABASE_URL", ctx.database_url()),
-        ("REDIS_URL", ctx.redis_url()),
-        ("REALTIME_KEY_PREFIX", ctx.key_prefix().to_owned()),
-        ("REALTIME_JWT_SECRET", JWT_SECRET.to_owned()),
-        ("REALTIME_LISTEN", addr.to_string()),
-        ("REALTIME_ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
+    let mut env = ctx.gateway_env(addr, JWT_SECRET);
+    env.extend([
         // Connection churn from one address is the point here: lift the
         // per-IP connect rate limit (DESIGN §3) for this test.
         ("REALTIME_CONNECT_RATE", "100000".to_owned()),
         ("REALTIME_CONNECT_BURST", "100000".to_owned()),
         ("REALTIME_MAX_CONNECTIONS_PER_USER", "100000".to_owned()),
         ("REALTIME_MAX_CONNECTIONS_PER_ORG", "100000".to_owned()),
-    ];
+    ]);
     let child =
         realtime_tests::ChildProcess::spawn(&realtime_tests::binary_path("realtime-gateway"), &env);
     let pid = child.pid();

@@ -12,16 +12,10 @@ use support::gateway::{JWT_SECRET, token};
 use support::sse::SseClient;
 
 fn env(ctx: &TestContext, listen_port: u16) -> Vec<(&'static str, String)> {
-    vec![
-        ("DATABASE_URL", ctx.database_url()),
-        ("REDIS_URL", ctx.redis_url()),
-        ("REALTIME_KEY_PREFIX", ctx.key_prefix().to_owned()),
-        ("REALTIME_JWT_SECRET", JWT_SECRET.to_owned()),
-        ("REALTIME_LISTEN", format!("127.0.0.1:{listen_port}")),
-        ("REALTIME_ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
-        ("REALTIME_IO_TIMEOUT", "3s".to_owned()),
-        ("REALTIME_DRAIN", "2s".to_owned()),
-    ]
+    let mut env = ctx.gateway_env(([127, 0, 0, 1], listen_port).into(), JWT_SECRET);
+    env.push(("REALTIME_IO_TIMEOUT", "3s".to_owned()));
+    env.push(("REALTIME_DRAIN", "2s".to_owned()));
+    env
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -65,19 +65,10 @@ struct GatewayProcess {
 
 async fn gateway_process(ctx: &TestContext, extra: &[(&str, &str)]) -> GatewayProcess {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut env: Vec<(&str, String)> = vec![
-        ("DATABASE_URL", ctx.database_url()),
-        ("REDIS_URL", ctx.redis_url()),
-        ("REALTIME_KEY_PREFIX", ctx.key_prefix().to_owned()),
-        ("REALTIME_JWT_SECRET", JWT_SECRET.to_owned()),
-        ("REALTIME_LISTEN", addr.to_string()),
-        ("REALTIME_ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
-        ("REALTIME_CONNECT_RATE", "0".to_owned()),
-    ];
-    for (k, v) in extra {
-        env.retain(|(key, _)| key != k);
-        env.push((k, (*v).to_owned()));
-    }
+    let mut env = ctx.gateway_env(addr, JWT_SECRET);
+    env.push(("REALTIME_CONNECT_RATE", "0".to_owned()));
+    // Later values win.
+    env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
     let child = ChildProcess::spawn(&binary_path("realtime-gateway"), &env);
     let admin = child.admin_addr(WAIT).await;
     wait_until("the gateway is ready", WAIT, || async move {

@@ -73,16 +73,13 @@ fn spawn_ingestor_binary(ctx: &TestContext, status_interval: &str) -> ChildProce
     ChildProcess::spawn(
         &binary_path("realtime-ingestor"),
         &[
-            ("DATABASE_URL", ctx.database_url()),
-            ("REDIS_URL", ctx.redis_url()),
-            ("REALTIME_SLOT", ctx.slot().to_owned()),
-            ("REALTIME_PUBLICATION", ctx.publication().to_owned()),
-            ("REALTIME_KEY_PREFIX", ctx.key_prefix().to_owned()),
-            ("REALTIME_MANAGE_REPLICA_IDENTITY", "true".to_owned()),
-            ("REALTIME_ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
-            ("REALTIME_STATUS_INTERVAL", status_interval.to_owned()),
-            ("REALTIME_RECONNECT_MAX", "1s".to_owned()),
-        ],
+            ctx.ingestor_env(),
+            vec![
+                ("REALTIME_STATUS_INTERVAL", status_interval.to_owned()),
+                ("REALTIME_RECONNECT_MAX", "1s".to_owned()),
+            ],
+        ]
+        .concat(),
     )
 }
 

@@ -27,16 +27,9 @@ async fn run_failing(env: Vec<(&str, String)>) -> (String, String) {
 }
 
 fn base_env(ctx: &TestContext) -> Vec<(&'static str, String)> {
-    vec![
-        ("DATABASE_URL", ctx.database_url()),
-        ("REDIS_URL", ctx.redis_url()),
-        ("REALTIME_SLOT", ctx.slot().to_owned()),
-        ("REALTIME_PUBLICATION", ctx.publication().to_owned()),
-        ("REALTIME_KEY_PREFIX", ctx.key_prefix().to_owned()),
-        ("REALTIME_MANAGE_REPLICA_IDENTITY", "true".to_owned()),
-        ("REALTIME_ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
-        ("REALTIME_IO_TIMEOUT", "3s".to_owned()),
-    ]
+    let mut env = ctx.ingestor_env();
+    env.push(("REALTIME_IO_TIMEOUT", "3s".to_owned()));
+    env
 }
 
 fn set(env: &mut Vec<(&'static str, String)>, key: &'static str, value: impl Into<String>) {

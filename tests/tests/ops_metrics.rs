@@ -299,18 +299,15 @@ async fn every_metric_of_the_dashboard_and_the_alerts_is_exported() {
     let ingestor = ChildProcess::spawn(
         &binary_path("realtime-ingestor"),
         &[
-            ("DATABASE_URL", ctx.database_url()),
-            ("REDIS_URL", ctx.redis_url()),
-            ("REALTIME_SLOT", ctx.slot().to_owned()),
-            ("REALTIME_PUBLICATION", ctx.publication().to_owned()),
-            ("REALTIME_KEY_PREFIX", ctx.key_prefix().to_owned()),
-            ("REALTIME_MANAGE_REPLICA_IDENTITY", "true".to_owned()),
-            ("REALTIME_ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
-            // Slot lag and confirmed position are read with the heartbeat.
-            ("REALTIME_WAL_HEARTBEAT", "1s".to_owned()),
-            ("REALTIME_STATUS_INTERVAL", "200ms".to_owned()),
-            ("REALTIME_RECONNECT_MAX", "1s".to_owned()),
-        ],
+            ctx.ingestor_env(),
+            vec![
+                // Slot lag and confirmed position are read with the heartbeat.
+                ("REALTIME_WAL_HEARTBEAT", "1s".to_owned()),
+                ("REALTIME_STATUS_INTERVAL", "200ms".to_owned()),
+                ("REALTIME_RECONNECT_MAX", "1s".to_owned()),
+            ],
+        ]
+        .concat(),
     );
     let ingestor_admin = ingestor.admin_addr(WAIT).await;
     wait_ready("the ingestor is ready", ingestor_admin).await;
@@ -318,14 +315,7 @@ async fn every_metric_of_the_dashboard_and_the_alerts_is_exported() {
     let port = free_port();
     let gateway = ChildProcess::spawn(
         &binary_path("realtime-gateway"),
-        &[
-            ("DATABASE_URL", ctx.database_url()),
-            ("REDIS_URL", ctx.redis_url()),
-            ("REALTIME_KEY_PREFIX", ctx.key_prefix().to_owned()),
-            ("REALTIME_JWT_SECRET", JWT_SECRET.to_owned()),
-            ("REALTIME_LISTEN", format!("127.0.0.1:{port}")),
-            ("REALTIME_ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
-        ],
+        &ctx.gateway_env(([127, 0, 0, 1], port).into(), JWT_SECRET),
     );
     let gateway_admin = gateway.admin_addr(WAIT).await;
     wait_ready("the gateway is ready", gateway_admin).await;

@@ -141,16 +141,8 @@ fn otel_env(receiver: SocketAddr) -> Vec<(&'static str, String)> {
 }
 
 fn ingestor_env(ctx: &TestContext, receiver: SocketAddr) -> Vec<(&'static str, String)> {
-    let mut env = vec![
-        ("DATABASE_URL", ctx.database_url()),
-        ("REDIS_URL", ctx.redis_url()),
-        ("REALTIME_SLOT", ctx.slot().to_owned()),
-        ("REALTIME_PUBLICATION", ctx.publication().to_owned()),
-        ("REALTIME_KEY_PREFIX", ctx.key_prefix().to_owned()),
-        ("REALTIME_MANAGE_REPLICA_IDENTITY", "true".to_owned()),
-        ("REALTIME_ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
-        ("REALTIME_STATUS_INTERVAL", "200ms".to_owned()),
-    ];
+    let mut env = ctx.ingestor_env();
+    env.push(("REALTIME_STATUS_INTERVAL", "200ms".to_owned()));
     env.extend(otel_env(receiver));
     env
 }
@@ -160,15 +152,9 @@ fn gateway_env(
     listen_port: u16,
     receiver: SocketAddr,
 ) -> Vec<(&'static str, String)> {
-    let mut env = vec![
-        ("DATABASE_URL", ctx.database_url()),
-        ("REDIS_URL", ctx.redis_url()),
-        ("REALTIME_KEY_PREFIX", ctx.key_prefix().to_owned()),
-        ("REALTIME_JWT_SECRET", JWT_SECRET.to_owned()),
-        ("REALTIME_LISTEN", format!("127.0.0.1:{listen_port}")),
-        ("REALTIME_ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
-        ("REALTIME_IO_TIMEOUT", "3s".to_owned()),
-    ];
+    let listen = SocketAddr::from(([127, 0, 0, 1], listen_port));
+    let mut env = ctx.gateway_env(listen, JWT_SECRET);
+    env.push(("REALTIME_IO_TIMEOUT", "3s".to_owned()));
     env.extend(otel_env(receiver));
     env
 }
