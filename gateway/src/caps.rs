@@ -157,11 +157,16 @@ impl Caps {
         }
     }
 
-    /// Gives a lease back (best effort: an unreleased lease expires).
+    /// Gives a lease back (best effort: an unreleased lease expires). Safe
+    /// to call from a drop while the runtime shuts down: without one, the
+    /// lease is left to expire.
     pub fn release(&self, id: Arc<str>, user: Arc<str>, org: Arc<str>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let mut redis = self.redis.clone();
         let (user_key, org_key) = (self.user_key(&user), self.org_key(&org));
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let result: redis::RedisResult<()> = redis::pipe()
                 .zrem(user_key, &*id)
                 .ignore()
