@@ -3,8 +3,9 @@
 //! per-IP connect rate limit.
 //!
 //! `GET` request path, in order: draining (503) → connect rate (429) →
-//! credentials (401) → query (400) → Redis subscription confirmed (503) →
-//! membership (403) → connection caps (429) → resume point → stream.
+//! credentials (401) → query (400) → membership precheck (403) → Redis
+//! subscription confirmed (503) → membership since the subscription (403)
+//! → connection caps (429) → resume point → stream.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -366,7 +367,27 @@ async fn stream(
         }
     };
 
-    // 3. Subscribe first, so nothing published from now on is missed.
+    // 3. Non-members are refused before anything is subscribed for them.
+    match app.membership.precheck(&user, &org).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return reject(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "not a member of this organization",
+            );
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "membership query failed");
+            return reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "membership unavailable; retry",
+            );
+        }
+    }
+
+    // 4. Subscribe, so nothing published from now on is missed.
     let mut sub = app.hub.join(&org);
     let Some(subscribed_since) = sub.ready(app.io_timeout).await else {
         return reject(
@@ -376,8 +397,8 @@ async fn stream(
         );
     };
 
-    // 4. Membership, checked after the subscription: a revocation from
-    // here on reaches this replica.
+    // 5. Membership, checked (again) after the subscription: a revocation
+    // from here on reaches this replica.
     let org_name = match app
         .membership
         .organization_name(&user, &org, subscribed_since)
@@ -401,7 +422,7 @@ async fn stream(
         }
     };
 
-    // 5. A place under the caps, counted across replicas.
+    // 6. A place under the caps, counted across replicas.
     let connection_id: Arc<str> = uuid_like().into();
     match app.caps.acquire(&connection_id, &user, &org).await {
         Ok(()) => {}
@@ -438,7 +459,7 @@ async fn stream(
     // From here on, dropping `lease` gives the place back.
     let lease = Lease::new(app.caps.clone(), &registration.handle);
 
-    // 6. Where the stream starts.
+    // 7. Where the stream starts.
     let mut pending = VecDeque::new();
     let hello = serde_json::json!({
         "type": "connection",

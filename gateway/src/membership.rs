@@ -159,6 +159,22 @@ impl Membership {
         Ok(Some(name))
     }
 
+    /// A first look, before the replica subscribes to the organization on
+    /// the user's behalf: any cached answer still within its TTL, else the
+    /// query. It lets a non-member (or a made-up organization id) be refused
+    /// without a SUBSCRIBE/UNSUBSCRIBE round; a member is checked again
+    /// after the subscription ([`Self::organization_name`]), which is the
+    /// check that guards revocation.
+    pub async fn precheck(&self, user: &str, org: &str) -> Result<bool, MembershipError> {
+        let any_fresh = Instant::now()
+            .checked_sub(self.ttl)
+            .unwrap_or_else(Instant::now);
+        Ok(self
+            .organization_name(user, org, any_fresh)
+            .await?
+            .is_some())
+    }
+
     /// A `member.leave` passed: forget the cached membership.
     pub fn revoke(&self, user: &str, org: &str) {
         self.generation.fetch_add(1, Ordering::AcqRel);

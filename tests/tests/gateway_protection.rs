@@ -958,3 +958,62 @@ async fn sigterm_closes_a_thousand_streams_paced_over_the_drain_and_exits_in_tim
     );
     assert!(retries.len() > 50, "retry hints are jittered");
 }
+
+/// `SUBSCRIBE` calls Redis has served (its own `INFO commandstats`).
+async fn subscribe_calls(ctx: &TestContext) -> u64 {
+    let mut redis = ctx.redis().await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_subscribe:calls="))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_members_are_refused_before_any_subscription() {
+    // A Redis of its own: the count of SUBSCRIBE calls is this test's alone.
+    let redis = realtime_tests::RedisServer::start().expect("redis");
+    let ctx = TestContext::new().await.with_redis(&redis);
+    ctx.batch(SEED).await;
+    let gw = RunningGateway::start(gateway_config(&ctx)).await;
+    // A member's stream: the replica subscribes to orgA (and already holds
+    // its broadcast and control subscriptions).
+    let mut member = SseClient::connect(
+        &gw.stream_url("organizationId=orgA"),
+        Some(&token("ua", 600)),
+        &[],
+    )
+    .await;
+    hello(&mut member).await;
+    let before = subscribe_calls(&ctx).await;
+    // Outsiders probing real and made-up organizations.
+    for org in ["orgA", "orgB", "nope-1", "nope-2", "nope-3"] {
+        let c = SseClient::connect(
+            &gw.stream_url(&format!("organizationId={org}")),
+            Some(&token("outsider", 600)),
+            &[],
+        )
+        .await;
+        assert_eq!(c.status, 403, "{org}: {}", c.body_text);
+    }
+    assert_eq!(
+        subscribe_calls(&ctx).await,
+        before,
+        "no SUBSCRIBE on behalf of a non-member"
+    );
+    // A member of another organization still gets a stream (and its SUBSCRIBE).
+    let mut other = SseClient::connect(
+        &gw.stream_url("organizationId=orgB"),
+        Some(&token("ub", 600)),
+        &[],
+    )
+    .await;
+    hello(&mut other).await;
+    assert!(subscribe_calls(&ctx).await > before);
+    gw.stop().await;
+}
