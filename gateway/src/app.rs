@@ -36,7 +36,7 @@ use crate::control::{Command, Control};
 use crate::frame::data_only;
 use crate::history::History;
 use crate::hub::Hub;
-use crate::membership::Membership;
+use crate::membership::{Membership, MembershipError};
 use crate::metrics as m;
 use crate::publishing::{self, Emitter, PublishError};
 use crate::registry::Registry;
@@ -311,6 +311,29 @@ fn organization_param(org: Option<String>) -> Result<String, Response> {
     }
 }
 
+/// A membership answer as the stream handler needs it: the organization's
+/// name, or the refusal (403 for a non-member, 503 when the query failed).
+// A refusal is built once per refused request, off the hot path.
+#[allow(clippy::result_large_err)]
+fn member_or_refusal(answer: Result<Option<String>, MembershipError>) -> Result<String, Response> {
+    match answer {
+        Ok(Some(name)) => Ok(name),
+        Ok(None) => Err(reject(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "not a member of this organization",
+        )),
+        Err(e) => {
+            tracing::warn!(error = %e, "membership query failed");
+            Err(reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "membership unavailable; retry",
+            ))
+        }
+    }
+}
+
 async fn stream(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -368,23 +391,8 @@ async fn stream(
     };
 
     // 3. Non-members are refused before anything is subscribed for them.
-    match app.membership.precheck(&user, &org).await {
-        Ok(true) => {}
-        Ok(false) => {
-            return reject(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "not a member of this organization",
-            );
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "membership query failed");
-            return reject(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "membership unavailable; retry",
-            );
-        }
+    if let Err(refusal) = member_or_refusal(app.membership.precheck(&user, &org).await) {
+        return refusal;
     }
 
     // 4. Subscribe, so nothing published from now on is missed.
@@ -399,27 +407,13 @@ async fn stream(
 
     // 5. Membership, checked (again) after the subscription: a revocation
     // from here on reaches this replica.
-    let org_name = match app
+    let answer = app
         .membership
         .organization_name(&user, &org, subscribed_since)
-        .await
-    {
-        Ok(Some(name)) => name,
-        Ok(None) => {
-            return reject(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "not a member of this organization",
-            );
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "membership query failed");
-            return reject(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "membership unavailable; retry",
-            );
-        }
+        .await;
+    let org_name = match member_or_refusal(answer) {
+        Ok(name) => name,
+        Err(refusal) => return refusal,
     };
 
     // 6. A place under the caps, counted across replicas.

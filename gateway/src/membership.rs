@@ -165,14 +165,11 @@ impl Membership {
     /// without a SUBSCRIBE/UNSUBSCRIBE round; a member is checked again
     /// after the subscription ([`Self::organization_name`]), which is the
     /// check that guards revocation.
-    pub async fn precheck(&self, user: &str, org: &str) -> Result<bool, MembershipError> {
+    pub async fn precheck(&self, user: &str, org: &str) -> Result<Option<String>, MembershipError> {
         let any_fresh = Instant::now()
             .checked_sub(self.ttl)
             .unwrap_or_else(Instant::now);
-        Ok(self
-            .organization_name(user, org, any_fresh)
-            .await?
-            .is_some())
+        self.organization_name(user, org, any_fresh).await
     }
 
     /// A `member.leave` passed: forget the cached membership.
