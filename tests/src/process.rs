@@ -15,8 +15,9 @@ use crate::watchdog::Watchdog;
 
 /// Variables of the test's own environment that never reach a child: a
 /// developer's shell may have them set for a local cluster, and a child
-/// must see only what its test gives it.
-fn is_scrubbed(key: &str) -> bool {
+/// must see only what its test gives it. Public for tests that run other
+/// commands (scripts) with the same hygiene.
+pub fn is_scrubbed(key: &str) -> bool {
     key.starts_with("REALTIME_")
         || key.starts_with("OTEL_")
         || key.starts_with("AUTH_SECRET")
