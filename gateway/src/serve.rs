@@ -294,12 +294,50 @@ async fn write_chunk<W: AsyncWrite + Unpin>(
     frames: &[Bytes],
     bytes: usize,
 ) -> std::io::Result<()> {
-    let size = format!("{bytes:x}\r\n");
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() + 2);
-    slices.push(IoSlice::new(size.as_bytes()));
-    slices.extend(frames.iter().map(|f| IoSlice::new(f)));
-    slices.push(IoSlice::new(b"\r\n"));
-    let mut slices = &mut slices[..];
+    // Per delivery, so nothing allocated in the common case: the size line
+    // on the stack, and the slices too up to INLINE frames (one, usually).
+    const INLINE: usize = 8;
+    let mut size_buf = [0u8; 18];
+    let size = chunk_size_line(bytes, &mut size_buf);
+    if frames.len() <= INLINE {
+        let mut slices = [IoSlice::new(&[]); INLINE + 2];
+        slices[0] = IoSlice::new(size);
+        for (slot, frame) in slices[1..].iter_mut().zip(frames) {
+            *slot = IoSlice::new(frame);
+        }
+        slices[frames.len() + 1] = IoSlice::new(b"\r\n");
+        write_all_slices(writer, &mut slices[..frames.len() + 2]).await
+    } else {
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() + 2);
+        slices.push(IoSlice::new(size));
+        slices.extend(frames.iter().map(|f| IoSlice::new(f)));
+        slices.push(IoSlice::new(b"\r\n"));
+        write_all_slices(writer, &mut slices).await
+    }
+}
+
+/// `<hex size>\r\n`, written into `buf`.
+fn chunk_size_line(size: usize, buf: &mut [u8; 18]) -> &[u8] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut start = 16;
+    let mut n = size;
+    loop {
+        start -= 1;
+        buf[start] = HEX[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    buf[16] = b'\r';
+    buf[17] = b'\n';
+    &buf[start..]
+}
+
+async fn write_all_slices<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    mut slices: &mut [IoSlice<'_>],
+) -> std::io::Result<()> {
     while !slices.is_empty() {
         let n = writer.write_vectored(slices).await?;
         if n == 0 {
@@ -429,6 +467,33 @@ mod tests {
         let pipelined = b"GET /api/realtime/stream HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n";
         let end = find_head_end(pipelined).unwrap();
         assert!(stream_request(pipelined, end, peer()).is_none());
+    }
+
+    #[test]
+    fn chunk_size_lines_are_lowercase_hex() {
+        let mut buf = [0u8; 18];
+        assert_eq!(chunk_size_line(0, &mut buf), b"0\r\n");
+        assert_eq!(chunk_size_line(14, &mut buf), b"e\r\n");
+        assert_eq!(chunk_size_line(65_536, &mut buf), b"10000\r\n");
+        assert_eq!(
+            chunk_size_line(usize::MAX, &mut buf),
+            format!("{:x}\r\n", usize::MAX).as_bytes()
+        );
+    }
+
+    #[tokio::test]
+    async fn large_batches_are_written_whole() {
+        let mut out = Vec::new();
+        let frames: Vec<Bytes> = (0..20)
+            .map(|i| Bytes::from(format!("id: {i}\n\n")))
+            .collect();
+        let bytes = frames.iter().map(Bytes::len).sum();
+        write_chunk(&mut out, &frames, bytes).await.unwrap();
+        let body: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+        let mut want = format!("{bytes:x}\r\n").into_bytes();
+        want.extend_from_slice(&body);
+        want.extend_from_slice(b"\r\n");
+        assert_eq!(out, want);
     }
 
     #[tokio::test]
