@@ -69,7 +69,8 @@ bench-ingest:
 ## 100 organizations: RSS per idle connection, deliveries/s and
 ## commit→client latency at 1,000 events/s (tests/src/bin/bench_fanout.rs;
 ## clients in several sse_load processes), release build. BENCH_CLIENTS,
-## BENCH_ORGS, BENCH_USERS, BENCH_RATE, BENCH_SECONDS, BENCH_PER_PROCESS tune it.
+## BENCH_ORGS, BENCH_USERS, BENCH_RATE, BENCH_SECONDS, BENCH_PER_PROCESS,
+## BENCH_CLIENT_ROUND_US (load clients read in 1 ms rounds; 0: as data arrives) tune it.
 bench-fanout:
 	$(CARGO) build --release -p realtime-ingestor -p realtime-gateway
 	$(CARGO) build --release -p realtime-tests --bin sse_load

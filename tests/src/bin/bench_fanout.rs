@@ -16,12 +16,22 @@
 //! The event's `timestamp` (Postgres's commit time, whole ms) gives a
 //! second, ms-resolution figure.
 //!
+//! The load clients read in rounds (`BENCH_CLIENT_ROUND_US`, 1 ms): between
+//! rounds they sleep instead of blocking in `epoll_wait`. Blocked there, each
+//! frame the gateway writes wakes one of them, and on loopback that wake-up
+//! and the preemption after it are paid inside the gateway's `writev` (a
+//! quarter of its CPU at 9,000 clients), a cost a gateway whose readers are
+//! browsers on other hosts never pays. The round is charged to us: a frame
+//! may wait up to one round before it is read and timed. `0` reads as data
+//! arrives, for comparison.
+//!
 //! Settings (environment): `BENCH_CLIENTS` (default `1000,9000`, ascending:
 //! clients are added, never removed), `BENCH_ORGS` (100), `BENCH_USERS` (3
 //! users per organization, shared by its clients), `BENCH_RATE` (1000
 //! events/s), `BENCH_SECONDS` (10 per phase), `BENCH_PER_PROCESS` (3000
 //! streams per `sse_load`), `BENCH_CONNECT_CONCURRENCY` (100 handshakes in
-//! flight per `sse_load`).
+//! flight per `sse_load`), `BENCH_CLIENT_ROUND_US` (1000; 0 reads as data
+//! arrives).
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -64,6 +74,7 @@ struct Settings {
     seconds: u64,
     per_process: u64,
     concurrency: u64,
+    round_us: u64,
 }
 
 impl Settings {
@@ -88,6 +99,7 @@ impl Settings {
             seconds: env_or("BENCH_SECONDS", 10).max(1),
             per_process: env_or("BENCH_PER_PROCESS", 3000).max(1),
             concurrency: env_or("BENCH_CONNECT_CONCURRENCY", 100).max(1),
+            round_us: env_or("BENCH_CLIENT_ROUND_US", 1000),
         })
     }
 }
@@ -251,6 +263,7 @@ impl LoadProcess {
                 &s.users.to_string(),
             ])
             .args(["--concurrency", &s.concurrency.to_string()])
+            .args(["--round-us", &s.round_us.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -694,7 +707,7 @@ fn print_report(
     println!();
     println!(
         "`make bench-fanout` (release ingestor and gateway, then `cargo run --release -p realtime-tests --bin bench_fanout`) with \
-         BENCH_CLIENTS={} BENCH_ORGS={} BENCH_USERS={} BENCH_RATE={} BENCH_SECONDS={} BENCH_PER_PROCESS={}",
+         BENCH_CLIENTS={} BENCH_ORGS={} BENCH_USERS={} BENCH_RATE={} BENCH_SECONDS={} BENCH_PER_PROCESS={} BENCH_CLIENT_ROUND_US={}",
         s.phases
             .iter()
             .map(u64::to_string)
@@ -704,7 +717,8 @@ fn print_report(
         s.users,
         s.rate,
         s.seconds,
-        s.per_process
+        s.per_process,
+        s.round_us
     );
     println!(
         "clients spread evenly over {} organizations ({} users each), up to {max_clients} streams in `sse_load` processes of at most {}; \
@@ -789,9 +803,17 @@ fn print_report(
     println!(
         "- latency: the bench's clock just before it sends the INSERT → the load client reading the frame off its socket \
          (µs, wall clock, same host): INSERT + commit + ingestor + Redis + gateway + client read, so an upper bound on \
-         commit→client by about the INSERT round trip. By commit `timestamp`: receive − the event's commit time (whole ms, \
+         commit→client by about the INSERT round trip, and including up to one client read round ({round}). By commit `timestamp`: receive − the event's commit time (whole ms, \
          up to 1 ms high). Gateway commit→send: the gateway's own histogram (commit time → frame queued for the socket), \
-         as Prometheus bucket bounds"
+         as Prometheus bucket bounds",
+        round = if s.round_us == 0 {
+            "0: clients read as data arrives".to_owned()
+        } else {
+            format!(
+                "{} µs, during which a client sleeps rather than being woken by each frame",
+                s.round_us
+            )
+        }
     );
     println!(
         "- deliveries/s: timed events received by all clients / (last − first receive); CPU: CPU seconds per second of the \
