@@ -328,6 +328,8 @@ struct Totals {
     last_us: u64,
     send: BTreeMap<u64, u64>,
     commit: BTreeMap<u64, u64>,
+    /// Unix second → [timed, over 10 ms, max µs].
+    seconds: BTreeMap<u64, [u64; 3]>,
 }
 
 impl Totals {
@@ -346,6 +348,13 @@ impl Totals {
                 self.first_us.min(first)
             };
             self.last_us = self.last_us.max(n("last_us"));
+        }
+        for row in r["seconds"].as_array().into_iter().flatten() {
+            let v = |i: usize| row[i].as_u64().unwrap_or(0);
+            let second = self.seconds.entry(v(0)).or_default();
+            second[0] += v(1);
+            second[1] += v(2);
+            second[2] = second[2].max(v(3));
         }
         for (key, map) in [
             ("send_hist", &mut self.send),
@@ -424,6 +433,8 @@ struct Phase {
     rss_after_kib: u64,
     ended: u64,
     gave_up: u64,
+    /// Per second of the phase: % of deliveries over 10 ms, slowest (ms).
+    seconds: Vec<(f64, f64)>,
 }
 
 #[tokio::main]
@@ -663,6 +674,16 @@ async fn main() -> anyhow::Result<()> {
             rss_after_kib: rss_after,
             ended: totals.ended,
             gave_up: totals.gave_up,
+            seconds: totals
+                .seconds
+                .values()
+                .map(|[n, slow, max]| {
+                    (
+                        100.0 * *slow as f64 / (*n).max(1) as f64,
+                        *max as f64 / 1000.0,
+                    )
+                })
+                .collect(),
         });
         eprintln!(
             "{target} clients: {} of {expected} deliveries, p50 {:.2} ms, p99 {:.2} ms",
@@ -824,6 +845,18 @@ fn print_report(
         "- RSS per idle connection: growth of the gateway's VmRSS from before a phase's clients connected to 3 s after, / the \
          clients added (later phases start after the previous phase's traffic); 0→N: from the gateway with no client; KB = 1000 bytes"
     );
+    for p in phases {
+        let series: Vec<String> = p
+            .seconds
+            .iter()
+            .map(|(slow, max)| format!("{slow:.0}% ({max:.0})"))
+            .collect();
+        println!(
+            "- {} clients, each second of the phase: share of deliveries over 10 ms (slowest, ms): {}",
+            p.clients,
+            series.join(", ")
+        );
+    }
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     for p in phases {
         let per_conn = kib_per(p.rss_idle_kib as i64 - p.rss_before_kib as i64, p.added);

@@ -24,10 +24,11 @@
 //! Protocol: one JSON line on stdout when every stream is open (or gave up):
 //! `{"type":"ready",…}`; then commands on stdin, one per line: `reset`
 //! (zero the counters, answers `{"type":"reset"}`), `report` (answers
-//! `{"type":"report",…}` with histograms as `[[µs, count],…]`), `quit`.
+//! `{"type":"report",…}` with histograms as `[[µs, count],…]` and
+//! `seconds` as `[[unix second, timed, over 10 ms, max µs],…]`), `quit`.
 //! End of stdin ends the process too, so it never outlives the bench.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{BufRead, ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -169,7 +170,14 @@ struct Stats {
     last_us: u64,
     send: Histogram,
     commit: Histogram,
+    /// By second of the wall clock (of the read): timed events, how many of
+    /// them took over `SLOW_US`, the slowest (µs). Shows whether a tail is
+    /// a few stalls or spread over the run.
+    seconds: BTreeMap<u64, [u64; 3]>,
 }
+
+/// The line between fast and slow in the per-second series.
+const SLOW_US: u64 = 10_000;
 
 fn now_us() -> u64 {
     SystemTime::now()
@@ -226,6 +234,7 @@ impl Stats {
             last_us: 0,
             send: Histogram::new(),
             commit: Histogram::new(),
+            seconds: BTreeMap::new(),
         };
         stats.reset();
         stats
@@ -239,6 +248,7 @@ impl Stats {
         self.last_us = 0;
         self.send.clear();
         self.commit.clear();
+        self.seconds.clear();
     }
 
     /// One complete SSE message (without its blank line), read at `at_us`.
@@ -258,7 +268,12 @@ impl Stats {
         self.timed += 1;
         self.first_us = self.first_us.min(at_us);
         self.last_us = self.last_us.max(at_us);
-        self.send.record(at_us.saturating_sub(sent_us));
+        let took = at_us.saturating_sub(sent_us);
+        self.send.record(took);
+        let second = self.seconds.entry(at_us / 1_000_000).or_default();
+        second[0] += 1;
+        second[1] += u64::from(took > SLOW_US);
+        second[2] = second[2].max(took);
         if let Some(commit_ms) = number_after(msg, &keys.timestamp) {
             self.commit.record(at_us.saturating_sub(commit_ms * 1000));
         }
@@ -280,6 +295,11 @@ impl Stats {
             "last_us": self.last_us,
             "send_hist": self.send.sparse(),
             "commit_hist": self.commit.sparse(),
+            "seconds": self
+                .seconds
+                .iter()
+                .map(|(s, [n, slow, max])| [*s, *n, *slow, *max])
+                .collect::<Vec<_>>(),
         })
     }
 }
