@@ -3,8 +3,9 @@
 //! revocation and shutdown.
 //!
 //! Order of work on each poll (biased): frames already queued; then a
-//! history page while catching up; then shutdown, token expiry, the live
-//! feed, the heartbeat. Frames whose id is not above the last one sent are
+//! history page while catching up; then a close asked for (its reason is an
+//! atomic, read before anything else), the live feed, shutdown, token
+//! expiry, the heartbeat. Frames whose id is not above the last one sent are
 //! dropped, so a resumed or caught-up connection never gets an event twice.
 //! The stream ends itself on shutdown (axum's graceful shutdown would wait
 //! forever for an SSE body otherwise).
@@ -180,6 +181,17 @@ impl Connection {
         }
     }
 
+    /// The stream's last frame once it is closed: a jittered `retry:` for a
+    /// drain (the stream ends after it), nothing otherwise (the replica's
+    /// stop cancels the token without a reason).
+    fn close(&mut self) -> Option<Bytes> {
+        if self.handle.close_reason() != CloseReason::Drain {
+            return None;
+        }
+        self.closing = true;
+        Some(jittered_retry(self.retry))
+    }
+
     /// Starts catching up from history after the last event seen, or sends
     /// `data.sync` when history no longer reaches back that far.
     async fn start_catch_up(&mut self) -> bool {
@@ -227,6 +239,13 @@ impl Running {
                 };
                 continue;
             }
+            // The feed first in the select below: a frame is the common
+            // wake-up, and taking it before looking at the close token saves
+            // that token's lock on every delivery. A close asked for while
+            // frames keep coming is still seen at once, from its reason.
+            if conn.handle.close_reason() != CloseReason::None {
+                return conn.close();
+            }
             let expiry = async {
                 match self.expiry.as_mut() {
                     Some(sleep) => sleep.as_mut().await,
@@ -235,14 +254,6 @@ impl Running {
             };
             tokio::select! {
                 biased;
-                _ = self.closed.as_mut() => {
-                    if conn.handle.close_reason() != CloseReason::Drain {
-                        return None;
-                    }
-                    conn.closing = true;
-                    return Some(jittered_retry(conn.retry));
-                }
-                _ = expiry => return None,
                 message = conn.sub.rx.recv() => match message {
                     Ok(HubMessage::Frame(frame)) => conn.offer(&frame, true),
                     Ok(HubMessage::Resync) | Err(RecvError::Lagged(_)) => {
@@ -252,6 +263,8 @@ impl Running {
                     }
                     Err(RecvError::Closed) => return None,
                 },
+                _ = self.closed.as_mut() => return conn.close(),
+                _ = expiry => return None,
                 _ = self.heartbeat.tick() => {
                     return Some(Bytes::from(format!(": heartbeat {}\n\n", now_ms())));
                 }
