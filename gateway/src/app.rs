@@ -40,6 +40,8 @@ use crate::membership::{Membership, MembershipError};
 use crate::metrics as m;
 use crate::publishing::{self, Emitter, PublishError};
 use crate::registry::Registry;
+use crate::serve::StreamSink;
+use crate::sink::Sink;
 use crate::stream::{Connection, Lease, gap_message, now_ms};
 
 /// Longest organization id accepted (ids are short text keys).
@@ -506,6 +508,16 @@ async fn stream(
         },
     };
     metrics::counter!(m::CONNECTIONS_TOTAL, "result" => "accepted").increment(1);
+    let delivered = metrics::counter!(m::EVENTS_DELIVERED);
+    let latency = metrics::histogram!(m::COMMIT_TO_SEND);
+    // Used only if the listener serves this stream itself (`serve.rs`).
+    let sink = Sink::new(
+        user.as_str().into(),
+        registration.handle.clone(),
+        delivered.clone(),
+        latency.clone(),
+    );
+    sub.set_sink(sink.clone());
     let conn = Connection {
         org,
         user,
@@ -519,12 +531,13 @@ async fn stream(
         last_seen,
         replay_after,
         closing: false,
-        delivered: metrics::counter!(m::EVENTS_DELIVERED),
-        latency: metrics::histogram!(m::COMMIT_TO_SEND),
+        delivered,
+        latency,
     };
     let body = Body::from_stream(conn.into_body(m::ConnectionGuard::new(), registration, lease));
     Response::builder()
         .status(StatusCode::OK)
+        .extension(StreamSink(sink))
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache, no-transform")
         .header("x-accel-buffering", "no")

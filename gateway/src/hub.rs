@@ -10,6 +10,12 @@
 //! behind gets `Lagged` and catches up from history; memory never grows with
 //! a slow client.
 //!
+//! Streams with nothing of their own to send park with their organization's
+//! [`OrgFeed`]: the hub then writes each frame straight to their sockets
+//! instead of waking their tasks, and hands a stream back (with a fresh
+//! receiver, subscribed before the frame is sent) when a write would block
+//! or the frame is one the stream must act on; see `crate::sink`.
+//!
 //! A SUBSCRIBE is confirmed before [`Subscription::ready`] resolves, so a
 //! connection that subscribes, then replays history, misses nothing.
 //! After a Redis disconnection the task resubscribes everything and sends
@@ -26,7 +32,9 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::frame::Frame;
+use crate::sink::{Handback, OrgFeed, Sink};
 use crate::trace::Fanout;
+use realtime_shared::event::EventId;
 
 #[derive(Debug, Clone)]
 pub enum HubMessage {
@@ -42,7 +50,7 @@ enum Command {
 
 struct Entry {
     org: String,
-    tx: broadcast::Sender<HubMessage>,
+    feed: Arc<OrgFeed>,
     refs: usize,
     /// When Redis confirmed the current subscription; `None` while not
     /// subscribed. Since then, every event of the org passes through here.
@@ -76,11 +84,18 @@ pub struct Hub {
 
 /// A connection's hold on an organization's feed; dropping it releases the
 /// Redis subscription when it was the last one on this replica.
+///
+/// A stream with a [`Sink`] can park ([`Subscription::park`]): it gives up
+/// its receiver and the hub writes its live frames straight to its socket
+/// until it takes it back ([`Subscription::unpark`]) or the hub hands it
+/// back. While parked, `rx` is `None`.
 pub struct Subscription {
     hub: Hub,
     channel: String,
-    pub rx: broadcast::Receiver<HubMessage>,
+    pub rx: Option<broadcast::Receiver<HubMessage>>,
     ready: watch::Receiver<Option<Instant>>,
+    feed: Arc<OrgFeed>,
+    sink: Option<Arc<Sink>>,
 }
 
 impl Hub {
@@ -122,7 +137,7 @@ impl Hub {
                 .send(Command::Subscribe(channel.clone()));
             Entry {
                 org: org.to_owned(),
-                tx: broadcast::channel(self.inner.capacity).0,
+                feed: Arc::new(OrgFeed::new(self.inner.capacity)),
                 refs: 0,
                 ready: watch::channel(None).0,
             }
@@ -130,8 +145,10 @@ impl Hub {
         entry.refs += 1;
         Subscription {
             hub: self.clone(),
-            rx: entry.tx.subscribe(),
+            rx: Some(entry.feed.tx.subscribe()),
             ready: entry.ready.subscribe(),
+            feed: entry.feed.clone(),
+            sink: None,
             channel,
         }
     }
@@ -215,10 +232,17 @@ impl Hub {
             sink.subscribe(channel).await?;
         }
         let now = Instant::now();
-        for entry in self.lock().values() {
-            entry.ready.send_replace(Some(now));
-            if !first {
-                let _ = entry.tx.send(HubMessage::Resync);
+        let feeds: Vec<Arc<OrgFeed>> = self
+            .lock()
+            .values()
+            .map(|entry| {
+                entry.ready.send_replace(Some(now));
+                entry.feed.clone()
+            })
+            .collect();
+        if !first {
+            for feed in feeds {
+                feed.deliver(HubMessage::Resync);
             }
         }
         loop {
@@ -267,20 +291,26 @@ impl Hub {
         };
         let (event_type, id) = (frame.event_type, frame.id);
         let broadcast = channel == broadcast_channel;
-        // `send` answers how many local streams the frame was queued for.
+        // The feeds, taken out of the map so that writing to parked sockets
+        // holds only each organization's own lock.
+        let feeds: Vec<Arc<OrgFeed>> = {
+            let entries = self.lock();
+            if broadcast {
+                entries.values().map(|e| e.feed.clone()).collect()
+            } else if let Some(entry) = entries.get(channel) {
+                if let Some(member) = &frame.leaving_member {
+                    (self.inner.on_leave)(member, &entry.org);
+                }
+                vec![entry.feed.clone()]
+            } else {
+                Vec::new()
+            }
+        };
+        // How many local streams the frame was written or queued for.
         let mut queued = 0;
-        let entries = self.lock();
-        if broadcast {
-            for entry in entries.values() {
-                queued += entry.tx.send(HubMessage::Frame(frame.clone())).unwrap_or(0);
-            }
-        } else if let Some(entry) = entries.get(channel) {
-            if let Some(member) = &frame.leaving_member {
-                (self.inner.on_leave)(member, &entry.org);
-            }
-            queued = entry.tx.send(HubMessage::Frame(frame)).unwrap_or(0);
+        for feed in &feeds {
+            queued += feed.deliver(HubMessage::Frame(frame.clone()));
         }
-        drop(entries);
         if let Some(fanout) = fanout {
             fanout.finish(event_type, &id, broadcast, queued);
         }
@@ -288,6 +318,62 @@ impl Hub {
 }
 
 impl Subscription {
+    /// Makes this stream able to park: the listener writes its body itself.
+    pub fn set_sink(&mut self, sink: Arc<Sink>) {
+        self.sink = Some(sink);
+    }
+
+    pub fn sink(&self) -> Option<&Arc<Sink>> {
+        self.sink.as_ref()
+    }
+
+    pub fn is_parked(&self) -> bool {
+        self.rx.is_none()
+    }
+
+    /// Parks the stream when it can: it has a sink with a socket and its
+    /// receiver holds nothing unread (checked under the feed's lock, so no
+    /// frame falls between the receiver and the direct writes). `last_seen`
+    /// travels with it. Returns whether it is parked.
+    pub fn park(&mut self, last_seen: Option<EventId>) -> bool {
+        let (Some(sink), Some(rx)) = (&self.sink, self.rx.take()) else {
+            return self.rx.is_none();
+        };
+        match self.feed.park(sink, rx, last_seen) {
+            Ok(()) => true,
+            Err(rx) => {
+                self.rx = Some(rx);
+                false
+            }
+        }
+    }
+
+    /// Takes the stream back (it is parked) with a fresh receiver. Returns
+    /// the newest id the hub passed for it, and whether its place was lost
+    /// (never expected; the stream then catches up from history).
+    pub fn unpark(&mut self) -> (Option<EventId>, bool) {
+        let back = match &self.sink {
+            Some(sink) => self.feed.unpark(sink),
+            None => self.feed.lost(),
+        };
+        let Handback {
+            rx,
+            last_seen,
+            lost,
+        } = back;
+        self.rx = Some(rx);
+        (last_seen, lost)
+    }
+
+    /// Waits until the hub hands the parked stream back (or, rarely, wakes
+    /// it for nothing: unparking is right either way).
+    pub async fn handed_back(&self) {
+        match &self.sink {
+            Some(sink) => sink.handed_back().await,
+            None => std::future::pending().await,
+        }
+    }
+
     /// Resolves once Redis confirmed the subscription (or at once when it
     /// already had) with the time it did: every event of the organization
     /// published since then reaches this replica, so a membership checked
@@ -303,6 +389,9 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        if let (Some(sink), None) = (&self.sink, &self.rx) {
+            drop(self.feed.unpark(sink));
+        }
         self.hub.leave(&self.channel);
     }
 }

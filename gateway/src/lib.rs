@@ -37,6 +37,7 @@ pub mod metrics;
 pub mod publishing;
 pub mod registry;
 pub mod serve;
+pub mod sink;
 pub mod stream;
 pub mod trace;
 

@@ -21,6 +21,7 @@
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -38,6 +39,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
+
+use crate::sink::Sink;
 
 /// The stream path served without hyper.
 const STREAM_PATH: &str = "/api/realtime/stream";
@@ -116,7 +119,7 @@ async fn connection(
                 Ok(r) => r,
                 Err(never) => match never {},
             };
-            if let Err(e) = respond(&mut socket, response).await {
+            if let Err(e) = respond(socket, response).await {
                 tracing::debug!(error = %e, "stream connection ended");
             }
         }
@@ -198,13 +201,13 @@ fn stream_request(buf: &[u8], end: usize, peer: SocketAddr) -> Option<Request<Bo
 
 /// Writes the router's answer: an SSE body as chunks until it ends, any
 /// other body whole; then closes.
-async fn respond(socket: &mut TcpStream, response: Response<Body>) -> std::io::Result<()> {
+async fn respond(mut socket: TcpStream, response: Response<Body>) -> std::io::Result<()> {
     let is_stream = response.status().is_success()
         && response
             .headers()
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    let (parts, body) = response.into_parts();
+    let (mut parts, body) = response.into_parts();
     let mut head = Vec::with_capacity(512);
     head.extend_from_slice(b"HTTP/1.1 ");
     head.extend_from_slice(parts.status.as_str().as_bytes());
@@ -244,46 +247,133 @@ async fn respond(socket: &mut TcpStream, response: Response<Body>) -> std::io::R
     head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
     socket.write_all(&head).await?;
     drop(head);
-    pump(socket, body).await
+    let sink = parts.extensions.remove::<StreamSink>().map(|s| s.0);
+    let socket = Arc::new(socket);
+    if let Some(sink) = &sink {
+        sink.attach(socket.clone());
+    }
+    let result = pump(&socket, body, sink.as_deref()).await;
+    // Write side done (FIN) even while the hub still holds the socket.
+    let _ = socket2::SockRef::from(&*socket).shutdown(std::net::Shutdown::Write);
+    result
 }
 
+/// Put in a stream response's extensions by the handler: the listener
+/// attaches the socket to it, so the hub can write to the stream while it
+/// is parked (see `crate::sink`).
+#[derive(Clone)]
+pub struct StreamSink(pub Arc<Sink>);
+
 /// Copies SSE frames to the socket until the body ends or the client goes.
-async fn pump(socket: &mut TcpStream, body: Body) -> std::io::Result<()> {
+/// What the hub left half-written while the stream was parked (`sink`) is
+/// written first; an empty frame from the body only asks for that.
+async fn pump(socket: &TcpStream, body: Body, sink: Option<&Sink>) -> std::io::Result<()> {
     let mut frames = body.into_data_stream();
-    let (mut reader, mut writer) = socket.split();
+    let mut writer = SocketWriter(socket);
     let mut batch: Vec<Bytes> = Vec::new();
     loop {
-        let mut probe = [0u8; 64];
+        // Everything given so far is written: the stream may park while
+        // this waits (and only then, see `Sink::set_listener_idle`).
+        if let Some(sink) = sink {
+            sink.set_listener_idle(true);
+        }
         tokio::select! {
             biased;
-            read = reader.read(&mut probe) => match read {
-                // The client closed its side (or reset): the stream is over.
-                Ok(0) | Err(_) => return Ok(()),
-                // A client has nothing to send on a stream; ignore it.
-                Ok(_) => continue,
+            ready = socket.readable() => {
+                if ready.is_err() {
+                    return Ok(());
+                }
+                let mut probe = [0u8; 64];
+                match socket.try_read(&mut probe) {
+                    // The client closed its side (or reset): the stream is over.
+                    Ok(0) => return Ok(()),
+                    // A client has nothing to send on a stream; ignore it.
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(_) => return Ok(()),
+                }
             },
-            frame = frames.next() => match frame {
-                Some(Ok(first)) => {
-                    let mut bytes = first.len();
-                    batch.push(first);
-                    while batch.len() < MAX_BATCH_FRAMES && bytes < MAX_BATCH_BYTES {
-                        match frames.next().now_or_never() {
-                            Some(Some(Ok(more))) => {
-                                bytes += more.len();
-                                batch.push(more);
+            frame = frames.next() => {
+                if let Some(sink) = sink {
+                    sink.set_listener_idle(false);
+                }
+                let ended = match frame {
+                    Some(Ok(first)) => {
+                        let mut bytes = first.len();
+                        batch.push(first);
+                        while batch.len() < MAX_BATCH_FRAMES && bytes < MAX_BATCH_BYTES {
+                            match frames.next().now_or_never() {
+                                Some(Some(Ok(more))) => {
+                                    bytes += more.len();
+                                    batch.push(more);
+                                }
+                                _ => break,
                             }
-                            _ => break,
                         }
+                        false
                     }
+                    Some(Err(_)) | None => true,
+                };
+                if let Some(rest) = sink.and_then(Sink::take_leftover) {
+                    writer.write_all(&rest).await?;
+                }
+                batch.retain(|frame| !frame.is_empty());
+                if !batch.is_empty() {
+                    let bytes = batch.iter().map(Bytes::len).sum();
                     write_chunk(&mut writer, &batch, bytes).await?;
                     batch.clear();
                 }
-                Some(Err(_)) | None => {
-                    writer.write_all(b"0\r\n\r\n").await?;
-                    return writer.shutdown().await;
+                if ended {
+                    return writer.write_all(b"0\r\n\r\n").await;
                 }
             },
         }
+    }
+}
+
+/// Writes through a shared socket (the hub holds it too, writing only while
+/// the stream is parked, so the two never write at once).
+struct SocketWriter<'a>(&'a TcpStream);
+
+impl AsyncWrite for SocketWriter<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write_vectored(bufs) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -317,7 +407,7 @@ async fn write_chunk<W: AsyncWrite + Unpin>(
 }
 
 /// `<hex size>\r\n`, written into `buf`.
-fn chunk_size_line(size: usize, buf: &mut [u8; 18]) -> &[u8] {
+pub(crate) fn chunk_size_line(size: usize, buf: &mut [u8; 18]) -> &[u8] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut start = 16;
     let mut n = size;

@@ -213,9 +213,27 @@ impl Connection {
     }
 }
 
+/// Why a parked stream woke.
+enum Woke {
+    HandedBack,
+    Closed,
+    Expired,
+    Heartbeat,
+}
+
+fn heartbeat_frame() -> Bytes {
+    Bytes::from(format!(": heartbeat {}\n\n", now_ms()))
+}
+
 impl Running {
     async fn next(&mut self) -> Option<Bytes> {
         loop {
+            if self.conn.sub.is_parked() {
+                match self.wait_parked().await {
+                    Some(out) => return out,
+                    None => continue,
+                }
+            }
             let conn = &mut self.conn;
             if let Some(bytes) = conn.pending.pop_front() {
                 return Some(bytes);
@@ -246,6 +264,23 @@ impl Running {
             if conn.handle.close_reason() != CloseReason::None {
                 return conn.close();
             }
+            // Nothing of its own to send: hand the socket to the hub (see
+            // `crate::sink`), unless a frame is already waiting.
+            if conn.sub.park(conn.last_seen) {
+                continue;
+            }
+            // Not parked because the listener is still writing: try again
+            // once it is done (the last branch below).
+            let sink = conn.sub.sink().filter(|s| s.waits_for_listener()).cloned();
+            let Some(rx) = conn.sub.rx.as_mut() else {
+                continue;
+            };
+            let listener_idle = async {
+                match &sink {
+                    Some(sink) => sink.listener_idle().await,
+                    None => std::future::pending().await,
+                }
+            };
             let expiry = async {
                 match self.expiry.as_mut() {
                     Some(sleep) => sleep.as_mut().await,
@@ -254,7 +289,7 @@ impl Running {
             };
             tokio::select! {
                 biased;
-                message = conn.sub.rx.recv() => match message {
+                message = rx.recv() => match message {
                     Ok(HubMessage::Frame(frame)) => conn.offer(&frame, true),
                     Ok(HubMessage::Resync) | Err(RecvError::Lagged(_)) => {
                         if !Box::pin(conn.start_catch_up()).await {
@@ -265,10 +300,50 @@ impl Running {
                 },
                 _ = self.closed.as_mut() => return conn.close(),
                 _ = expiry => return None,
-                _ = self.heartbeat.tick() => {
-                    return Some(Bytes::from(format!(": heartbeat {}\n\n", now_ms())));
-                }
+                _ = self.heartbeat.tick() => return Some(heartbeat_frame()),
+                _ = listener_idle => {}
             }
+        }
+    }
+
+    /// Parked: waits until the hub hands the stream back or one of the
+    /// stream's own reasons comes (close, expiry, heartbeat), then takes
+    /// the stream back. `Some(out)`: what [`Running::next`] returns; `None`:
+    /// go on. An empty frame tells the listener to write the rest of a
+    /// chunk the hub began (`Sink::take_leftover`).
+    async fn wait_parked(&mut self) -> Option<Option<Bytes>> {
+        let expiry = async {
+            match self.expiry.as_mut() {
+                Some(sleep) => sleep.as_mut().await,
+                None => std::future::pending().await,
+            }
+        };
+        let woke = tokio::select! {
+            biased;
+            _ = self.conn.sub.handed_back() => Woke::HandedBack,
+            _ = self.closed.as_mut() => Woke::Closed,
+            _ = expiry => Woke::Expired,
+            _ = self.heartbeat.tick() => Woke::Heartbeat,
+        };
+        let conn = &mut self.conn;
+        let (last_seen, lost) = conn.sub.unpark();
+        if lost {
+            // Not expected (see `OrgFeed::unpark`): catch up from history
+            // rather than risk a gap.
+            tracing::error!(org = %conn.org, "a parked stream lost its place; catching up");
+            if !Box::pin(conn.start_catch_up()).await {
+                return Some(None);
+            }
+        } else {
+            conn.last_seen = last_seen;
+        }
+        let flush = conn.sub.sink().is_some_and(|s| s.has_leftover());
+        match woke {
+            Woke::Closed => Some(conn.close()),
+            Woke::Expired => Some(None),
+            Woke::Heartbeat => Some(Some(heartbeat_frame())),
+            Woke::HandedBack if flush => Some(Some(Bytes::new())),
+            Woke::HandedBack => None,
         }
     }
 }

@@ -36,6 +36,14 @@ struct Cluster {
 }
 
 async fn cluster(tune: impl Fn(&mut realtime_gateway::Config)) -> Cluster {
+    cluster_of(&tune, &tune).await
+}
+
+/// As [`cluster`], each replica tuned on its own.
+async fn cluster_of(
+    tune_a: &dyn Fn(&mut realtime_gateway::Config),
+    tune_b: &dyn Fn(&mut realtime_gateway::Config),
+) -> Cluster {
     let ctx = TestContext::new().await;
     ctx.batch(SEED).await;
     let mut config = config_for(&ctx);
@@ -43,8 +51,8 @@ async fn cluster(tune: impl Fn(&mut realtime_gateway::Config)) -> Cluster {
     let ing = RunningIngestor::start(ctx.clone(), config).await;
     let mut a = gateway_config(&ctx);
     let mut b = gateway_config(&ctx);
-    tune(&mut a);
-    tune(&mut b);
+    tune_a(&mut a);
+    tune_b(&mut b);
     let gw = [
         RunningGateway::start(a).await,
         RunningGateway::start(b).await,
@@ -696,6 +704,141 @@ async fn members_post_activity_as_themselves_within_a_rate() {
     assert_eq!(post("ua2", "orgA", ok).await.0, 202);
 }
 
+/// Streams parked with the hub (`gateway/src/sink.rs`: the hub writes their
+/// frames straight to their sockets) are handed back and parked again all
+/// the time here: heartbeats every 20 ms take them back (one replica), slow readers with
+/// small receive buffers that stop reading for a second leave chunks
+/// half-written (the rest goes through the stream's own task) and fall
+/// behind into catch-ups, and events come in bursts. Every stream must still get every event of its organization
+/// once, in order, and nothing of the other organization.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_moving_between_hub_and_task_get_every_event_once_in_order() {
+    const EVENTS: u64 = 3_000;
+    const OTHER: u64 = 20;
+    // Replica 0 takes its streams back every 20 ms; on replica 1 (30 s
+    // heartbeats) the hub itself meets the full socket buffers.
+    let c = cluster_of(&|cfg| cfg.heartbeat = Duration::from_millis(20), &|_| {}).await;
+    let ctx = c.ing.ctx.clone();
+    let q = "organizationId=orgA";
+    let (published_tx, published_rx) = tokio::sync::watch::channel(false);
+    let mut readers = Vec::new();
+    for (i, gw) in c.gw.iter().enumerate() {
+        for user in ["ua", "ua2"] {
+            let mut client = SseClient::connect(
+                &format!("{}/api/realtime/stream?{q}", base(gw)),
+                Some(&token(user, 600)),
+                &[],
+            )
+            .await;
+            hello(&mut client).await;
+            readers.push(tokio::spawn(async move {
+                let mut ns = Vec::new();
+                while ns.last() != Some(&EVENTS) {
+                    let Some(m) = client.next_event(WAIT).await else {
+                        break;
+                    };
+                    let j = m.json();
+                    assert_eq!(j["organizationId"], "orgA", "nothing of orgB");
+                    ns.push(j["payload"]["n"].as_u64().unwrap_or(0));
+                }
+                ns
+            }));
+        }
+        // A slow reader: a 4 KB receive buffer, and a long stall.
+        let mut published = published_rx.clone();
+        let mut slow =
+            stalled_client(gw.addr, q, &token(if i == 0 { "ua" } else { "ua2" }, 600)).await;
+        readers.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut text: Vec<u8> = Vec::new();
+            let mut parsed = 0;
+            let mut ns = Vec::new();
+            let mut next_pause = 400 + 100 * i;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+            while ns.last() != Some(&EVENTS) && tokio::time::Instant::now() < deadline {
+                let read = tokio::time::timeout(WAIT, slow.read(&mut buf)).await;
+                let Ok(Ok(n)) = read else { break };
+                if n == 0 {
+                    break;
+                }
+                text.extend_from_slice(&buf[..n]);
+                while let Some(end) = memchr_position(&text[parsed..], b"\n") {
+                    let line = &text[parsed..parsed + end];
+                    parsed += end + 1;
+                    if let Some(data) = line.strip_prefix(b"data: ")
+                        && let Ok(j) = serde_json::from_slice::<Value>(data)
+                        && j["type"] == "system.alert"
+                    {
+                        assert_eq!(j["organizationId"], "orgA", "nothing of orgB");
+                        ns.push(j["payload"]["n"].as_u64().unwrap_or(0));
+                    }
+                }
+                // Stop reading, once, until every event is published: more
+                // than the socket's buffers hold, so the gateway's writes
+                // stop half-way through a chunk.
+                if ns.len() >= next_pause {
+                    next_pause = usize::MAX;
+                    let _ = published.wait_for(|done| *done).await;
+                }
+            }
+            ns
+        }));
+    }
+    let mut other = SseClient::connect(
+        &format!("{}/api/realtime/stream?organizationId=orgB", base(&c.gw[0])),
+        Some(&token("ub", 600)),
+        &[],
+    )
+    .await;
+    hello(&mut other).await;
+
+    // Bursts of 100 events of ~3 KB, a few ms apart, with orgB's
+    // events in between.
+    for burst in 0..EVENTS / 100 {
+        ctx.execute(
+            "SELECT pg_logical_emit_message(true, 'realtime', json_build_object(
+                 'type', 'system.alert', 'organizationId', 'orgA',
+                 'payload', json_build_object('n', g, 'pad', repeat('x', 3000)))::text)
+             FROM generate_series($1::bigint, $2::bigint) g",
+            &[
+                &(burst * 100 + 1).cast_signed(),
+                &((burst + 1) * 100).cast_signed(),
+            ],
+        )
+        .await;
+        if burst < OTHER {
+            ctx.execute(
+                "SELECT pg_logical_emit_message(true, 'realtime', json_build_object(
+                     'type', 'system.alert', 'organizationId', 'orgB',
+                     'payload', json_build_object('n', $1::bigint))::text)",
+                &[&(burst + 1).cast_signed()],
+            )
+            .await;
+        }
+        tokio::time::sleep(Duration::from_millis(3 + burst % 5)).await;
+    }
+    published_tx.send_replace(true);
+    for reader in readers {
+        let ns = reader.await.unwrap();
+        assert_eq!(
+            ns,
+            (1..=EVENTS).collect::<Vec<_>>(),
+            "every event once, in order"
+        );
+    }
+    let theirs: Vec<u64> = other
+        .events(OTHER as usize, WAIT)
+        .await
+        .iter()
+        .map(|m| {
+            let j = m.json();
+            assert_eq!(j["organizationId"], "orgB");
+            j["payload"]["n"].as_u64().unwrap_or(0)
+        })
+        .collect();
+    assert_eq!(theirs, (1..=OTHER).collect::<Vec<_>>());
+}
+
 /// Sends a stream request on a raw socket and never reads a byte.
 async fn stalled_client(addr: SocketAddr, query: &str, tok: &str) -> TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -768,13 +911,21 @@ async fn a_client_that_stops_reading_costs_bounded_memory_and_delays_no_one() {
     let mut text = Vec::new();
     let needle = format!("id: {last_id}\n");
     tokio::time::timeout(Duration::from_secs(60), async {
+        // Where the last event's frame starts, once seen: read on until it
+        // is whole (a frame may arrive in pieces).
+        let mut last_at: Option<usize> = None;
         loop {
             let n = stalled.read(&mut buf).await.unwrap();
             assert!(n > 0, "the stalled stream stays open");
             // Search only what is new (plus an overlap): the text is MBs.
             let from = text.len().saturating_sub(needle.len());
             text.extend_from_slice(&buf[..n]);
-            if memchr_find(&text[from..], needle.as_bytes()) {
+            if last_at.is_none() {
+                last_at = memchr_position(&text[from..], needle.as_bytes()).map(|p| from + p);
+            }
+            if let Some(at) = last_at
+                && memchr_position(&text[at..], b"\n\n").is_some()
+            {
                 break;
             }
         }
@@ -803,8 +954,8 @@ async fn a_client_that_stops_reading_costs_bounded_memory_and_delays_no_one() {
     ing.stop().await;
 }
 
-fn memchr_find(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+fn memchr_position(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// One stream on a raw socket: the time it ended after `t0`, and its last
@@ -865,7 +1016,7 @@ async fn sigterm_closes_a_thousand_streams_paced_over_the_drain_and_exits_in_tim
         // Wait for the connection message before opening the next.
         let mut got = Vec::new();
         let mut buf = [0u8; 2048];
-        while !memchr_find(&got, b"\"type\":\"connection\"") {
+        while memchr_position(&got, b"\"type\":\"connection\"").is_none() {
             let n = tokio::time::timeout(WAIT, s.read(&mut buf))
                 .await
                 .unwrap()
