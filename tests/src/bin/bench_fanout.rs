@@ -174,15 +174,19 @@ async fn gateway_metric(admin: &str, name: &str) -> Option<f64> {
 
 /// The gateway's `realtime_gateway_commit_to_send_seconds` histogram:
 /// (upper bound in s, cumulative count) per bucket.
-async fn gateway_latency_buckets(admin: &str) -> Vec<(f64, u64)> {
+const GATEWAY_LATENCY: &str = "realtime_gateway_commit_to_send_seconds";
+const INGESTOR_LATENCY: &str = "realtime_ingestor_commit_to_publish_seconds";
+
+/// A Prometheus histogram's cumulative buckets, as (upper bound, count).
+async fn latency_buckets(admin: &str, histogram: &str) -> Vec<(f64, u64)> {
     let Ok(response) = reqwest::get(format!("http://{admin}/metrics")).await else {
         return Vec::new();
     };
     let text = response.text().await.unwrap_or_default();
-    let prefix = "realtime_gateway_commit_to_send_seconds_bucket{le=\"";
+    let prefix = format!("{histogram}_bucket{{le=\"");
     text.lines()
         .filter_map(|l| {
-            let rest = l.strip_prefix(prefix)?;
+            let rest = l.strip_prefix(prefix.as_str())?;
             let (le, count) = rest.split_once("\"}")?;
             let le = if le == "+Inf" {
                 f64::INFINITY
@@ -424,6 +428,8 @@ struct Phase {
     insert_p99: f64,
     gateway_p50: f64,
     gateway_p99: f64,
+    ingestor_p50: f64,
+    ingestor_p99: f64,
     host_cpu: f64,
     gateway_cpu: f64,
     gateway_sys: f64,
@@ -480,7 +486,8 @@ async fn main() -> anyhow::Result<()> {
             ("REDIS_URL", redis_server.url().as_str()),
             ("REALTIME_ADMIN_LISTEN", "127.0.0.1:0"),
             ("REALTIME_MANAGE_REPLICA_IDENTITY", "true"),
-            ("RUST_LOG", "warn"),
+            // info: the admin address is logged at start.
+            ("RUST_LOG", "info"),
         ],
     );
     // Ready once a row written now comes out in Redis (a row written before
@@ -527,6 +534,10 @@ async fn main() -> anyhow::Result<()> {
     );
     let addr = gateway.log_value("listen", Duration::from_secs(30)).await;
     let admin_addr = gateway
+        .admin_addr(Duration::from_secs(30))
+        .await
+        .to_string();
+    let ingestor_admin = ingestor
         .admin_addr(Duration::from_secs(30))
         .await
         .to_string();
@@ -593,7 +604,8 @@ async fn main() -> anyhow::Result<()> {
         );
         let redis0 = redis_cpu_seconds(&mut redis).await;
         let host0 = host_busy_seconds();
-        let buckets0 = gateway_latency_buckets(&admin_addr).await;
+        let buckets0 = latency_buckets(&admin_addr, GATEWAY_LATENCY).await;
+        let ingestor0 = latency_buckets(&ingestor_admin, INGESTOR_LATENCY).await;
         eprintln!("writing {total} events at {}/s…", s.rate);
         let mut insert_rtt = Vec::with_capacity(total as usize);
         let mut expected = 0u64;
@@ -640,7 +652,8 @@ async fn main() -> anyhow::Result<()> {
             gateway.output_text()
         );
         let rss_after = rss_kib(gateway.pid())?;
-        let buckets1 = gateway_latency_buckets(&admin_addr).await;
+        let buckets1 = latency_buckets(&admin_addr, GATEWAY_LATENCY).await;
+        let ingestor1 = latency_buckets(&ingestor_admin, INGESTOR_LATENCY).await;
         insert_rtt.sort();
         let window_s = (totals.last_us.saturating_sub(totals.first_us)) as f64 / 1e6;
         phases.push(Phase {
@@ -665,6 +678,8 @@ async fn main() -> anyhow::Result<()> {
             insert_p99: quantile_sorted_ms(&insert_rtt, 0.99),
             gateway_p50: bucket_quantile_ms(&buckets0, &buckets1, 0.50),
             gateway_p99: bucket_quantile_ms(&buckets0, &buckets1, 0.99),
+            ingestor_p50: bucket_quantile_ms(&ingestor0, &ingestor1, 0.50),
+            ingestor_p99: bucket_quantile_ms(&ingestor0, &ingestor1, 0.99),
             host_cpu,
             gateway_cpu,
             gateway_sys,
@@ -765,9 +780,9 @@ fn print_report(
     }
     println!();
     println!(
-        "| clients | events/s written | deliveries/s | delivered / expected | latency p50 | p99 | max | by commit `timestamp` p50 / p99 | gateway commit→send p50 / p99 | INSERT round trip p50 / p99 | CPU cores: gateway / sse_load / ingestor / Redis / rest of host | gateway RSS after |"
+        "| clients | events/s written | deliveries/s | delivered / expected | latency p50 | p99 | max | by commit `timestamp` p50 / p99 | ingestor commit→publish p50 / p99 | gateway commit→send p50 / p99 | INSERT round trip p50 / p99 | CPU cores: gateway / sse_load / ingestor / Redis / rest of host | gateway RSS after |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for p in phases {
         let rate = if p.window_s > 0.0 {
             p.delivered as f64 / p.window_s
@@ -775,7 +790,7 @@ fn print_report(
             f64::NAN
         };
         println!(
-            "| {} | {:.0} | {rate:.0} | {} / {} | {:.2} ms | {:.2} ms | {:.1} ms | {:.0} / {:.0} ms | ≤ {} / ≤ {} ms | {:.2} / {:.2} ms | {:.2} / {:.2} / {:.2} / {:.2} / {:.2} | {:.1} MB |",
+            "| {} | {:.0} | {rate:.0} | {} / {} | {:.2} ms | {:.2} ms | {:.1} ms | {:.0} / {:.0} ms | ≤ {} / ≤ {} ms | ≤ {} / ≤ {} ms | {:.2} / {:.2} ms | {:.2} / {:.2} / {:.2} / {:.2} / {:.2} | {:.1} MB |",
             p.clients,
             p.write_rate,
             p.delivered,
@@ -785,6 +800,8 @@ fn print_report(
             p.send_max,
             p.commit_p50,
             p.commit_p99,
+            p.ingestor_p50,
+            p.ingestor_p99,
             p.gateway_p50,
             p.gateway_p99,
             p.insert_p50,
@@ -825,8 +842,8 @@ fn print_report(
         "- latency: the bench's clock just before it sends the INSERT → the load client reading the frame off its socket \
          (µs, wall clock, same host): INSERT + commit + ingestor + Redis + gateway + client read, so an upper bound on \
          commit→client by about the INSERT round trip, and including up to one client read round ({round}). By commit `timestamp`: receive − the event's commit time (whole ms, \
-         up to 1 ms high). Gateway commit→send: the gateway's own histogram (commit time → frame queued for the socket), \
-         as Prometheus bucket bounds",
+         up to 1 ms high). Ingestor commit→publish and gateway commit→send: their own histograms \
+         (commit time → PUBLISHed to Redis; commit time → frame written or queued for the socket), as Prometheus bucket bounds",
         round = if s.round_us == 0 {
             "0: clients read as data arrives".to_owned()
         } else {
