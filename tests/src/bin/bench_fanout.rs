@@ -31,7 +31,8 @@
 //! events/s), `BENCH_SECONDS` (10 per phase), `BENCH_PER_PROCESS` (3000
 //! streams per `sse_load`), `BENCH_CONNECT_CONCURRENCY` (100 handshakes in
 //! flight per `sse_load`), `BENCH_CLIENT_ROUND_US` (1000; 0 reads as data
-//! arrives).
+//! arrives), `BENCH_WARMUP_SECONDS` (2: untimed events written at the rate
+//! right before each phase's timed ones; the CPU figures include them).
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -75,6 +76,7 @@ struct Settings {
     per_process: u64,
     concurrency: u64,
     round_us: u64,
+    warmup: u64,
 }
 
 impl Settings {
@@ -100,6 +102,7 @@ impl Settings {
             per_process: env_or("BENCH_PER_PROCESS", 3000).max(1),
             concurrency: env_or("BENCH_CONNECT_CONCURRENCY", 100).max(1),
             round_us: env_or("BENCH_CLIENT_ROUND_US", 1000),
+            warmup: env_or("BENCH_WARMUP_SECONDS", 2),
         })
     }
 }
@@ -593,6 +596,11 @@ async fn main() -> anyhow::Result<()> {
             p.request("reset", "reset").await?;
         }
         let total = s.rate * s.seconds;
+        // Untimed events first, at the same rate and without a pause: the
+        // first second after thousands of streams sat idle is slower (every
+        // connection's first segments after idle are acknowledged at once),
+        // and it is a start-up effect, not the steady state measured here.
+        let warmup = s.rate * s.warmup;
         let period = Duration::from_secs_f64(1.0 / s.rate as f64);
         let pids: Vec<u32> = procs.iter().map(LoadProcess::pid).collect();
         let load_cpu = || pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
@@ -606,21 +614,32 @@ async fn main() -> anyhow::Result<()> {
         let host0 = host_busy_seconds();
         let buckets0 = latency_buckets(&admin_addr, GATEWAY_LATENCY).await;
         let ingestor0 = latency_buckets(&ingestor_admin, INGESTOR_LATENCY).await;
-        eprintln!("writing {total} events at {}/s…", s.rate);
+        eprintln!(
+            "writing {warmup} untimed then {total} timed events at {}/s…",
+            s.rate
+        );
         let mut insert_rtt = Vec::with_capacity(total as usize);
         let mut expected = 0u64;
         let phase_started = Instant::now();
-        for i in 0..total {
+        for i in 0..warmup + total {
             let due = phase_started + period.mul_f64(i as f64);
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
                 tokio::time::sleep(wait).await;
             }
             let org = i % s.orgs;
-            // Clients 0..target: client k reads org k % orgs.
-            expected += target / s.orgs + u64::from(org < target % s.orgs);
+            let timed = i >= warmup;
+            if timed {
+                // Clients 0..target: client k reads org k % orgs.
+                expected += target / s.orgs + u64::from(org < target % s.orgs);
+            }
             let id = format!("p{n}-{i}");
             let sent = Instant::now();
-            let sent_us = now_us().to_string();
+            // The load clients time events whose description is a number.
+            let sent_us = if timed {
+                now_us().to_string()
+            } else {
+                "warm-up".to_owned()
+            };
             db.execute(&insert, &[&id, &org_id(org), &user_id(org, 0), &sent_us])
                 .await?;
             insert_rtt.push(sent.elapsed());
@@ -665,7 +684,7 @@ async fn main() -> anyhow::Result<()> {
             rss_idle_kib: rss_idle,
             added: target - connected_so_far,
             written: total,
-            write_rate: total as f64 / write_seconds,
+            write_rate: (warmup + total) as f64 / write_seconds,
             expected,
             delivered: totals.timed,
             window_s,
@@ -743,7 +762,7 @@ fn print_report(
     println!();
     println!(
         "`make bench-fanout` (release ingestor and gateway, then `cargo run --release -p realtime-tests --bin bench_fanout`) with \
-         BENCH_CLIENTS={} BENCH_ORGS={} BENCH_USERS={} BENCH_RATE={} BENCH_SECONDS={} BENCH_PER_PROCESS={} BENCH_CLIENT_ROUND_US={}",
+         BENCH_CLIENTS={} BENCH_ORGS={} BENCH_USERS={} BENCH_RATE={} BENCH_SECONDS={} BENCH_PER_PROCESS={} BENCH_CLIENT_ROUND_US={} BENCH_WARMUP_SECONDS={}",
         s.phases
             .iter()
             .map(u64::to_string)
@@ -754,7 +773,8 @@ fn print_report(
         s.rate,
         s.seconds,
         s.per_process,
-        s.round_us
+        s.round_us,
+        s.warmup
     );
     println!(
         "clients spread evenly over {} organizations ({} users each), up to {max_clients} streams in `sse_load` processes of at most {}; \
