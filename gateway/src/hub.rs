@@ -22,6 +22,7 @@
 //! [`HubMessage::Resync`], telling connections to fill the gap from history.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -74,6 +75,70 @@ struct Inner {
     on_leave: LeaveHook,
     /// Control messages (`rt:{control}`) for this replica's streams.
     on_control: ControlHook,
+    /// The fan-out tasks, one per runtime worker: an organization's feed
+    /// always goes to the same one (its order is kept), different
+    /// organizations are written in parallel, and no single thread caps the
+    /// replica's deliveries.
+    shards: Vec<mpsc::Sender<Job>>,
+    /// Round-robin assignment of new feeds to shards.
+    next_shard: AtomicUsize,
+}
+
+/// Jobs queued per shard, at most: past it the subscriber waits (Redis
+/// buffers meanwhile, or drops the connection, which ends in a resync).
+const SHARD_QUEUE: usize = 4096;
+
+/// One message for one organization's feed.
+struct Job {
+    feed: Arc<OrgFeed>,
+    message: HubMessage,
+    /// The event's fan-out span, ended once every feed had the event.
+    trace: Option<Arc<TraceDone>>,
+}
+
+/// Ends a fan-out span when the last feed delivered the event (on drop),
+/// with the number of streams reached.
+struct TraceDone {
+    fanout: Mutex<Option<Fanout>>,
+    connections: AtomicUsize,
+    event_type: realtime_shared::event::EventType,
+    id: EventId,
+    broadcast: bool,
+}
+
+impl Drop for TraceDone {
+    fn drop(&mut self) {
+        let fanout = self
+            .fanout
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(fanout) = fanout {
+            fanout.finish(
+                self.event_type,
+                &self.id,
+                self.broadcast,
+                self.connections.load(Ordering::Relaxed),
+            );
+        }
+    }
+}
+
+/// A shard: delivers its jobs in order until `shutdown`.
+async fn fan_out(mut jobs: mpsc::Receiver<Job>, shutdown: CancellationToken) {
+    loop {
+        let job = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            job = jobs.recv() => match job {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        let reached = job.feed.deliver(job.message);
+        if let Some(trace) = &job.trace {
+            trace.connections.fetch_add(reached, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Cheap to clone; see the module docs.
@@ -109,6 +174,14 @@ impl Hub {
         shutdown: CancellationToken,
     ) -> Hub {
         let (tx, rx) = mpsc::unbounded_channel();
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        let shards = (0..workers.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(SHARD_QUEUE);
+                tokio::spawn(fan_out(rx, shutdown.clone()));
+                tx
+            })
+            .collect();
         let hub = Hub {
             inner: Arc::new(Inner {
                 keys,
@@ -117,6 +190,8 @@ impl Hub {
                 commands: tx,
                 on_leave: Box::new(on_leave),
                 on_control: Box::new(on_control),
+                shards,
+                next_shard: AtomicUsize::new(0),
             }),
         };
         tokio::spawn(hub.clone().run(redis_url, rx, shutdown));
@@ -137,7 +212,10 @@ impl Hub {
                 .send(Command::Subscribe(channel.clone()));
             Entry {
                 org: org.to_owned(),
-                feed: Arc::new(OrgFeed::new(self.inner.capacity)),
+                feed: Arc::new(OrgFeed::new(
+                    self.inner.capacity,
+                    self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % self.inner.shards.len(),
+                )),
                 refs: 0,
                 ready: watch::channel(None).0,
             }
@@ -242,7 +320,7 @@ impl Hub {
             .collect();
         if !first {
             for feed in feeds {
-                feed.deliver(HubMessage::Resync);
+                self.enqueue(feed, HubMessage::Resync, None).await;
             }
         }
         loop {
@@ -268,14 +346,33 @@ impl Hub {
                     Some(message) if message.get_channel_name() == control_channel => {
                         (self.inner.on_control)(message.get_payload_bytes());
                     }
-                    Some(message) => self.dispatch(message.get_channel_name(), message.get_payload_bytes(), broadcast_channel),
+                    Some(message) => self.dispatch(message.get_channel_name(), message.get_payload_bytes(), broadcast_channel).await,
                     None => return Err(redis::RedisError::from((redis::ErrorKind::Io, "pub/sub connection closed"))),
                 },
             }
         }
     }
 
-    fn dispatch(&self, channel: &str, payload: &[u8], broadcast_channel: &str) {
+    /// Hands `message` to the shard of `feed`, waiting while it is full.
+    async fn enqueue(
+        &self,
+        feed: Arc<OrgFeed>,
+        message: HubMessage,
+        trace: Option<Arc<TraceDone>>,
+    ) {
+        let shard = &self.inner.shards[feed.shard % self.inner.shards.len()];
+        let job = Job {
+            feed,
+            message,
+            trace,
+        };
+        if let Err(mpsc::error::TrySendError::Full(job)) = shard.try_send(job) {
+            // A shard ends only at shutdown, when this task ends too.
+            let _ = shard.send(job).await;
+        }
+    }
+
+    async fn dispatch(&self, channel: &str, payload: &[u8], broadcast_channel: &str) {
         // `None` (one check) unless tracing is on and the event carries a
         // trace context: see `crate::trace`.
         let fanout = Fanout::start(payload);
@@ -306,13 +403,20 @@ impl Hub {
                 Vec::new()
             }
         };
-        // How many local streams the frame was written or queued for.
-        let mut queued = 0;
-        for feed in &feeds {
-            queued += feed.deliver(HubMessage::Frame(frame.clone()));
-        }
-        if let Some(fanout) = fanout {
-            fanout.finish(event_type, &id, broadcast, queued);
+        // The span ends when the last feed had the frame, with how many
+        // local streams it was written or queued for.
+        let trace = fanout.map(|fanout| {
+            Arc::new(TraceDone {
+                fanout: Mutex::new(Some(fanout)),
+                connections: AtomicUsize::new(0),
+                event_type,
+                id,
+                broadcast,
+            })
+        });
+        for feed in feeds {
+            self.enqueue(feed, HubMessage::Frame(frame.clone()), trace.clone())
+                .await;
         }
     }
 }

@@ -214,15 +214,18 @@ impl Parked {
 /// tasks receive from, and the parked streams the hub writes to itself.
 pub struct OrgFeed {
     pub(crate) tx: broadcast::Sender<HubMessage>,
+    /// The hub's fan-out task that delivers to this feed, always the same.
+    pub(crate) shard: usize,
     /// A std mutex, never held across an await; held while the hub writes
     /// one frame to the organization's parked sockets (non-blocking writes).
     parked: Mutex<Vec<Parked>>,
 }
 
 impl OrgFeed {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize, shard: usize) -> Self {
         OrgFeed {
             tx: broadcast::channel(capacity).0,
+            shard,
             parked: Mutex::new(Vec::new()),
         }
     }
