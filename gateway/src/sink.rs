@@ -1,10 +1,10 @@
 //! Direct delivery to idle streams.
 //!
 //! A stream served by the listener (`serve.rs`) that has nothing of its own
-//! to send (no queued frame, no catch-up, its receiver empty) *parks*: it
-//! gives its receiver up and puts its [`Sink`] (socket, user, filter) in its
-//! organization's [`OrgFeed`]. The hub then writes each live frame straight
-//! to the socket, as one chunk and one non-blocking `writev`, instead of
+//! to send (no queued frame, no catch-up, its receiver empty, the listener
+//! done writing) *parks*: it gives its receiver up and puts its [`Sink`]
+//! (socket, user, filter) in its organization's [`OrgFeed`]. The hub's
+//! fan-out then writes each live frame straight to the socket, as one chunk and one non-blocking `writev`, instead of
 //! waking the stream's task to do it. With one event every 100 ms per stream
 //! nothing can be coalesced, so that wake-up and the poll of the stream
 //! behind it were most of the gateway's own work per delivery.
@@ -196,18 +196,25 @@ impl Parked {
         if written >= total {
             return Direct::Written;
         }
-        let mut rest = BytesMut::with_capacity(total - written);
-        let mut skip = written;
-        for part in parts {
-            if skip >= part.len() {
-                skip -= part.len();
-                continue;
-            }
-            rest.put_slice(&part[skip..]);
-            skip = 0;
-        }
-        Direct::HandBack(Some(rest.freeze()))
+        Direct::HandBack(Some(unsent(&parts, written)))
     }
+}
+
+/// What is left of `parts`, written in order, after the first `written`
+/// bytes went out.
+fn unsent(parts: &[&[u8]], written: usize) -> Bytes {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut rest = BytesMut::with_capacity(total.saturating_sub(written));
+    let mut skip = written;
+    for part in parts {
+        if skip >= part.len() {
+            skip -= part.len();
+            continue;
+        }
+        rest.put_slice(&part[skip..]);
+        skip = 0;
+    }
+    rest.freeze()
 }
 
 /// One organization's live feed on this replica: the channel the streams'
@@ -348,4 +355,22 @@ fn remove_at(parked: &mut Vec<Parked>, i: usize) -> Parked {
         moved.sink.slot.store(i, Ordering::Relaxed);
     }
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_unsent_rest_continues_where_the_write_stopped() {
+        let parts: [&[u8]; 3] = [b"c\r\n", b"id: 1\ndata: x\n\n", b"\r\n"];
+        let whole: Vec<u8> = parts.concat();
+        for written in 0..=whole.len() {
+            assert_eq!(
+                &unsent(&parts, written)[..],
+                &whole[written..],
+                "after {written}"
+            );
+        }
+    }
 }
