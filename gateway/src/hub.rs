@@ -99,7 +99,7 @@ struct Job {
 /// Ends a fan-out span when the last feed delivered the event (on drop),
 /// with the number of streams reached.
 struct TraceDone {
-    fanout: Mutex<Option<Fanout>>,
+    fanout: Option<Fanout>,
     connections: AtomicUsize,
     event_type: realtime_shared::event::EventType,
     id: EventId,
@@ -108,12 +108,7 @@ struct TraceDone {
 
 impl Drop for TraceDone {
     fn drop(&mut self) {
-        let fanout = self
-            .fanout
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(fanout) = fanout {
+        if let Some(fanout) = self.fanout.take() {
             fanout.finish(
                 self.event_type,
                 &self.id,
@@ -360,16 +355,15 @@ impl Hub {
         message: HubMessage,
         trace: Option<Arc<TraceDone>>,
     ) {
-        let shard = &self.inner.shards[feed.shard % self.inner.shards.len()];
+        let shard = &self.inner.shards[feed.shard];
         let job = Job {
             feed,
             message,
             trace,
         };
-        if let Err(mpsc::error::TrySendError::Full(job)) = shard.try_send(job) {
-            // A shard ends only at shutdown, when this task ends too.
-            let _ = shard.send(job).await;
-        }
+        // Fails only once the shard stopped at shutdown, when this task
+        // stops too.
+        let _ = shard.send(job).await;
     }
 
     async fn dispatch(&self, channel: &str, payload: &[u8], broadcast_channel: &str) {
@@ -407,7 +401,7 @@ impl Hub {
         // local streams it was written or queued for.
         let trace = fanout.map(|fanout| {
             Arc::new(TraceDone {
-                fanout: Mutex::new(Some(fanout)),
+                fanout: Some(fanout),
                 connections: AtomicUsize::new(0),
                 event_type,
                 id,
@@ -429,6 +423,18 @@ impl Subscription {
 
     pub fn sink(&self) -> Option<&Arc<Sink>> {
         self.sink.as_ref()
+    }
+
+    /// The receiver (`None` while parked) and, when the stream could park
+    /// but for the listener still writing, its sink.
+    pub fn receiver_and_waiting_sink(
+        &mut self,
+    ) -> (Option<&mut broadcast::Receiver<HubMessage>>, Option<&Sink>) {
+        let sink = self
+            .sink
+            .as_deref()
+            .filter(|sink| sink.waits_for_listener());
+        (self.rx.as_mut(), sink)
     }
 
     pub fn is_parked(&self) -> bool {

@@ -221,6 +221,14 @@ enum Woke {
     Heartbeat,
 }
 
+/// Resolves when the token expires; never without an expiry.
+async fn expired(expiry: &mut Option<Pin<Box<Sleep>>>) {
+    match expiry.as_mut() {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
 fn heartbeat_frame() -> Bytes {
     Bytes::from(format!(": heartbeat {}\n\n", now_ms()))
 }
@@ -271,22 +279,16 @@ impl Running {
             }
             // Not parked because the listener is still writing: try again
             // once it is done (the last branch below).
-            let sink = conn.sub.sink().filter(|s| s.waits_for_listener()).cloned();
-            let Some(rx) = conn.sub.rx.as_mut() else {
+            let (Some(rx), waiting) = conn.sub.receiver_and_waiting_sink() else {
                 continue;
             };
             let listener_idle = async {
-                match &sink {
+                match waiting {
                     Some(sink) => sink.listener_idle().await,
                     None => std::future::pending().await,
                 }
             };
-            let expiry = async {
-                match self.expiry.as_mut() {
-                    Some(sleep) => sleep.as_mut().await,
-                    None => std::future::pending().await,
-                }
-            };
+            let expiry = expired(&mut self.expiry);
             tokio::select! {
                 biased;
                 message = rx.recv() => match message {
@@ -312,12 +314,7 @@ impl Running {
     /// go on. An empty frame tells the listener to write the rest of a
     /// chunk the hub began (`Sink::take_leftover`).
     async fn wait_parked(&mut self) -> Option<Option<Bytes>> {
-        let expiry = async {
-            match self.expiry.as_mut() {
-                Some(sleep) => sleep.as_mut().await,
-                None => std::future::pending().await,
-            }
-        };
+        let expiry = expired(&mut self.expiry);
         let woke = tokio::select! {
             biased;
             _ = self.conn.sub.handed_back() => Woke::HandedBack,
