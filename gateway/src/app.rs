@@ -241,6 +241,17 @@ async fn authenticate(
     app: &AppState,
     headers: &HeaderMap,
 ) -> Result<(String, Option<SystemTime>), Response> {
+    authenticate_with_session(app, headers)
+        .await
+        .map(|(user, expires, _)| (user, expires))
+}
+
+/// [`authenticate`], with the database session token when the credential
+/// was one (a stream re-checks it while open: `crate::sessions`).
+async fn authenticate_with_session(
+    app: &AppState,
+    headers: &HeaderMap,
+) -> Result<(String, Option<SystemTime>, Option<String>), Response> {
     let Some(credential) = auth::credentials_from_headers(headers) else {
         return Err(reject(
             StatusCode::UNAUTHORIZED,
@@ -249,10 +260,12 @@ async fn authenticate(
         ));
     };
     match app.verifier.verify(&credential).await {
-        Ok(Verification::Identity(identity)) => Ok((identity.user_id, identity.expires_at)),
+        Ok(Verification::Identity(identity)) => {
+            Ok((identity.user_id, identity.expires_at, None))
+        }
         Ok(Verification::LookUpSession { token }) => {
             match app.membership.session_user(&token).await {
-                Ok(Some((user, expires))) => Ok((user, Some(expires))),
+                Ok(Some((user, expires))) => Ok((user, Some(expires), Some(token))),
                 Ok(None) => Err(reject(
                     StatusCode::UNAUTHORIZED,
                     "unauthenticated",
@@ -349,7 +362,7 @@ async fn stream(
         );
     }
     // 1. Who is asking.
-    let (user, expires_at) = match authenticate(&app, &headers).await {
+    let (user, expires_at, session) = match authenticate_with_session(&app, &headers).await {
         Ok(who) => who,
         Err(refusal) => return refusal,
     };
@@ -449,6 +462,7 @@ async fn stream(
         connection_id.clone(),
         user.as_str().into(),
         org.as_str().into(),
+        session.map(Into::into),
         filter,
         &app.stop,
     );
@@ -531,6 +545,8 @@ async fn stream(
         last_seen,
         replay_after,
         closing: false,
+        recheck: false,
+        membership: app.membership.clone(),
         delivered,
         latency,
     };

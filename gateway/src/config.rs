@@ -153,6 +153,12 @@ pub struct Config {
     )]
     pub sessions_table: String,
 
+    /// How often the streams opened with an Auth.js database session check
+    /// that their session row still exists and has not expired: a sign-out
+    /// or a ban deletes it, and the stream ends within this interval.
+    #[arg(long = "realtime-session-recheck", env = "REALTIME_SESSION_RECHECK", value_name = "REALTIME_SESSION_RECHECK", default_value = "30s", value_parser = parse_positive_duration)]
+    pub session_recheck: Duration,
+
     /// Frames queued per connection before it counts as lagging and is
     /// caught up from history instead.
     #[arg(long = "realtime-client-buffer", env = "REALTIME_CLIENT_BUFFER", value_name = "REALTIME_CLIENT_BUFFER", default_value_t = 256, value_parser = clap::value_parser!(u64).range(8..=65_536))]

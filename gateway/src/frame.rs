@@ -14,7 +14,8 @@ pub struct Frame {
     pub commit_ms: i64,
     /// Only this user's connections receive the event (notifications).
     pub user_id: Option<Box<str>>,
-    /// For `member.leave`: the member who left (revocation).
+    /// For `member.leave`: the member who left (revocation). `None` for a
+    /// leave that names no member (see [`Leave::Unknown`]).
     pub leaving_member: Option<Box<str>>,
     /// `id: <id>\ndata: <event JSON>\n\n`.
     pub bytes: Bytes,
@@ -78,6 +79,38 @@ impl Frame {
     }
 }
 
+/// What a `member.leave` takes away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leave<'a> {
+    /// This member left the event's organization.
+    Member(&'a str),
+    /// Some membership ended but the ingestor could not tell whose (the
+    /// table's replica identity lost its old row): a broadcast leave with a
+    /// null `memberId`. Every stream re-checks its membership before it
+    /// sends anything after it; it is never forwarded to a browser.
+    Unknown,
+}
+
+impl Frame {
+    /// `Some` for a `member.leave`: whose membership it ends.
+    pub fn leave(&self) -> Option<Leave<'_>> {
+        (self.event_type == EventType::MemberLeave).then(|| match self.leaving_member.as_deref() {
+            Some(member) => Leave::Member(member),
+            None => Leave::Unknown,
+        })
+    }
+
+    /// Whether the stream of `user` must act on this frame before anything
+    /// after it is sent: the user's own leave, or a leave naming nobody.
+    pub fn revokes(&self, user: &str) -> bool {
+        match self.leave() {
+            Some(Leave::Member(member)) => member == user,
+            Some(Leave::Unknown) => true,
+            None => false,
+        }
+    }
+}
+
 /// A `data:`-only message (no `id:`, so it does not move the client's
 /// Last-Event-ID): the connection message and `data.sync`.
 pub fn data_only(json: &str) -> Bytes {
@@ -104,6 +137,23 @@ mod tests {
         assert!(text.starts_with("id: 5-1\ndata: {\"id\":\"5-1\""));
         assert!(text.ends_with("}\n\n"));
         assert_eq!(text.matches('\n').count(), 3);
+    }
+
+    #[test]
+    fn a_leave_without_a_member_revokes_everyone() {
+        let env = br#"{"event":{"id":"5-1","type":"member.leave","timestamp":7,"source":"postgres","version":"1.0","organizationId":null,"payload":{"memberId":null,"organizationId":null,"reason":"unknown"}}}"#;
+        let f = Frame::parse(env).unwrap();
+        assert_eq!(f.leave(), Some(Leave::Unknown));
+        assert!(f.revokes("anyone"));
+        let named = br#"{"event":{"id":"5-2","type":"member.leave","timestamp":7,"source":"postgres","version":"1.0","organizationId":"o","payload":{"memberId":"u1","organizationId":"o"}}}"#;
+        let f = Frame::parse(named).unwrap();
+        assert_eq!(f.leave(), Some(Leave::Member("u1")));
+        assert!(f.revokes("u1"));
+        assert!(!f.revokes("u2"));
+        let other = br#"{"event":{"id":"5-3","type":"member.join","timestamp":7,"source":"postgres","version":"1.0","organizationId":"o","payload":{"memberId":"u1"}}}"#;
+        let f = Frame::parse(other).unwrap();
+        assert_eq!(f.leave(), None);
+        assert!(!f.revokes("u1"));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::caps::Caps;
 use crate::client_ip::{self, ClientIp};
 use crate::config::Config;
 use crate::control::Control;
+use crate::frame::Leave;
 use crate::history::History;
 use crate::hub::Hub;
 use crate::membership::{Membership, MembershipError};
@@ -24,6 +25,7 @@ use crate::metrics as m;
 use crate::publishing::Emitter;
 use crate::registry::{CloseReason, Registry};
 use crate::serve;
+use crate::sessions;
 
 /// Why a replica could not start; each message is the one line printed
 /// before a non-zero exit.
@@ -158,7 +160,21 @@ impl Gateway {
             self.config.redis_url.clone(),
             keys.clone(),
             self.config.client_buffer as usize,
-            move |user, org| membership.revoke(user, org),
+            {
+                let registry = registry.clone();
+                move |leave, org| match (leave, org) {
+                    (Leave::Member(user), Some(org)) => {
+                        membership.revoke(user, org);
+                        let closed = registry.revoke_member(user, org);
+                        metrics::counter!(m::REVOKED, "reason" => "member_left")
+                            .increment(closed as u64);
+                    }
+                    // Whose membership ended is unknown: forget them all;
+                    // every stream re-checks as the leave reaches it.
+                    (Leave::Unknown, _) => membership.revoke_all(),
+                    (Leave::Member(_), None) => {}
+                }
+            },
             move |payload| control_hook.on_message(payload),
             stop.clone(),
         );
@@ -170,6 +186,12 @@ impl Gateway {
             self.config.connection_lease,
         );
         let renewal = tokio::spawn(caps.clone().renew_until(registry.clone(), stop.clone()));
+        let session_recheck = tokio::spawn(sessions::recheck_until(
+            registry.clone(),
+            self.membership.clone(),
+            self.config.session_recheck,
+            stop.clone(),
+        ));
         let state = Arc::new(AppState {
             hub,
             history: History::new(self.redis.clone(), keys),
@@ -241,6 +263,7 @@ impl Gateway {
         stop.cancel();
         drainer.abort();
         let _ = renewal.await;
+        let _ = session_recheck.await;
         let _ = readiness_task.await;
         let _ = admin.await;
         tracing::info!("gateway stopped");

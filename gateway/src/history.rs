@@ -26,6 +26,9 @@ pub struct Page {
     pub frames: Vec<Arc<Frame>>,
     /// More entries may follow the last one.
     pub more: bool,
+    /// The id of the last entry read, whether or not it parsed: where the
+    /// next page starts.
+    pub last: Option<EventId>,
 }
 
 impl History {
@@ -73,16 +76,31 @@ impl History {
                     .and_then(|(id, _)| id.parse::<EventId>().ok())
             })
             .min();
-        let mut frames: Vec<Arc<Frame>> = a
-            .iter()
-            .chain(b.iter())
-            .filter_map(|(_, fields)| fields.iter().find(|(f, _)| f == "e"))
-            .filter_map(|(_, bytes)| Frame::parse(bytes).ok())
-            .filter(|f| limit.is_none_or(|l| f.id <= l))
-            .map(Arc::new)
-            .collect();
+        let mut frames = Vec::with_capacity(a.len() + b.len());
+        let mut last = None;
+        let mut unreadable = 0usize;
+        for (id, fields) in a.iter().chain(b.iter()) {
+            let Ok(id) = id.parse::<EventId>() else {
+                continue;
+            };
+            if limit.is_some_and(|l| id > l) {
+                continue;
+            }
+            last = last.max(Some(id));
+            let frame = fields
+                .iter()
+                .find(|(f, _)| f == "e")
+                .and_then(|(_, bytes)| Frame::parse(bytes).ok());
+            match frame {
+                Some(frame) => frames.push(Arc::new(frame)),
+                None => unreadable += 1,
+            }
+        }
+        if unreadable > 0 {
+            tracing::warn!(org, unreadable, "skipping history entries that are not events");
+        }
         frames.sort_by_key(|f| f.id);
-        Ok(Page { frames, more })
+        Ok(Page { frames, more, last })
     }
 
     /// Whether resuming after `last` could skip events: the stream was

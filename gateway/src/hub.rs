@@ -32,7 +32,7 @@ use realtime_shared::keys::Keys;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::frame::Frame;
+use crate::frame::{Frame, Leave};
 use crate::sink::{Handback, OrgFeed, Sink};
 use crate::trace::Fanout;
 use realtime_shared::event::EventId;
@@ -58,8 +58,9 @@ struct Entry {
     ready: watch::Sender<Option<Instant>>,
 }
 
-/// Called with (member, organization) for every `member.leave` seen.
-type LeaveHook = Box<dyn Fn(&str, &str) + Send + Sync>;
+/// Called for every `member.leave` seen, with its organization (`None` for
+/// a broadcast one), before the leave is queued to any stream.
+type LeaveHook = Box<dyn Fn(Leave<'_>, Option<&str>) + Send + Sync>;
 
 /// Called with the payload of every message on the control channel.
 type ControlHook = Box<dyn Fn(&[u8]) + Send + Sync>;
@@ -71,7 +72,8 @@ struct Inner {
     /// never across an await.
     entries: Mutex<HashMap<String, Entry>>,
     commands: mpsc::UnboundedSender<Command>,
-    /// Called once per `member.leave` frame (membership cache invalidation).
+    /// Called once per `member.leave` frame (membership cache invalidation
+    /// and closing the member's streams through the registry).
     on_leave: LeaveHook,
     /// Control messages (`rt:{control}`) for this replica's streams.
     on_control: ControlHook,
@@ -164,7 +166,7 @@ impl Hub {
         redis_url: String,
         keys: Keys,
         capacity: usize,
-        on_leave: impl Fn(&str, &str) + Send + Sync + 'static,
+        on_leave: impl Fn(Leave<'_>, Option<&str>) + Send + Sync + 'static,
         on_control: impl Fn(&[u8]) + Send + Sync + 'static,
         shutdown: CancellationToken,
     ) -> Hub {
@@ -384,19 +386,24 @@ impl Hub {
         let broadcast = channel == broadcast_channel;
         // The feeds, taken out of the map so that writing to parked sockets
         // holds only each organization's own lock.
-        let feeds: Vec<Arc<OrgFeed>> = {
+        let (feeds, org): (Vec<Arc<OrgFeed>>, Option<String>) = {
             let entries = self.lock();
             if broadcast {
-                entries.values().map(|e| e.feed.clone()).collect()
+                (entries.values().map(|e| e.feed.clone()).collect(), None)
             } else if let Some(entry) = entries.get(channel) {
-                if let Some(member) = &frame.leaving_member {
-                    (self.inner.on_leave)(member, &entry.org);
-                }
-                vec![entry.feed.clone()]
+                (vec![entry.feed.clone()], Some(entry.org.clone()))
             } else {
-                Vec::new()
+                (Vec::new(), None)
             }
         };
+        // Revocation first, outside the map's lock: the member's streams are
+        // closed (and the cached membership dropped) before the leave, or
+        // anything after it, is queued to any of them.
+        if let Some(leave) = frame.leave()
+            && (broadcast || org.is_some())
+        {
+            (self.inner.on_leave)(leave, org.as_deref());
+        }
         // The span ends when the last feed had the frame, with how many
         // local streams it was written or queued for.
         let trace = fanout.map(|fanout| {
@@ -482,6 +489,12 @@ impl Subscription {
             Some(sink) => sink.handed_back().await,
             None => std::future::pending().await,
         }
+    }
+
+    /// When Redis confirmed the current subscription to the organization;
+    /// `None` while it is down (see [`Self::ready`]).
+    pub fn subscribed_since(&self) -> Option<Instant> {
+        *self.ready.borrow()
     }
 
     /// Resolves once Redis confirmed the subscription (or at once when it

@@ -6,6 +6,7 @@
 //! - [`config`]: settings (environment variables and flags).
 //! - [`auth`]: credentials → a verified user (JWTs, Auth.js/NextAuth cookies).
 //! - [`membership`]: the membership query with its cache, and database sessions.
+//! - [`sessions`]: streams opened with a database session, re-checked at an interval.
 //! - [`hub`]: one Redis subscription per organization per replica, frames shared by all streams.
 //! - [`frame`]: an event parsed and encoded once into its SSE frame.
 //! - [`history`]: reading the Redis histories for resume and catch-up.
@@ -37,6 +38,7 @@ pub mod metrics;
 pub mod publishing;
 pub mod registry;
 pub mod serve;
+pub mod sessions;
 pub mod sink;
 pub mod stream;
 pub mod trace;

@@ -40,6 +40,7 @@ pub struct Membership {
     pool: Pool,
     query: String,
     sessions_sql: String,
+    live_sessions_sql: String,
     ttl: Duration,
     cache: Mutex<HashMap<(String, String), Cached>>,
     /// Bumped by every revocation; an answer obtained while it moved is not
@@ -83,6 +84,10 @@ impl Membership {
             query,
             sessions_sql: format!(
                 "SELECT \"userId\"::text, expires FROM {table} WHERE \"sessionToken\" = $1"
+            ),
+            live_sessions_sql: format!(
+                "SELECT \"sessionToken\"::text, expires FROM {table} \
+                 WHERE \"sessionToken\" = ANY($1::text[]) AND \"userId\" IS NOT NULL"
             ),
             ttl,
             cache: Mutex::new(HashMap::new()),
@@ -178,6 +183,13 @@ impl Membership {
         self.lock().remove(&(user.to_owned(), org.to_owned()));
     }
 
+    /// A `member.leave` naming nobody passed (see
+    /// [`crate::frame::Leave::Unknown`]): forget every cached membership.
+    pub fn revoke_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.lock().clear();
+    }
+
     /// The user of an Auth.js database session, with its expiry; `None`
     /// when unknown or expired.
     pub async fn session_user(
@@ -190,9 +202,42 @@ impl Membership {
             .await
             .map_err(|e| MembershipError::Unavailable(e.to_string()))?;
         let Some(row) = row else { return Ok(None) };
-        let user: String = row.get(0);
-        let expires: SystemTime = row.get(1);
-        Ok((expires > SystemTime::now()).then_some((user, expires)))
+        // A NULL (or otherwise unreadable) user or expiry is no session.
+        let user = row.try_get::<_, Option<String>>(0).ok().flatten();
+        let expires = row.try_get::<_, Option<SystemTime>>(1).ok().flatten();
+        let (Some(user), Some(expires)) = (user, expires) else {
+            tracing::warn!("a sessions row without \"userId\" or expires; refused");
+            return Ok(None);
+        };
+        Ok((expires > SystemTime::now() && !user.is_empty()).then_some((user, expires)))
+    }
+
+    /// Which of `tokens` are still live database sessions (present, not
+    /// expired). One query for all of them: the periodic re-check of every
+    /// stream opened with a session (`crate::sessions`).
+    pub async fn live_sessions(
+        &self,
+        tokens: &[&str],
+    ) -> Result<std::collections::HashSet<String>, MembershipError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(self.live_sessions_sql.as_str(), &[&tokens])
+            .await
+            .map_err(|e| MembershipError::Unavailable(e.to_string()))?;
+        // Expiry compared here, as in `session_user`: `expires` is a
+        // timestamp without time zone, which `now()` would read in the
+        // connection's time zone.
+        let now = SystemTime::now();
+        Ok(rows
+            .iter()
+            .filter(|row| {
+                row.try_get::<_, Option<SystemTime>>(1)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|expires| expires > now)
+            })
+            .filter_map(|row| row.try_get::<_, Option<String>>(0).ok().flatten())
+            .collect())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Cached>> {

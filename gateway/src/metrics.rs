@@ -8,6 +8,7 @@ pub const REPLAYED: &str = "realtime_gateway_replayed_events_total";
 pub const REJECTED: &str = "realtime_gateway_rejected_total";
 pub const PUBLISHED: &str = "realtime_gateway_published_total";
 pub const DRAINED: &str = "realtime_gateway_drained_total";
+pub const REVOKED: &str = "realtime_gateway_revoked_total";
 
 pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
@@ -33,6 +34,11 @@ pub fn describe() {
     describe_counter!(
         PUBLISHED,
         "Events accepted by POST /api/realtime/stream and /api/realtime/publish."
+    );
+    describe_counter!(
+        REVOKED,
+        "Streams closed because their user may no longer read the organization, by reason \
+         (member_left, recheck, session)."
     );
     describe_counter!(
         DRAINED,

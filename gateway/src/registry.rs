@@ -25,6 +25,12 @@ pub enum CloseReason {
     /// The replica is draining: a jittered `retry:` first, so the client
     /// reconnects elsewhere without a thundering herd.
     Drain = 2,
+    /// The user may no longer read this organization: a `member.leave`
+    /// passed, a membership re-check failed, or the database session the
+    /// stream was opened with ended. The stream ends at once and drops what
+    /// it had queued (it may hold events after the revocation); a browser
+    /// that reconnects is refused with 401 or 403.
+    Revoked = 3,
 }
 
 /// One open stream's shared state.
@@ -33,6 +39,10 @@ pub struct Handle {
     pub id: Arc<str>,
     pub user: Arc<str>,
     pub org: Arc<str>,
+    /// The Auth.js database session token the stream was opened with, if
+    /// any: re-checked at an interval (`crate::sessions`), since a sign-out
+    /// or a ban deletes the row long before `expires`.
+    pub session: Option<Arc<str>>,
     filter: AtomicU16,
     reason: AtomicU8,
     /// Cancelled to end the stream; a child of the replica's stop token.
@@ -63,6 +73,7 @@ impl Handle {
         match self.reason.load(Ordering::Relaxed) {
             1 => CloseReason::Requested,
             2 => CloseReason::Drain,
+            3 => CloseReason::Revoked,
             _ => CloseReason::None,
         }
     }
@@ -93,6 +104,7 @@ impl Registry {
         id: Arc<str>,
         user: Arc<str>,
         org: Arc<str>,
+        session: Option<Arc<str>>,
         filter: ChannelFilter,
         stop: &CancellationToken,
     ) -> Registration {
@@ -100,6 +112,7 @@ impl Registry {
             id: id.clone(),
             user,
             org,
+            session,
             filter: AtomicU16::new(filter.bits()),
             reason: AtomicU8::new(CloseReason::None as u8),
             closed: stop.child_token(),
@@ -120,6 +133,29 @@ impl Registry {
         self.lock()
             .values()
             .filter(|h| &*h.user == user && &*h.org == org)
+            .cloned()
+            .collect()
+    }
+
+    /// A `member.leave` of (`user`, `org`) passed this replica: closes the
+    /// user's streams of that organization, wherever each stream stands in
+    /// its own sequence (lagging, catching up, parked). Returns how many.
+    ///
+    /// Called by the hub before the leave is queued to any stream, so no
+    /// event after the leave is written to these streams.
+    pub fn revoke_member(&self, user: &str, org: &str) -> usize {
+        let handles = self.of_user_in_org(user, org);
+        for handle in &handles {
+            handle.close(CloseReason::Revoked);
+        }
+        handles.len()
+    }
+
+    /// The open streams opened with a database session.
+    pub fn with_sessions(&self) -> Vec<Arc<Handle>> {
+        self.lock()
+            .values()
+            .filter(|h| h.session.is_some())
             .cloned()
             .collect()
     }
@@ -156,6 +192,7 @@ mod tests {
             "c1".into(),
             "u".into(),
             "o".into(),
+            None,
             ChannelFilter::ALL,
             &stop,
         );
@@ -175,6 +212,7 @@ mod tests {
             "a".into(),
             "u".into(),
             "o".into(),
+            None,
             ChannelFilter::ALL,
             &stop,
         );
@@ -185,6 +223,7 @@ mod tests {
             "b".into(),
             "u".into(),
             "o".into(),
+            None,
             ChannelFilter::ALL,
             &stop,
         );
@@ -201,11 +240,43 @@ mod tests {
             "a".into(),
             "u".into(),
             "o".into(),
+            None,
             ChannelFilter::ALL,
             &stop,
         );
         let (f, _) = ChannelFilter::parse(Some("property")).unwrap();
         r.handle.set_filter(f);
         assert_eq!(r.handle.filter(), f);
+    }
+
+    #[test]
+    fn a_leave_revokes_only_that_users_streams_of_that_org() {
+        let registry = Registry::default();
+        let stop = CancellationToken::new();
+        let register = |id: &str, user: &str, org: &str| {
+            registry.register(
+                id.into(),
+                user.into(),
+                org.into(),
+                Some("s".into()),
+                ChannelFilter::ALL,
+                &stop,
+            )
+        };
+        let (a, b, c, d) = (
+            register("a", "u", "o"),
+            register("b", "u", "o"),
+            register("c", "u", "other"),
+            register("d", "v", "o"),
+        );
+        assert_eq!(registry.revoke_member("u", "o"), 2);
+        for r in [&a, &b] {
+            assert_eq!(r.handle.close_reason(), CloseReason::Revoked);
+            assert!(r.handle.closed().is_cancelled());
+        }
+        for r in [&c, &d] {
+            assert_eq!(r.handle.close_reason(), CloseReason::None);
+        }
+        assert_eq!(registry.with_sessions().len(), 4);
     }
 }

@@ -25,13 +25,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use realtime_shared::event::{EventId, EventType};
+use realtime_shared::event::EventId;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, broadcast};
 
 use crate::frame::Frame;
 use crate::hub::HubMessage;
-use crate::registry::Handle;
+use crate::registry::{CloseReason, Handle};
 use crate::serve::chunk_size_line;
 
 const NOT_PARKED: usize = usize::MAX;
@@ -160,15 +160,21 @@ enum Direct {
 impl Parked {
     /// The same decisions as the stream's own `offer`, then one `writev`.
     fn deliver(&mut self, frame: &Frame, now_ms: i64) -> Direct {
-        if self.last_seen.is_some_and(|last| frame.id <= last) {
+        // A stream being closed (revoked, deleted, drained) gets nothing
+        // more; its task is already waking on the close token.
+        if self.sink.handle.close_reason() != CloseReason::None {
             return Direct::Skipped;
         }
-        if frame.event_type == EventType::MemberLeave
-            && frame.leaving_member.as_deref() == Some(&*self.sink.user)
-        {
-            // Revocation: the stream's task closes itself (the fresh
-            // receiver gets this frame; `last_seen` is left before it).
+        // Revocation before de-duplication: a leave at or below the stream's
+        // position still counts (a membership checked before the leave was
+        // committed, a position taken after it). The stream's task acts on
+        // it (the fresh receiver gets this frame; `last_seen` is left
+        // before it).
+        if frame.revokes(&self.sink.user) {
             return Direct::HandBack(None);
+        }
+        if self.last_seen.is_some_and(|last| frame.id <= last) {
+            return Direct::Skipped;
         }
         self.last_seen = Some(frame.id);
         let for_me = frame

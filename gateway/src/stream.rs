@@ -2,11 +2,20 @@
 //! into frames for one user, with resume, catch-up, heartbeats, expiry,
 //! revocation and shutdown.
 //!
-//! Order of work on each poll (biased): frames already queued; then a
-//! history page while catching up; then a close asked for (its reason is an
-//! atomic, read before anything else), the live feed, shutdown, token
-//! expiry, the heartbeat. Frames whose id is not above the last one sent are
-//! dropped, so a resumed or caught-up connection never gets an event twice.
+//! Order of work on each poll (biased): a revocation (nothing more is sent,
+//! not even what is queued); a membership re-check asked for; frames
+//! already queued; then a history page while catching up; then a close
+//! asked for (its reason is an atomic, read before anything else), the live
+//! feed, shutdown, token expiry, the heartbeat. Frames whose id is not above
+//! the last one sent are dropped, so a resumed or caught-up connection never
+//! gets an event twice.
+//!
+//! Revocation never depends on the stream's position (DESIGN §7, invariant
+//! 1): a `member.leave` of the stream's user is acted on before
+//! de-duplication, the hub closes the member's streams through the registry
+//! as the leave passes, and the membership is checked again before any
+//! catch-up (a lag, a gap, a resubscription), since a leave may lie in
+//! what the stream skips.
 //! The stream ends itself on shutdown (axum's graceful shutdown would wait
 //! forever for an SSE body otherwise).
 
@@ -16,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::Stream;
-use realtime_shared::event::{EventId, EventType};
+use realtime_shared::event::EventId;
 use std::pin::Pin;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -26,9 +35,10 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use std::sync::Arc;
 
 use crate::caps::Caps;
-use crate::frame::{Frame, data_only};
+use crate::frame::{Frame, Leave, data_only};
 use crate::history::History;
 use crate::hub::{HubMessage, Subscription};
+use crate::membership::Membership;
 use crate::metrics as m;
 use crate::registry::{CloseReason, Handle, Registration};
 
@@ -50,8 +60,14 @@ pub struct Connection {
     pub last_seen: Option<EventId>,
     /// `Some(after)` while catching up from history.
     pub replay_after: Option<Option<EventId>>,
-    /// Set when the connection must end once `pending` is sent (revocation).
+    /// Set when the connection must end once `pending` is sent (its user's
+    /// `member.leave`, a drain). Nothing is offered after it.
     pub closing: bool,
+    /// Set when the membership must be checked again before anything more
+    /// is offered or sent: before a catch-up, and at a leave naming nobody.
+    pub recheck: bool,
+    /// For those re-checks.
+    pub membership: Arc<Membership>,
     /// Metric handles, looked up once per connection rather than per event.
     pub delivered: metrics::Counter,
     pub latency: metrics::Histogram,
@@ -160,7 +176,26 @@ impl Connection {
     /// applies the channel filter and the user target, notices revocation.
     /// Commit→send latency is recorded for live frames only: a replay's
     /// age says how long the client was away, not how fast we are.
+    ///
+    /// A leave that revokes this stream is looked at before de-duplication:
+    /// a leave at or below the stream's position still counts (the
+    /// membership may have been checked before it was committed and the
+    /// position taken after). Nothing is offered once the stream is closing
+    /// or must re-check its membership; a catch-up stops there.
     fn offer(&mut self, frame: &Frame, live: bool) {
+        if self.closing || self.recheck {
+            return;
+        }
+        match frame.leave() {
+            Some(Leave::Member(member)) if member == self.user.as_str() => self.closing = true,
+            Some(Leave::Unknown) => {
+                // Never forwarded: it only says "ask again".
+                self.recheck = true;
+                self.last_seen = self.last_seen.max(Some(frame.id));
+                return;
+            }
+            _ => {}
+        }
         if self.last_seen.is_some_and(|last| frame.id <= last) {
             return;
         }
@@ -174,10 +209,34 @@ impl Connection {
                 self.latency.record(latency);
             }
         }
-        if frame.event_type == EventType::MemberLeave
-            && frame.leaving_member.as_deref() == Some(self.user.as_str())
+    }
+
+    /// Asks again whether the user is a member; `false`: the stream ends
+    /// (not a member, or the answer cannot be had: fail closed, the client
+    /// reconnects and is answered then). A cached answer is trusted only if
+    /// it was obtained after the current subscription was confirmed (every
+    /// leave since then passed this replica and dropped it).
+    async fn recheck_membership(&mut self) -> bool {
+        self.recheck = false;
+        let since = self
+            .sub
+            .subscribed_since()
+            .unwrap_or_else(std::time::Instant::now);
+        match self
+            .membership
+            .organization_name(&self.user, &self.org, since)
+            .await
         {
-            self.closing = true;
+            Ok(Some(_)) => true,
+            Ok(None) => {
+                metrics::counter!(m::REVOKED, "reason" => "recheck").increment(1);
+                self.handle.close(CloseReason::Revoked);
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, org = %self.org, "membership re-check failed; closing the stream");
+                false
+            }
         }
     }
 
@@ -194,7 +253,10 @@ impl Connection {
 
     /// Starts catching up from history after the last event seen, or sends
     /// `data.sync` when history no longer reaches back that far.
+    /// The membership is checked again first: a leave may lie in what is
+    /// skipped.
     async fn start_catch_up(&mut self) -> bool {
+        self.recheck = true;
         if let Some(last) = self.last_seen {
             match self.history.has_gap(&self.org, last).await {
                 Ok(false) => {}
@@ -243,6 +305,14 @@ impl Running {
                 }
             }
             let conn = &mut self.conn;
+            // Revoked: nothing more, not even what is queued (it may hold
+            // events committed after the leave).
+            if conn.handle.close_reason() == CloseReason::Revoked {
+                return None;
+            }
+            if conn.recheck && !Box::pin(conn.recheck_membership()).await {
+                return None;
+            }
             if let Some(bytes) = conn.pending.pop_front() {
                 return Some(bytes);
             }
@@ -253,15 +323,21 @@ impl Running {
                 // Boxed, like the catch-up below: rare paths whose futures
                 // would otherwise be part of every idle stream's state.
                 let page = Box::pin(conn.history.page(&conn.org, after)).await.ok()?;
-                let last = page.frames.last().map(|f| f.id);
                 metrics::counter!(m::REPLAYED).increment(page.frames.len() as u64);
+                let mut stopped_at = None;
                 for frame in &page.frames {
                     conn.offer(frame, false);
+                    if conn.closing || conn.recheck {
+                        stopped_at = Some(frame.id);
+                        break;
+                    }
                 }
-                conn.replay_after = if page.more {
-                    Some(last.or(after))
-                } else {
-                    None
+                // Past every entry read, parsed or not: a page of entries
+                // that cannot be parsed must not be read again and again.
+                conn.replay_after = match stopped_at {
+                    Some(id) => Some(Some(id)),
+                    None if page.more => Some(page.last.or(after)),
+                    None => None,
                 };
                 continue;
             }
