@@ -260,9 +260,7 @@ async fn authenticate_with_session(
         ));
     };
     match app.verifier.verify(&credential).await {
-        Ok(Verification::Identity(identity)) => {
-            Ok((identity.user_id, identity.expires_at, None))
-        }
+        Ok(Verification::Identity(identity)) => Ok((identity.user_id, identity.expires_at, None)),
         Ok(Verification::LookUpSession { token }) => {
             match app.membership.session_user(&token).await {
                 Ok(Some((user, expires))) => Ok((user, Some(expires), Some(token))),

@@ -97,7 +97,11 @@ impl History {
             }
         }
         if unreadable > 0 {
-            tracing::warn!(org, unreadable, "skipping history entries that are not events");
+            tracing::warn!(
+                org,
+                unreadable,
+                "skipping history entries that are not events"
+            );
         }
         frames.sort_by_key(|f| f.id);
         Ok(Page { frames, more, last })

@@ -74,7 +74,10 @@ pub async fn recheck(
     }
     if closed > 0 {
         metrics::counter!(m::REVOKED, "reason" => "session").increment(closed as u64);
-        tracing::info!(streams = closed, "closed streams whose database session ended");
+        tracing::info!(
+            streams = closed,
+            "closed streams whose database session ended"
+        );
     }
     Ok(closed)
 }

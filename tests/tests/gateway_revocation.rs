@@ -246,18 +246,27 @@ async fn removed_while_lagging(history_len: &str, stall: bool) {
     remove_member(ctx, "uc", "orgA").await;
     emit(ctx, "orgA", 3_001, 3_000).await;
     emit(ctx, "orgA", 1_000_000, 1).await;
-    // The watcher got the last event: everything was published and served.
-    let deadline = tokio::time::Instant::now() + WAIT * 2;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let m = watcher
-            .next_event(left)
+    // Everything was published and served: the watcher gets a sentinel
+    // committed after it all. (A watcher that lagged past the history got a
+    // gap and skipped to the newest event; it sees the next sentinel.)
+    let mut served = false;
+    for sentinel in 2_000_000..2_000_010 {
+        emit(ctx, "orgA", sentinel, 1).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while let Some(m) = watcher
+            .next_event(deadline.saturating_duration_since(tokio::time::Instant::now()))
             .await
-            .expect("the watcher is served to the end");
-        if m.json()["payload"]["n"] == 1_000_000 {
+        {
+            if m.json()["payload"]["n"].as_i64() >= Some(2_000_000) {
+                served = true;
+                break;
+            }
+        }
+        if served {
             break;
         }
     }
+    assert!(served, "the watcher is served to the end");
 
     let mut carol = match reader {
         Some(task) => task.await.unwrap(),
@@ -322,7 +331,9 @@ async fn a_member_removed_while_her_stream_is_being_opened_gets_nothing_after() 
     let opening = tokio::spawn(async move {
         let mut carol = RawStream::open(addr, "organizationId=orgA", &token("uc", 600)).await;
         carol
-            .read_until(WAIT, |s| s.connected() || s.status.is_some_and(|c| c != 200))
+            .read_until(WAIT, |s| {
+                s.connected() || s.status.is_some_and(|c| c != 200)
+            })
             .await;
         carol
     });
@@ -509,7 +520,10 @@ async fn leaves_and_rejoins_with_stalls_never_leak_an_event() {
         assert!(s.foreign("orgA").is_empty(), "nothing of another org");
         checked += 1;
     }
-    eprintln!("{checked} streams checked over {ROUNDS} rounds, {} events", next_n - 1);
+    eprintln!(
+        "{checked} streams checked over {ROUNDS} rounds, {} events",
+        next_n - 1
+    );
 }
 
 /// A stream opened with an Auth.js database session (an opaque cookie)
@@ -527,10 +541,13 @@ async fn deleting_a_session_row_ends_its_streams_within_the_recheck_interval() {
         .await;
     }
     let url = format!("http://{}/api/realtime/stream?organizationId=orgA", b.addr);
-    let mut gone = SseClient::connect(&url, None, &[("cookie", "authjs.session-token=sess-gone")]).await;
-    let mut kept = SseClient::connect(&url, None, &[("cookie", "authjs.session-token=sess-kept")]).await;
+    let mut gone =
+        SseClient::connect(&url, None, &[("cookie", "authjs.session-token=sess-gone")]).await;
+    let mut kept =
+        SseClient::connect(&url, None, &[("cookie", "authjs.session-token=sess-kept")]).await;
     assert_eq!((gone.status, kept.status), (200, 200));
-    ctx.execute("DELETE FROM sessions WHERE id = 's1'", &[]).await;
+    ctx.execute("DELETE FROM sessions WHERE id = 's1'", &[])
+        .await;
     let deleted = std::time::Instant::now();
     // Within the interval (1 s) and a margin for a loaded machine.
     assert!(
@@ -539,9 +556,13 @@ async fn deleting_a_session_row_ends_its_streams_within_the_recheck_interval() {
     );
     eprintln!("closed {:?} after the DELETE", deleted.elapsed());
     emit(ctx, "orgA", 1, 1).await;
-    let m = kept.next_event(WAIT).await.expect("the other session's stream goes on");
+    let m = kept
+        .next_event(WAIT)
+        .await
+        .expect("the other session's stream goes on");
     assert_eq!(m.json()["payload"]["n"], 1);
-    let again = SseClient::connect(&url, None, &[("cookie", "authjs.session-token=sess-gone")]).await;
+    let again =
+        SseClient::connect(&url, None, &[("cookie", "authjs.session-token=sess-gone")]).await;
     assert_eq!(again.status, 401);
     let metrics = http_get(&format!(
         "http://{}/metrics",
@@ -572,11 +593,72 @@ async fn a_session_row_with_null_fields_gets_401() {
     .await;
     let url = format!("http://{}/api/realtime/stream?organizationId=orgA", b.addr);
     for cookie in ["sess-null-user", "sess-null-expiry"] {
-        let c = SseClient::connect(&url, None, &[("cookie", &format!("authjs.session-token={cookie}"))])
-            .await;
+        let c = SseClient::connect(
+            &url,
+            None,
+            &[("cookie", &format!("authjs.session-token={cookie}"))],
+        )
+        .await;
         assert_eq!(c.status, 401, "{cookie}: {}", c.body_text);
     }
     // The gateway is still up and serving.
     let ok = SseClient::connect(&url, Some(&token("ua", 600)), &[]).await;
     assert_eq!(ok.status, 200);
+}
+
+/// A full history page of entries that are not events (written by hand,
+/// or by another tool sharing the prefix) is stepped over: the resumed
+/// stream gets the event after them instead of reading the same page
+/// forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_steps_over_a_page_of_unreadable_history_entries() {
+    let b = binaries("50000", &[]).await;
+    let ctx = &b.ctx;
+    emit(ctx, "orgA", 1, 1).await;
+    let key = format!("{}:{{org:orgA}}:history", ctx.key_prefix());
+    let mut redis = ctx.redis().await;
+    let first = wait_until("the first event is in history", WAIT, || {
+        let mut redis = redis.clone();
+        let key = key.clone();
+        async move {
+            let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+                .arg(&key)
+                .arg("-")
+                .arg("+")
+                .query_async(&mut redis)
+                .await
+                .ok()?;
+            entries.first().map(|(id, _)| id.clone())
+        }
+    })
+    .await;
+    let lsn = first.split('-').next().unwrap().to_owned();
+    // 300 entries after it (more than a page of 256), none an event.
+    for i in 0..300 {
+        let _: String = redis::cmd("XADD")
+            .arg(&key)
+            .arg(format!("{lsn}-{}", 1_000 + i))
+            .arg("e")
+            .arg(if i % 2 == 0 {
+                "not json"
+            } else {
+                "{\"event\":{}}"
+            })
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+    emit(ctx, "orgA", 2, 1).await;
+    let mut client = SseClient::connect(
+        &format!("http://{}/api/realtime/stream?organizationId=orgA", b.addr),
+        Some(&token("ua", 600)),
+        &[("last-event-id", &first)],
+    )
+    .await;
+    assert_eq!(client.status, 200);
+    let m = client
+        .next_event(WAIT)
+        .await
+        .expect("the event after the unreadable entries arrives");
+    assert_eq!(m.json()["payload"]["n"], 2);
 }
