@@ -94,7 +94,10 @@ pub enum Leave<'a> {
 impl Frame {
     /// `Some` for a `member.leave`: whose membership it ends.
     pub fn leave(&self) -> Option<Leave<'_>> {
-        (self.event_type == EventType::MemberLeave).then(|| match self.leaving_member.as_deref() {
+        if self.event_type != EventType::MemberLeave {
+            return None;
+        }
+        Some(match self.leaving_member.as_deref() {
             Some(member) => Leave::Member(member),
             None => Leave::Unknown,
         })
