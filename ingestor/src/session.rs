@@ -6,7 +6,8 @@
 //!   event of the transaction: `<final_lsn>-<index>`, where the index counts
 //!   the transaction's changes (and logical messages) in order, routed or not;
 //!   a change that yields several events takes one index per event.
-//! - Relation/Type messages update the caches; Insert/Update/Delete/Truncate
+//! - Relation/Type messages update the caches (a routed table's Relation also
+//!   has its replica identity checked, see [`crate::identity`]); Insert/Update/Delete/Truncate
 //!   and logical messages go through the router and become [`Outgoing`]
 //!   events, appended to the current batch.
 //! - The batch is sent to Redis as one pipeline when it is full or when no
