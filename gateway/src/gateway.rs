@@ -20,7 +20,7 @@ use crate::control::Control;
 use crate::frame::Leave;
 use crate::history::History;
 use crate::hub::Hub;
-use crate::membership::{Membership, MembershipError};
+use crate::membership::{Membership, MembershipError, QueryShapeError};
 use crate::metrics as m;
 use crate::publishing::Emitter;
 use crate::registry::{CloseReason, Registry};
@@ -32,7 +32,9 @@ use crate::sessions;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("DATABASE_URL: {0}")]
-    Postgres(#[from] MembershipError),
+    Postgres(#[source] MembershipError),
+    #[error("REALTIME_MEMBERSHIP_QUERY: {0}")]
+    MembershipQuery(#[source] QueryShapeError),
     #[error("REDIS_URL: cannot connect to Redis: {0}")]
     Redis(#[source] redis::RedisError),
     #[error("{var}: cannot listen on {addr}: {source}")]
@@ -46,6 +48,15 @@ pub enum StartError {
     Auth(String),
     #[error("REALTIME_TRUSTED_PROXIES: {0}")]
     TrustedProxies(String),
+}
+
+impl From<MembershipError> for StartError {
+    fn from(e: MembershipError) -> Self {
+        match e {
+            MembershipError::Query(shape) => StartError::MembershipQuery(shape),
+            other => StartError::Postgres(other),
+        }
+    }
 }
 
 pub struct Gateway {
@@ -87,7 +98,11 @@ impl Gateway {
             config.membership_ttl,
             config.io_timeout,
         )?;
+        // Postgres must answer at start (as before); the membership query is
+        // then validated on that same first connection, so a replica never
+        // serves a membership decided by an unchecked query.
         membership.ping().await?;
+        membership.validate_query().await?;
         let client = redis::Client::open(config.redis_url.as_str()).map_err(StartError::Redis)?;
         // A connection manager reconnects by itself after a Redis restart.
         let redis_config = redis::aio::ConnectionManagerConfig::new()

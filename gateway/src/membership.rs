@@ -8,6 +8,14 @@
 //! the organization passes through this replica and drops the entry, so a
 //! revoked membership is never served from the cache. Negative answers are
 //! not cached (a new member is let in at once).
+//!
+//! The query's shape is checked once at start-up ([`Membership::validate_query`]):
+//! membership is "the query returned a row with a name", so a query that
+//! always returns a row (`SELECT EXISTS(…)`, `SELECT count(*) …`) would make
+//! every user a member of every organization. Only a query taking two text
+//! parameters and returning one text column is accepted, and at run time a
+//! NULL name counts as no row (a scalar subquery `SELECT (SELECT o.name …)`
+//! also always returns a row).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -16,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
+use tokio_postgres::types::Type;
 
 /// Most cached memberships; past it the cache is cleared (it refills from
 /// Postgres), so memory stays bounded whatever the traffic.
@@ -29,6 +38,77 @@ pub enum MembershipError {
     Pool(String),
     #[error("Postgres is unavailable: {0}")]
     Unavailable(String),
+    /// The membership query cannot decide membership safely (start-up).
+    #[error(transparent)]
+    Query(#[from] QueryShapeError),
+    /// A row's name column could not be read as text (the schema changed
+    /// under a running replica): an error, never a membership.
+    #[error("the membership query's name column cannot be read as text: {0}")]
+    BadRow(String),
+}
+
+/// Why `REALTIME_MEMBERSHIP_QUERY` was refused at start-up. Each message
+/// says what the query does and what it must do instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryShapeError {
+    #[error("Postgres refused it: {0}")]
+    Refused(String),
+    #[error(
+        "takes {0} parameter(s); it must take exactly two text parameters, $1 = the user id and $2 = the organization id"
+    )]
+    ParameterCount(usize),
+    #[error(
+        "parameter ${index} has type {found}; $1 (user id) and $2 (organization id) must be text (cast in the query, e.g. `m.\"userId\" = $1::text::uuid`)"
+    )]
+    ParameterType { index: usize, found: String },
+    #[error(
+        "returns {count} column(s) ({columns}); it must return one text column, the organization's name, and no row for a non-member"
+    )]
+    ColumnCount { count: usize, columns: String },
+    #[error(
+        "returns 1 column of type {found}; it must return one text column, the organization's name, and no row for a non-member"
+    )]
+    ColumnType { found: String },
+}
+
+/// Types a `&str` parameter binds to and a `String` reads from.
+fn is_text(ty: &Type) -> bool {
+    matches!(*ty, Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME) || ty.name() == "citext"
+}
+
+/// The contract of `REALTIME_MEMBERSHIP_QUERY`, on a prepared statement's
+/// parameter and column types: exactly two text parameters (user id,
+/// organization id) and exactly one text column (the organization's name).
+/// Anything else (a boolean from `EXISTS`, a number from `count(*)`, a query
+/// ignoring the organization) could answer "member" for everyone.
+pub fn check_query_shape(params: &[Type], columns: &[(&str, Type)]) -> Result<(), QueryShapeError> {
+    if params.len() != 2 {
+        return Err(QueryShapeError::ParameterCount(params.len()));
+    }
+    for (i, ty) in params.iter().enumerate() {
+        // Postgres infers `unknown` only when nothing constrains the
+        // parameter; it binds as text.
+        if !is_text(ty) && *ty != Type::UNKNOWN {
+            return Err(QueryShapeError::ParameterType {
+                index: i + 1,
+                found: ty.name().to_owned(),
+            });
+        }
+    }
+    match columns {
+        [(_, ty)] if is_text(ty) => Ok(()),
+        [(_, ty)] => Err(QueryShapeError::ColumnType {
+            found: ty.name().to_owned(),
+        }),
+        _ => Err(QueryShapeError::ColumnCount {
+            count: columns.len(),
+            columns: columns
+                .iter()
+                .map(|(name, ty)| format!("{name} {}", ty.name()))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
 }
 
 struct Cached {
@@ -105,6 +185,30 @@ impl Membership {
             .map_err(|e| MembershipError::Unavailable(e.to_string()))
     }
 
+    /// Prepares the membership query and checks its shape
+    /// ([`check_query_shape`]). Run at start-up, after [`Self::ping`]: a
+    /// replica whose query could let everyone in must not start. A query
+    /// Postgres refuses (syntax, unknown table) is a [`QueryShapeError`]
+    /// too; only a lost connection is [`MembershipError::Unavailable`].
+    pub async fn validate_query(&self) -> Result<(), MembershipError> {
+        let client = self.client().await?;
+        let statement =
+            client
+                .prepare(self.query.as_str())
+                .await
+                .map_err(|e| match e.as_db_error() {
+                    Some(db) => QueryShapeError::Refused(db.message().to_owned()).into(),
+                    None => MembershipError::Unavailable(e.to_string()),
+                })?;
+        let columns: Vec<(&str, Type)> = statement
+            .columns()
+            .iter()
+            .map(|c| (c.name(), c.type_().clone()))
+            .collect();
+        check_query_shape(statement.params(), &columns)?;
+        Ok(())
+    }
+
     /// The connection pool, shared with the publish endpoints.
     pub fn pool(&self) -> Pool {
         self.pool.clone()
@@ -143,11 +247,14 @@ impl Membership {
         let Some(row) = row else {
             return Ok(None);
         };
-        let name: String = row
-            .try_get::<_, Option<String>>(0)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        // A NULL name is no membership: `SELECT (SELECT o.name …)` returns
+        // one row for everyone, NULL for non-members. An unreadable value is
+        // an error (503), never a membership.
+        let name: String = match row.try_get::<_, Option<String>>(0) {
+            Ok(Some(name)) => name,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(MembershipError::BadRow(e.to_string())),
+        };
         if self.generation.load(Ordering::Acquire) == generation {
             let mut cache = self.lock();
             if cache.len() >= MAX_ENTRIES {
@@ -244,5 +351,52 @@ impl Membership {
         self.cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT2: [Type; 2] = [Type::TEXT, Type::TEXT];
+
+    #[test]
+    fn one_text_column_and_two_text_parameters_pass() {
+        for ty in [Type::TEXT, Type::VARCHAR, Type::BPCHAR, Type::NAME] {
+            assert_eq!(check_query_shape(&TEXT2, &[("name", ty)]), Ok(()));
+        }
+        assert_eq!(
+            check_query_shape(&[Type::VARCHAR, Type::UNKNOWN], &[("name", Type::TEXT)]),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn always_a_row_queries_are_refused() {
+        let e = check_query_shape(&TEXT2, &[("exists", Type::BOOL)]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "returns 1 column of type bool; it must return one text column, the organization's name, and no row for a non-member"
+        );
+        let e = check_query_shape(&TEXT2, &[("count", Type::INT8)]).unwrap_err();
+        assert!(e.to_string().contains("type int8"), "{e}");
+        let e = check_query_shape(&TEXT2, &[("name", Type::TEXT), ("id", Type::TEXT)]).unwrap_err();
+        assert!(
+            e.to_string().contains("2 column(s) (name text, id text)"),
+            "{e}"
+        );
+        let e = check_query_shape(&TEXT2, &[]).unwrap_err();
+        assert!(e.to_string().contains("returns 0 column(s)"), "{e}");
+    }
+
+    #[test]
+    fn parameters_must_be_the_user_and_the_organization_as_text() {
+        let e = check_query_shape(&[Type::TEXT], &[("name", Type::TEXT)]).unwrap_err();
+        assert_eq!(e, QueryShapeError::ParameterCount(1));
+        let e = check_query_shape(&[Type::TEXT, Type::UUID], &[("name", Type::TEXT)]).unwrap_err();
+        assert!(
+            e.to_string().starts_with("parameter $2 has type uuid"),
+            "{e}"
+        );
     }
 }

@@ -4,6 +4,8 @@
 //! Layout:
 //! - [`config`]: settings (environment variables and flags).
 //! - [`setup`]: start-up checks and idempotent DDL (publication, slot, replica identity).
+//! - [`identity`]: replica identity of routed tables checked on every Relation
+//!   message while streaming, restored when managed.
 //! - [`replication`]: DATABASE_URL → the replication connection's config.
 //! - [`pgoutput`]: the pgoutput v1 decoder; [`value`]: column values → JSON.
 //! - [`change`] and [`router`]: row changes → event drafts, by the routing config.
@@ -20,6 +22,7 @@
 pub mod change;
 pub mod config;
 pub mod heartbeat;
+pub mod identity;
 pub mod metrics;
 pub mod pgoutput;
 pub mod replication;
@@ -42,6 +45,7 @@ use realtime_shared::routes::{Routes, RoutesError};
 use tokio_util::sync::CancellationToken;
 
 pub use crate::config::Config;
+use crate::identity::IdentityWatch;
 use crate::router::Router;
 use crate::session::{Session, SessionEnd, SessionError};
 use crate::setup::SetupError;
@@ -68,6 +72,7 @@ pub enum StartError {
 pub struct Ingestor {
     config: Config,
     router: Router,
+    identity: IdentityWatch,
     replication: ReplicationConfig,
     publisher: Option<Publisher>,
     /// Taken by `run_until_stopped`, which serves it.
@@ -117,6 +122,11 @@ impl Ingestor {
         tracing::info!(admin = %admin_addr, "admin endpoints listening on /healthz, /readyz, /metrics");
         Ok(Self {
             router: Router::new(routes),
+            identity: IdentityWatch::new(
+                config.manage_replica_identity,
+                config.database_url.clone(),
+                config.io_timeout,
+            ),
             replication,
             publisher: Some(publisher),
             admin: Some(admin),
@@ -214,6 +224,7 @@ impl Ingestor {
             client,
             publisher,
             &self.router,
+            &self.identity,
             self.config.publish_batch as usize,
         )
         .run(token)

@@ -14,6 +14,13 @@ pub const ACKNOWLEDGED_LSN: &str = "realtime_ingestor_acknowledged_lsn";
 /// and were skipped, by reason.
 pub const SKIPPED: &str = "realtime_ingestor_skipped_total";
 
+/// Relation messages of routed tables that need old rows showing a replica
+/// identity other than FULL, by table (routed tables only: bounded).
+pub const REPLICA_IDENTITY_NOT_FULL: &str = "realtime_ingestor_replica_identity_not_full_total";
+/// Membership changes that arrived without their old row and were published
+/// as a broadcast `member.leave` with a null member (gateways re-check).
+pub const UNKNOWN_MEMBER_LEAVES: &str = "realtime_ingestor_unknown_member_leaves_total";
+
 /// Registers descriptions so `/metrics` shows every series from the start.
 pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
@@ -44,6 +51,15 @@ pub fn describe() {
         "The last WAL position this ingestor acknowledged."
     );
     describe_counter!(SKIPPED, "Changes or messages skipped (logged), by reason.");
+    describe_counter!(
+        REPLICA_IDENTITY_NOT_FULL,
+        "Relation messages showing a routed table without REPLICA IDENTITY FULL, by table."
+    );
+    describe_counter!(
+        UNKNOWN_MEMBER_LEAVES,
+        "Membership changes without their old row, published as a broadcast member.leave with a null member."
+    );
+    metrics::counter!(UNKNOWN_MEMBER_LEAVES).increment(0);
     metrics::counter!(DUPLICATES_SKIPPED).increment(0);
     metrics::counter!(RECONNECTS).increment(0);
 }

@@ -5,7 +5,11 @@
 //! The one invariant this module owns: a draft is addressed to an
 //! organization only when that organization is read from the row (or named by
 //! the message). A row whose organization cannot be read is an error for the
-//! caller to log and skip, never a broadcast and never a guess.
+//! caller to log and skip, never a broadcast and never a guess, with one
+//! exception that carries no data: a membership row that left without its
+//! old row becomes [`unknown_member_leave`], a broadcast telling gateways to
+//! re-check every stream (a skipped revocation would keep a former member
+//! reading).
 //!
 //! Decisions (the client-visible contract, see also the README):
 //! - `updatedFields` is sorted by column name. `Row` is a `serde_json::Map`,
@@ -305,14 +309,33 @@ impl Ctx<'_, '_> {
             });
             Ok(self.draft(EventType::MemberLeave, org, payload))
         };
+        // Who left, and from where: `None` when the old row is missing or
+        // lacks its ids (the table lost REPLICA IDENTITY FULL).
+        let old_member = || -> Option<(&Row, String, String)> {
+            let old = self.change.old.as_ref()?;
+            let org = self.org(old, Side::Old).ok()?;
+            let user = self.id(old, &m.user_column, Side::Old).ok()?;
+            Some((old, org, user))
+        };
         match self.change.operation {
             Operation::Insert => Ok(vec![join(self.row(Side::New)?)?]),
-            Operation::Delete => Ok(vec![leave(self.row(Side::Old)?)?]),
+            Operation::Delete => match old_member() {
+                Some((old, _, _)) => Ok(vec![leave(old)?]),
+                None => Ok(vec![unknown_member_leave()]),
+            },
             Operation::Update => {
-                let (old, new) = (self.row(Side::Old)?, self.row(Side::New)?);
-                let moved = self.org(old, Side::Old)? != self.org(new, Side::New)?
-                    || self.id(old, &m.user_column, Side::Old)?
-                        != self.id(new, &m.user_column, Side::New)?;
+                let new = self.row(Side::New)?;
+                let Some((old, old_org, old_user)) = old_member() else {
+                    // Without the old row a changed user or organization is
+                    // invisible: someone may have left. The new row's join
+                    // follows when it can be read; the leave goes out anyway.
+                    return Ok(match join(new) {
+                        Ok(join) => vec![unknown_member_leave(), join],
+                        Err(_) => vec![unknown_member_leave()],
+                    });
+                };
+                let moved = old_org != self.org(new, Side::New)?
+                    || old_user != self.id(new, &m.user_column, Side::New)?;
                 if moved {
                     Ok(vec![leave(old)?, join(new)?])
                 } else {
@@ -396,6 +419,33 @@ impl Ctx<'_, '_> {
         draft.user_id = Some(user);
         Ok(vec![draft])
     }
+}
+
+/// The `member.leave` of a membership row that left without saying whose
+/// it was: a delete (or an update) of a membership table whose old row lacks
+/// the user or organization column, which happens when the table lost
+/// `REPLICA IDENTITY FULL` after start-up.
+///
+/// Skipping it would lose a revocation, so it is published instead as a
+/// **broadcast** (`organizationId: null`) with the payload
+/// `{"memberId": null, "organizationId": null, "reason": "unknown"}`: every
+/// gateway re-checks the membership of every open stream before sending it
+/// anything else, and forwards this event to no browser. It takes its place
+/// among the transaction's events like any other (same ids, same publish
+/// path), so it is ordered and durable in the broadcast history.
+pub fn unknown_member_leave() -> Draft {
+    Draft {
+        event_type: EventType::MemberLeave,
+        source: Source::Postgres,
+        organization_id: None,
+        user_id: None,
+        payload: json!({"memberId": null, "organizationId": null, "reason": "unknown"}),
+    }
+}
+
+/// Whether `draft` is an [`unknown_member_leave`].
+pub fn is_unknown_member_leave(draft: &Draft) -> bool {
+    draft.event_type == EventType::MemberLeave && draft.organization_id.is_none()
 }
 
 /// The columns of `new` whose value differs from `old`, with their new
@@ -857,19 +907,115 @@ updated_by_column = "updatedBy"
     }
 
     #[test]
-    fn membership_without_user_is_an_error() {
+    fn membership_join_without_user_is_an_error() {
         let mut bad = member_row();
         bad["userId"] = Value::Null;
         let err = router()
             .route_change(&change(
                 "organization_members",
-                Operation::Delete,
-                Some(bad),
+                Operation::Insert,
                 None,
+                Some(bad),
             ))
             .unwrap_err();
         assert!(
             matches!(err, RouteError::MissingColumn { ref column, .. } if column == "userId"),
+            "{err}"
+        );
+    }
+
+    fn assert_unknown_leave(d: &Draft) {
+        assert_eq!(d.event_type, EventType::MemberLeave);
+        assert_eq!(d.source, Source::Postgres);
+        assert_eq!(d.organization_id, None, "a broadcast");
+        assert_eq!(d.user_id, None);
+        assert_eq!(
+            d.payload,
+            json!({"memberId": null, "organizationId": null, "reason": "unknown"})
+        );
+        assert!(is_unknown_member_leave(d));
+    }
+
+    #[test]
+    fn membership_delete_without_its_old_row_is_a_broadcast_unknown_leave() {
+        // REPLICA IDENTITY DEFAULT: the old row is the primary key only.
+        let key_only = json!({"id": "m1"});
+        let mut null_user = member_row();
+        null_user["userId"] = Value::Null;
+        let mut no_org = member_row();
+        no_org.as_object_mut().unwrap().remove("organizationId");
+        for old in [Some(key_only), Some(null_user), Some(no_org), None] {
+            let d = one(
+                &router(),
+                &change("organization_members", Operation::Delete, old, None),
+            );
+            assert_unknown_leave(&d);
+        }
+    }
+
+    #[test]
+    fn membership_update_without_its_old_row_leaves_unknown_then_joins() {
+        let mut new = member_row();
+        new["userId"] = json!("u2");
+        let drafts = router()
+            .route_change(&change(
+                "organization_members",
+                Operation::Update,
+                None,
+                Some(new),
+            ))
+            .unwrap();
+        assert_eq!(drafts.len(), 2, "{drafts:?}");
+        assert_unknown_leave(&drafts[0]);
+        assert_eq!(drafts[1].event_type, EventType::MemberJoin);
+        assert_eq!(drafts[1].payload["memberId"], "u2");
+        // Even when the new row cannot be read, the leave still goes out.
+        let mut bad_new = member_row();
+        bad_new["userId"] = Value::Null;
+        let drafts = router()
+            .route_change(&change(
+                "organization_members",
+                Operation::Update,
+                Some(json!({"id": "m1"})),
+                Some(bad_new),
+            ))
+            .unwrap();
+        assert_eq!(drafts.len(), 1, "{drafts:?}");
+        assert_unknown_leave(&drafts[0]);
+    }
+
+    #[test]
+    fn a_routed_leave_is_not_an_unknown_leave() {
+        let d = one(
+            &router(),
+            &change(
+                "organization_members",
+                Operation::Delete,
+                Some(member_row()),
+                None,
+            ),
+        );
+        assert!(!is_unknown_member_leave(&d));
+    }
+
+    #[test]
+    fn property_delete_without_its_org_stays_an_error() {
+        let err = router()
+            .route_change(&change(
+                "properties",
+                Operation::Delete,
+                Some(json!({"id": "p1"})),
+                None,
+            ))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RouteError::MissingColumn {
+                    side: Side::Old,
+                    ..
+                }
+            ),
             "{err}"
         );
     }

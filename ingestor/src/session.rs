@@ -6,7 +6,8 @@
 //!   event of the transaction: `<final_lsn>-<index>`, where the index counts
 //!   the transaction's changes (and logical messages) in order, routed or not;
 //!   a change that yields several events takes one index per event.
-//! - Relation/Type messages update the caches; Insert/Update/Delete/Truncate
+//! - Relation/Type messages update the caches (a routed table's Relation also
+//!   has its replica identity checked, see [`crate::identity`]); Insert/Update/Delete/Truncate
 //!   and logical messages go through the router and become [`Outgoing`]
 //!   events, appended to the current batch.
 //! - The batch is sent to Redis as one pipeline when it is full or when no
@@ -34,9 +35,10 @@ use realtime_shared::telemetry;
 use tokio_util::sync::CancellationToken;
 
 use crate::change::{Operation, RowChange};
+use crate::identity::{self, IdentityWatch};
 use crate::metrics as m;
 use crate::pgoutput::{self, Message, OldTuple, Relation};
-use crate::router::{Draft, Router};
+use crate::router::{self, Draft, RouteError, Router, Side};
 use crate::trace::{self, TxnTrace};
 use crate::value::{self, TypeRegistry};
 
@@ -89,6 +91,7 @@ pub struct Session<'a> {
     client: ReplicationClient,
     publisher: &'a mut Publisher,
     router: &'a Router,
+    identity: &'a IdentityWatch,
     max_batch: usize,
     relations: HashMap<u32, Relation>,
     types: TypeRegistry,
@@ -109,12 +112,14 @@ impl<'a> Session<'a> {
         client: ReplicationClient,
         publisher: &'a mut Publisher,
         router: &'a Router,
+        identity: &'a IdentityWatch,
         max_batch: usize,
     ) -> Self {
         Self {
             client,
             publisher,
             router,
+            identity,
             max_batch,
             relations: HashMap::new(),
             types: TypeRegistry::default(),
@@ -222,6 +227,9 @@ impl<'a> Session<'a> {
     fn handle_message(&mut self, message: Message) -> Result<(), SessionError> {
         match message {
             Message::Relation(rel) => {
+                if let Some(route) = self.router.routes().find(&rel.namespace, &rel.name) {
+                    self.identity.observe(&rel, route);
+                }
                 self.relations.insert(rel.oid, rel);
             }
             Message::Type {
@@ -299,9 +307,32 @@ impl<'a> Session<'a> {
             new: new_row,
         };
         let routed = self.router.route_change(&change);
-        if let Err(e) = &routed {
-            tracing::warn!(table = %rel.name, error = %e, "skipping a change that cannot be routed");
-            metrics::counter!(m::SKIPPED, "reason" => "route").increment(1);
+        match &routed {
+            Err(e) if lacks_old_row(e) && rel.replica_identity != identity::FULL => {
+                let table = qualified(rel);
+                tracing::error!(
+                    table = %table,
+                    identity = identity::describe(rel.replica_identity),
+                    error = %e,
+                    "skipping a change that arrived without its old row: the table is not REPLICA IDENTITY FULL; run `ALTER TABLE {table} REPLICA IDENTITY FULL` or set REALTIME_MANAGE_REPLICA_IDENTITY=true"
+                );
+                metrics::counter!(m::SKIPPED, "reason" => "replica_identity").increment(1);
+            }
+            Err(e) => {
+                tracing::warn!(table = %rel.name, error = %e, "skipping a change that cannot be routed");
+                metrics::counter!(m::SKIPPED, "reason" => "route").increment(1);
+            }
+            Ok(drafts) => {
+                if drafts.iter().any(router::is_unknown_member_leave) {
+                    let table = qualified(rel);
+                    tracing::error!(
+                        table = %table,
+                        identity = identity::describe(rel.replica_identity),
+                        "a membership change arrived without its old row, so who left is unknown: publishing a broadcast member.leave with a null member (every gateway re-checks its streams); run `ALTER TABLE {table} REPLICA IDENTITY FULL` or set REALTIME_MANAGE_REPLICA_IDENTITY=true"
+                    );
+                    metrics::counter!(m::UNKNOWN_MEMBER_LEAVES).increment(1);
+                }
+            }
         }
         let drafts = routed.unwrap_or_default();
         // One index per change, and one more per extra event of the same
@@ -511,6 +542,30 @@ impl<'a> Session<'a> {
         self.client.update_applied_lsn(Lsn::from_u64(lsn));
         metrics::gauge!(m::ACKNOWLEDGED_LSN).set(lsn as f64);
     }
+}
+
+/// `"schema"."table"`, as SQL in log hints.
+fn qualified(rel: &Relation) -> String {
+    format!(
+        "{}.{}",
+        crate::setup::quote_ident(&rel.namespace),
+        crate::setup::quote_ident(&rel.name)
+    )
+}
+
+/// A routing error caused by a missing or partial old row (what a table
+/// without REPLICA IDENTITY FULL sends).
+fn lacks_old_row(e: &RouteError) -> bool {
+    matches!(
+        e,
+        RouteError::MissingRow {
+            side: Side::Old,
+            ..
+        } | RouteError::MissingColumn {
+            side: Side::Old,
+            ..
+        }
+    )
 }
 
 /// Postgres timestamps (µs since 2000-01-01) to Unix milliseconds.

@@ -191,6 +191,47 @@ async fn check_table(
     Ok(())
 }
 
+/// Sets `REPLICA IDENTITY FULL` on `schema.table` again after it was reset
+/// while streaming ([`crate::identity`]). Reads `pg_class` first and does
+/// nothing when the table is FULL already, so no lock is taken needlessly;
+/// the `ALTER TABLE` waits at most `lock_timeout` for its lock, so it never
+/// queues application transactions behind it for long.
+/// `Ok(true)`: it was altered.
+pub async fn restore_replica_identity(
+    client: &Client,
+    schema: &str,
+    table: &str,
+    lock_timeout: Duration,
+) -> Result<bool, SetupError> {
+    let name = format!("{}.{}", quote_ident(schema), quote_ident(table));
+    let identity: Option<String> = client
+        .query_opt(
+            "SELECT c.relreplident::text FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            &[&schema, &table],
+        )
+        .await
+        .map_err(SetupError::sql(format!("looking up table {name}")))?
+        .map(|row| row.get(0));
+    match identity.as_deref() {
+        None => return Err(SetupError::MissingTable(name)),
+        Some("f") => return Ok(false),
+        Some(_) => {}
+    }
+    let sql = format!(
+        "SET lock_timeout = {}; ALTER TABLE {name} REPLICA IDENTITY FULL",
+        lock_timeout.as_millis().max(1)
+    );
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(SetupError::sql(format!(
+            "ALTER TABLE {name} REPLICA IDENTITY FULL"
+        )))?;
+    Ok(true)
+}
+
 async fn ensure_publication(
     client: &Client,
     routes: &Routes,
