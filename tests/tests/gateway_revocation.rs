@@ -36,7 +36,7 @@ const SEED: &str = "INSERT INTO organizations (id, name) VALUES ('orgA', 'Acme')
 /// Both binaries as child processes on a fresh context.
 struct Binaries {
     ctx: TestContext,
-    _ingestor: ChildProcess,
+    ingestor: ChildProcess,
     gateway: ChildProcess,
     addr: SocketAddr,
 }
@@ -73,7 +73,7 @@ async fn binaries(history_len: &str, gateway_extra: &[(&str, &str)]) -> Binaries
     let gateway = start_ready("realtime-gateway", &env).await;
     Binaries {
         ctx,
-        _ingestor: ingestor,
+        ingestor,
         gateway,
         addr,
     }
@@ -661,4 +661,75 @@ async fn a_catch_up_steps_over_a_page_of_unreadable_history_entries() {
         .await
         .expect("the event after the unreadable entries arrives");
     assert_eq!(m.json()["payload"]["n"], 2);
+}
+
+/// A migration resets `organization_members` to REPLICA IDENTITY DEFAULT
+/// on a live system (the ingestor not managing it): a member's removal
+/// then carries no user or organization, the ingestor publishes a leave
+/// naming nobody, and every stream re-checks its membership before it
+/// sends anything after it. The removed member's streams end (stalled or
+/// parked) and get nothing committed after; the other member's stream
+/// goes on and never sees that internal leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_identity_reset_never_lets_a_removed_member_keep_a_stream() {
+    let mut b = binaries("50000", &[]).await;
+    // The same ingestor, told not to manage replica identity: restart it.
+    b.ingestor.terminate();
+    let ctx = &b.ctx;
+    let _ingestor = start_ready(
+        "realtime-ingestor",
+        &[
+            ctx.ingestor_env(),
+            vec![("REALTIME_MANAGE_REPLICA_IDENTITY", "false".to_owned())],
+        ]
+        .concat(),
+    )
+    .await;
+    let q = "organizationId=orgA";
+    let mut watcher = SseClient::connect(
+        &format!("http://{}/api/realtime/stream?{q}", b.addr),
+        Some(&token("ua", 600)),
+        &[],
+    )
+    .await;
+    assert_eq!(watcher.status, 200);
+    let mut stalled = RawStream::open(b.addr, q, &token("uc", 600)).await;
+    assert!(stalled.read_until(WAIT, RawStream::connected).await);
+    let mut parked = RawStream::open(b.addr, q, &token("uc", 600)).await;
+    assert!(parked.read_until(WAIT, RawStream::connected).await);
+    let parked = tokio::spawn(async move {
+        parked.read_until(WAIT * 4, |s| s.ended).await;
+        parked
+    });
+    ctx.batch("ALTER TABLE organization_members REPLICA IDENTITY DEFAULT")
+        .await;
+    emit(ctx, "orgA", 1, 600).await;
+    remove_member(ctx, "uc", "orgA").await;
+    emit(ctx, "orgA", 1_001, 600).await;
+    for (name, mut s) in [("stalled", stalled), ("parked", parked.await.unwrap())] {
+        let ended = s.ends_within(WAIT).await;
+        let after = s.received_above(1_000);
+        assert!(
+            after.is_empty(),
+            "{name}: nothing after her removal; got {} (first {:?})",
+            after.len(),
+            after.first()
+        );
+        assert!(ended, "{name}: her stream ends");
+        assert!(
+            !s.seen.iter().any(|m| m.kind == "member.leave"),
+            "{name}: the leave naming nobody is not forwarded"
+        );
+    }
+    // The member who stays gets everything after, and no internal leave.
+    let mut last = 0;
+    while last < 1_600 {
+        let m = watcher.next_event(WAIT).await.expect("the watcher goes on");
+        let j = m.json();
+        assert_ne!(
+            j["type"], "member.leave",
+            "the leave naming nobody is never forwarded"
+        );
+        last = j["payload"]["n"].as_i64().unwrap_or(last);
+    }
 }
