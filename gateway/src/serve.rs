@@ -28,10 +28,11 @@
 //! either path; a hyper keep-alive connection must send its next head
 //! within the head timeout of its previous response's end. A slow client
 //! cannot stretch this by sending a byte at a time: the deadline is fixed
-//! when the wait starts. hyper's own `header_read_timeout` is set too (it
-//! does nothing without a timer, which hyper_util's builder does not set
-//! by itself), but the deadline that counts is the listener's: hyper's
-//! starts only when hyper gets the socket and does not cover HTTP/2.
+//! when the wait starts. hyper's own `header_read_timeout` is set too, a
+//! second later, as a backstop (it does nothing without a timer, which
+//! hyper_util's builder does not set by itself); the deadline that counts
+//! is the listener's: hyper's starts only when hyper gets the socket and
+//! does not cover HTTP/2.
 
 use std::convert::Infallible;
 use std::io::IoSlice;
@@ -689,10 +690,12 @@ async fn hand_to_hyper(
     };
     let io = TokioIo::new(Prefixed { prefix, io: socket });
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's own header timeout is a backstop: a second later than the
+    // watchdog below, which counts its closes and covers HTTP/2 too.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(head_timeout);
+        .header_read_timeout(head_timeout + Duration::from_secs(1));
     builder.http2().timer(TokioTimer::new());
     let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service));
     let mut conn = std::pin::pin!(conn);
