@@ -223,6 +223,31 @@ pub struct Config {
     #[arg(long = "realtime-activity-burst", env = "REALTIME_ACTIVITY_BURST", value_name = "REALTIME_ACTIVITY_BURST", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub activity_burst: u32,
 
+    /// How long a client has to send a whole request head on the public
+    /// listener: from the connection's accept, and on an idle keep-alive
+    /// connection from the end of its previous response. A connection that
+    /// has not sent one by then is closed, whether it sent nothing, half a
+    /// head or a byte at a time; so a half-open socket holds its file
+    /// descriptor and its memory for at most this long.
+    #[arg(long = "realtime-head-timeout", env = "REALTIME_HEAD_TIMEOUT", value_name = "REALTIME_HEAD_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub head_timeout: Duration,
+
+    /// Open connections on the public listener of this replica (streams,
+    /// other requests and connections still sending their head); 0: derived
+    /// from the open-files limit (which the gateway raises to its hard
+    /// limit at start), leaving room for Postgres, Redis and the admin
+    /// listener; a larger value is lowered to that too. At the cap a new
+    /// connection takes the place of the one that has waited longest for
+    /// its request head; when every connection has sent its head, the new
+    /// one is closed at once (`realtime_gateway_sockets_refused_total`).
+    #[arg(
+        long = "realtime-max-connections",
+        env = "REALTIME_MAX_CONNECTIONS",
+        value_name = "REALTIME_MAX_CONNECTIONS",
+        default_value_t = 0
+    )]
+    pub max_connections: u32,
+
     /// Timeout for connecting to and hearing back from Postgres and Redis.
     #[arg(long = "realtime-io-timeout", env = "REALTIME_IO_TIMEOUT", value_name = "REALTIME_IO_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
     pub io_timeout: Duration,

@@ -26,6 +26,7 @@ use crate::publishing::Emitter;
 use crate::registry::{CloseReason, Registry};
 use crate::serve;
 use crate::sessions;
+use crate::slots;
 
 /// Why a replica could not start; each message is the one line printed
 /// before a non-zero exit.
@@ -262,12 +263,30 @@ impl Gateway {
         // keep-alive; stream connections close as each stream is drained,
         // so a client's reconnection cannot land here again.
         let connections = TaskTracker::new();
+        let nofile = slots::open_files_limit();
+        let max_connections = slots::effective_cap(self.config.max_connections, nofile);
+        if self.config.max_connections as usize > max_connections {
+            tracing::warn!(
+                configured = self.config.max_connections,
+                open_files_limit = nofile,
+                max_connections,
+                "REALTIME_MAX_CONNECTIONS lowered to what the open-files limit allows"
+            );
+        }
+        tracing::info!(
+            max_connections,
+            head_timeout = ?self.config.head_timeout,
+            "public listener limits"
+        );
         let listening = tokio::spawn(serve::serve(
             self.listener,
             app,
             draining.clone(),
             connections.clone(),
-            self.config.io_timeout.max(Duration::from_secs(10)),
+            serve::Limits {
+                head_timeout: self.config.head_timeout,
+                max_connections,
+            },
         ));
         stop.cancelled().await;
         let _ = listening.await;

@@ -19,6 +19,7 @@
 //! - [`client_ip`]: the client address behind trusted proxies (connect rate limit).
 //! - [`publishing`]: events posted over HTTP, written through Postgres.
 //! - [`serve`]: the listener: SSE streams written directly, other requests through hyper.
+//! - [`slots`]: the listener's connection cap, evicting connections still waiting for a head.
 //! - [`app`]: the HTTP routes; [`gateway`]: build and run a replica, and drain it.
 #![forbid(unsafe_code)]
 
@@ -40,6 +41,7 @@ pub mod registry;
 pub mod serve;
 pub mod sessions;
 pub mod sink;
+pub mod slots;
 pub mod stream;
 pub mod trace;
 

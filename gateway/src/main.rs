@@ -29,6 +29,9 @@ fn main() -> ExitCode {
     if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
         tracing::warn!(error = %e, "jemalloc background purging unavailable; freed memory returns to the OS more slowly");
     }
+    // Before the runtime: its sockets count against this limit, and the
+    // connection cap is derived from it.
+    realtime_gateway::slots::raise_open_files_limit();
     let runtime = match runtime(true) {
         Ok(rt) => rt,
         Err(code) => return code,

@@ -9,6 +9,11 @@ pub const REJECTED: &str = "realtime_gateway_rejected_total";
 pub const PUBLISHED: &str = "realtime_gateway_published_total";
 pub const DRAINED: &str = "realtime_gateway_drained_total";
 pub const REVOKED: &str = "realtime_gateway_revoked_total";
+/// Public-listener connections (sockets), whatever they carry.
+pub const SOCKETS: &str = "realtime_gateway_sockets";
+pub const SOCKETS_REFUSED: &str = "realtime_gateway_sockets_refused_total";
+pub const SOCKETS_CLOSED: &str = "realtime_gateway_sockets_closed_total";
+pub const SOCKETS_SERVED: &str = "realtime_gateway_sockets_served_total";
 
 pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
@@ -16,6 +21,24 @@ pub fn describe() {
     // Exported from the start, so dashboards and alerts see zeros, not gaps.
     metrics::counter!(DRAINED).increment(0);
     metrics::counter!(PUBLISHED).increment(0);
+    metrics::counter!(SOCKETS_REFUSED).increment(0);
+    metrics::gauge!(SOCKETS).set(0.0);
+    describe_gauge!(
+        SOCKETS,
+        "Open connections on the public listener (under REALTIME_MAX_CONNECTIONS)."
+    );
+    describe_counter!(
+        SOCKETS_REFUSED,
+        "Connections closed at accept: at REALTIME_MAX_CONNECTIONS with none waiting for a head."
+    );
+    describe_counter!(
+        SOCKETS_CLOSED,
+        "Connections closed by the listener, by reason: head_timeout (no whole request head within REALTIME_HEAD_TIMEOUT of the accept), idle (keep-alive, no next head within it), evicted (made room at the cap)."
+    );
+    describe_counter!(
+        SOCKETS_SERVED,
+        "Connections by how their first request was served: direct (the SSE fast path) or hyper."
+    );
     describe_counter!(CONNECTIONS_TOTAL, "Stream requests, by result.");
     describe_counter!(
         EVENTS_DELIVERED,

@@ -13,40 +13,67 @@
 //!
 //! Only a plain `GET /api/realtime/stream` HTTP/1.1 request whose head fits
 //! [`FAST_HEAD_LIMIT`], with no body, no upgrade, no `Expect` and nothing
-//! pipelined behind it, takes this path. Anything else, including every
-//! malformed or oversized request, goes to hyper with the bytes already read
-//! put back in front, so hyper's checks and statuses apply unchanged. The
-//! stream's connection closes when the stream ends (`Connection: close`).
+//! pipelined behind it, takes this path, however many pieces its head
+//! arrives in. Anything else, including every malformed or oversized
+//! request, goes to hyper with the bytes already read put back in front,
+//! so hyper's checks and statuses apply unchanged; it goes as soon as its
+//! first bytes show it is not a stream request. The head is read into a
+//! buffer that starts at 1 KiB, doubles up to [`FAST_HEAD_LIMIT`] as
+//! needed and is freed once the head is parsed. The stream's connection
+//! closes when the stream ends (`Connection: close`).
+//!
+//! Deadlines and the cap (`REALTIME_HEAD_TIMEOUT`, `REALTIME_MAX_CONNECTIONS`):
+//! every connection holds a [`Slot`] (see [`crate::slots`]) and must have
+//! sent a whole request head within the head timeout of its accept, on
+//! either path; a hyper keep-alive connection must send its next head
+//! within the head timeout of its previous response's end. A slow client
+//! cannot stretch this by sending a byte at a time: the deadline is fixed
+//! when the wait starts. hyper's own `header_read_timeout` is set too, a
+//! second later, as a backstop (it does nothing without a timer, which
+//! hyper_util's builder does not set by itself); the deadline that counts
+//! is the listener's: hyper's starts only when hyper gets the socket and
+//! does not cover HTTP/2.
 
+use std::convert::Infallible;
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderName, HeaderValue, Method, Request, Response, Uri, Version, header};
-use bytes::{Buf, Bytes};
+use bytes::{Buf, BufMut, Bytes};
 use futures_util::{FutureExt, StreamExt};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::body::{Frame, SizeHint};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::metrics as m;
 use crate::sink::Sink;
+use crate::slots::{Admission, Slot, Slots};
 
 /// The stream path served without hyper.
 const STREAM_PATH: &str = "/api/realtime/stream";
+/// What a fast-path request starts with: the target's path follows `GET `
+/// and is followed by its query or the space before the version.
+const STREAM_LINE: &[u8] = b"GET /api/realtime/stream";
 /// Largest request head read for the fast path; larger heads go to hyper
 /// (which accepts up to ~400 KB and answers 431 past that).
 pub const FAST_HEAD_LIMIT: usize = 8 * 1024;
+/// The head buffer's first size; it doubles up to [`FAST_HEAD_LIMIT`].
+const FIRST_HEAD_BUF: usize = 1024;
 /// Most headers parsed on the fast path; more go to hyper.
 const MAX_HEADERS: usize = 64;
 /// Frames (and bytes) coalesced into one chunk and one `writev`.
@@ -55,17 +82,28 @@ const MAX_BATCH_BYTES: usize = 64 * 1024;
 /// Largest non-stream body (a refusal) written on the fast path.
 const MAX_REFUSAL_BYTES: usize = 64 * 1024;
 
+/// The listener's protections.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `REALTIME_HEAD_TIMEOUT`: how long a whole request head may take.
+    pub head_timeout: Duration,
+    /// `REALTIME_MAX_CONNECTIONS`, as derived: connections held at once.
+    pub max_connections: usize,
+}
+
 /// Accepts connections until `draining`; each runs in a task tracked by
-/// `tracker`. hyper connections start a graceful shutdown at `draining`
-/// (keep-alive off, in-flight requests finish); fast-path streams end
-/// through their own close tokens.
+/// `tracker` and holds a slot under `limits.max_connections`. hyper
+/// connections start a graceful shutdown at `draining` (keep-alive off,
+/// in-flight requests finish); fast-path streams end through their own
+/// close tokens.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     draining: CancellationToken,
     tracker: TaskTracker,
-    head_timeout: Duration,
+    limits: Limits,
 ) {
+    let slots = Slots::new(limits.max_connections);
     loop {
         let accepted = tokio::select! {
             _ = draining.cancelled() => return,
@@ -80,14 +118,41 @@ pub async fn serve(
                 continue;
             }
         };
+        let accepted_at = Instant::now();
+        let slot = match slots.admit().await {
+            Admission::Admitted { slot, evicted } => {
+                if evicted {
+                    metrics::counter!(m::SOCKETS_CLOSED, "reason" => "evicted").increment(1);
+                }
+                slot
+            }
+            Admission::Full => {
+                // Closed without a response: an EventSource retries after
+                // its delay (a 503 would stop it for good).
+                metrics::counter!(m::SOCKETS_REFUSED).increment(1);
+                drop(socket);
+                continue;
+            }
+        };
         let _ = socket.set_nodelay(true);
-        tracker.spawn(connection(
-            socket,
-            peer,
-            router.clone(),
-            draining.clone(),
-            head_timeout,
-        ));
+        let router = router.clone();
+        let draining = draining.clone();
+        tracker.spawn(async move {
+            metrics::gauge!(m::SOCKETS).increment(1.0);
+            connection(
+                socket,
+                peer,
+                router,
+                draining,
+                limits.head_timeout,
+                accepted_at,
+                slot.clone(),
+            )
+            .await;
+            // The socket is closed by now; its place is given up here.
+            metrics::gauge!(m::SOCKETS).decrement(1.0);
+            drop(slot);
+        });
     }
 }
 
@@ -98,7 +163,7 @@ enum Head {
     Stream(Box<Request<Body>>),
     /// Anything else: hyper gets these bytes first.
     Other(Bytes),
-    /// The client went away (or stalled) before sending a request.
+    /// The client went away before sending a request.
     Gone,
 }
 
@@ -108,13 +173,27 @@ async fn connection(
     router: Router,
     draining: CancellationToken,
     head_timeout: Duration,
+    accepted_at: Instant,
+    slot: Slot,
 ) {
-    let head = match tokio::time::timeout(head_timeout, read_head(&mut socket, peer)).await {
-        Ok(head) => head,
-        Err(_) => Head::Gone,
+    slot.waiting();
+    let head = tokio::select! {
+        biased;
+        _ = slot.evicted() => return,
+        head = tokio::time::timeout_at(accepted_at + head_timeout, read_head(&mut socket, peer)) => match head {
+            Ok(head) => head,
+            Err(_) => {
+                metrics::counter!(m::SOCKETS_CLOSED, "reason" => "head_timeout").increment(1);
+                return;
+            }
+        },
     };
     match head {
         Head::Stream(request) => {
+            if !slot.busy() {
+                return;
+            }
+            metrics::counter!(m::SOCKETS_SERVED, "by" => "direct").increment(1);
             let response = match router.oneshot(*request).await {
                 Ok(r) => r,
                 Err(never) => match never {},
@@ -123,40 +202,73 @@ async fn connection(
                 tracing::debug!(error = %e, "stream connection ended");
             }
         }
-        Head::Other(prefix) => hand_to_hyper(socket, prefix, peer, router, draining).await,
+        Head::Other(prefix) => {
+            metrics::counter!(m::SOCKETS_SERVED, "by" => "hyper").increment(1);
+            let deadlines = Deadlines {
+                head_timeout,
+                first: accepted_at,
+                slot,
+            };
+            hand_to_hyper(socket, prefix, peer, router, draining, deadlines).await;
+        }
         Head::Gone => {}
     }
 }
 
-/// Reads until the end of the request head (or the fast-path limit).
+/// Reads until the end of the request head, or until the bytes show that
+/// this is not a fast-path request (then hyper gets them), into a buffer
+/// grown as the head arrives, at most [`FAST_HEAD_LIMIT`].
 async fn read_head(socket: &mut TcpStream, peer: SocketAddr) -> Head {
-    let mut buf = Vec::with_capacity(1024);
+    let mut buf: Vec<u8> = Vec::new();
     loop {
-        if buf.len() >= FAST_HEAD_LIMIT {
-            return Head::Other(buf.into());
+        if buf.len() == buf.capacity() {
+            if buf.len() >= FAST_HEAD_LIMIT {
+                return Head::Other(buf.into());
+            }
+            let more = buf
+                .capacity()
+                .clamp(FIRST_HEAD_BUF, FAST_HEAD_LIMIT - buf.len());
+            buf.reserve_exact(more);
         }
-        let mut chunk = [0u8; 1024];
-        let want = chunk.len().min(FAST_HEAD_LIMIT - buf.len());
-        match socket.read(&mut chunk[..want]).await {
+        let before = buf.len();
+        let room = FAST_HEAD_LIMIT - before;
+        match socket.read_buf(&mut (&mut buf).limit(room)).await {
             Ok(0) | Err(_) if buf.is_empty() => return Head::Gone,
             Ok(0) | Err(_) => return Head::Other(buf.into()),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(_) => {}
         }
-        if let Some(end) = find_head_end(&buf) {
+        if !may_be_stream_request(&buf) {
+            return Head::Other(buf.into());
+        }
+        // Only the new bytes (and the three before them) can complete the
+        // blank line: a head dribbled a byte at a time is scanned once.
+        if let Some(end) = find_head_end(&buf, before.saturating_sub(3)) {
             return match stream_request(&buf, end, peer) {
                 Some(request) => Head::Stream(Box::new(request)),
                 None => Head::Other(buf.into()),
             };
         }
-        // Not HTTP/1 at all (e.g. the HTTP/2 preface): hyper decides.
-        if buf.len() >= 4 && !buf[..4].iter().all(u8::is_ascii_uppercase) {
-            return Head::Other(buf.into());
-        }
     }
 }
 
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+/// Whether `buf`, the start of a request, may still be a fast-path one:
+/// `GET /api/realtime/stream` followed by `?` or a space, as far as it
+/// goes. Anything else (another method or path, the HTTP/2 preface, TLS,
+/// garbage) is hyper's from its first bytes.
+fn may_be_stream_request(buf: &[u8]) -> bool {
+    let n = buf.len().min(STREAM_LINE.len());
+    buf[..n] == STREAM_LINE[..n]
+        && buf
+            .get(STREAM_LINE.len())
+            .is_none_or(|b| matches!(b, b'?' | b' '))
+}
+
+/// The end of the head (after its blank line), searching from `from`.
+fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+    buf.get(from..)?
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| from + p + 4)
 }
 
 /// The request, when `buf[..end]` is a fast-path stream request and
@@ -444,31 +556,178 @@ async fn write_all_slices<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// The deadlines of a connection handed to hyper.
+struct Deadlines {
+    head_timeout: Duration,
+    /// When the wait for the first head started (the accept).
+    first: Instant,
+    slot: Slot,
+}
+
+/// Requests in flight on one hyper connection, and since when it has had
+/// none: the connection waits for a head whenever it has none, and is
+/// closed when that wait exceeds the head timeout.
+struct Activity {
+    state: Mutex<ActivityState>,
+    /// Signalled when the last request in flight ends.
+    idle: Notify,
+    slot: Slot,
+}
+
+struct ActivityState {
+    in_flight: usize,
+    idle_since: Instant,
+    /// Whether any request arrived (decides the close reason's label).
+    served: bool,
+}
+
+impl Activity {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ActivityState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A request's head has arrived; the guard ends it.
+    fn start(self: &Arc<Self>) -> InFlight {
+        let mut state = self.lock();
+        state.in_flight += 1;
+        state.served = true;
+        self.slot.busy();
+        InFlight(self.clone())
+    }
+
+    /// When the connection is to be closed unless a head arrives: `None`
+    /// while a request is in flight.
+    fn deadline(&self, head_timeout: Duration) -> Option<(Instant, bool)> {
+        let state = self.lock();
+        (state.in_flight == 0).then_some((state.idle_since + head_timeout, state.served))
+    }
+}
+
+/// One request in flight, until its response body is dropped (written
+/// whole, or abandoned).
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.in_flight = state.in_flight.saturating_sub(1);
+        if state.in_flight == 0 {
+            state.idle_since = Instant::now();
+            drop(state);
+            self.0.slot.waiting();
+            self.0.idle.notify_one();
+        }
+    }
+}
+
+/// A response body that keeps its request counted as in flight.
+struct Tracked {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 async fn hand_to_hyper(
     socket: TcpStream,
     prefix: Bytes,
     peer: SocketAddr,
     router: Router,
     draining: CancellationToken,
+    deadlines: Deadlines,
 ) {
-    let service = router.map_request(move |mut req: Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(ConnectInfo(peer));
-        req.map(Body::new)
+    let Deadlines {
+        head_timeout,
+        first,
+        slot,
+    } = deadlines;
+    let activity = Arc::new(Activity {
+        state: Mutex::new(ActivityState {
+            in_flight: 0,
+            idle_since: first,
+            served: false,
+        }),
+        idle: Notify::new(),
+        slot: slot.clone(),
     });
+    let service = {
+        let activity = activity.clone();
+        tower::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            let in_flight = activity.start();
+            let response = router.clone().oneshot(req.map(Body::new));
+            async move {
+                let response = match response.await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                };
+                Ok::<_, Infallible>(response.map(|body| {
+                    Body::new(Tracked {
+                        body,
+                        _in_flight: in_flight,
+                    })
+                }))
+            }
+        })
+    };
     let io = TokioIo::new(Prefixed { prefix, io: socket });
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's own header timeout is a backstop: a second later than the
+    // watchdog below, which counts its closes and covers HTTP/2 too.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(head_timeout + Duration::from_secs(1));
+    builder.http2().timer(TokioTimer::new());
     let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service));
     let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "connection ended");
+    let mut shutting_down = false;
+    loop {
+        let deadline = activity.deadline(head_timeout);
+        let idle = activity.idle.notified();
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended");
+                }
+                return;
             }
-            return;
+            _ = draining.cancelled(), if !shutting_down => {
+                conn.as_mut().graceful_shutdown();
+                shutting_down = true;
+            }
+            _ = slot.evicted() => return,
+            _ = tokio::time::sleep_until(deadline.map_or(first, |(at, _)| at)), if deadline.is_some() => {
+                // Re-checked: a request may have started since.
+                if let Some((at, served)) = activity.deadline(head_timeout)
+                    && at <= Instant::now()
+                {
+                    let reason = if served { "idle" } else { "head_timeout" };
+                    metrics::counter!(m::SOCKETS_CLOSED, "reason" => reason).increment(1);
+                    return;
+                }
+            }
+            _ = idle => {}
         }
-        _ = draining.cancelled() => conn.as_mut().graceful_shutdown(),
     }
-    let _ = conn.await;
 }
 
 /// A socket with bytes already read put back in front.
@@ -561,8 +820,117 @@ mod tests {
             );
         }
         let pipelined = b"GET /api/realtime/stream HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n";
-        let end = find_head_end(pipelined).unwrap();
+        let end = find_head_end(pipelined, 0).unwrap();
         assert!(stream_request(pipelined, end, peer()).is_none());
+    }
+
+    /// A browser-like stream request carrying `cookie_bytes` of cookies.
+    fn browser_head(cookie_bytes: usize) -> Vec<u8> {
+        let mut cookie = String::from("Cookie: theme=dark");
+        let mut i = 0;
+        while cookie.len() < cookie_bytes {
+            cookie.push_str(&format!("; c{i}=v{i:0>40}"));
+            i += 1;
+        }
+        format!(
+            "GET /api/realtime/stream?organizationId=o HTTP/1.1\r\nHost: x\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0\r\nAccept: text/event-stream\r\nAccept-Language: en-US,en;q=0.5\r\nAccept-Encoding: gzip, deflate, br\r\nReferer: https://app.example/dashboard\r\nCache-Control: no-cache\r\nConnection: keep-alive\r\nSec-Fetch-Dest: empty\r\nSec-Fetch-Mode: cors\r\nSec-Fetch-Site: same-origin\r\n{cookie}\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    /// Writes `raw` to a loopback connection in pieces of `piece` bytes
+    /// and returns what `read_head` made of it.
+    async fn read_written(raw: Vec<u8>, piece: usize) -> Head {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let writer = tokio::spawn(async move {
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            client.set_nodelay(true).unwrap();
+            for part in raw.chunks(piece) {
+                client.write_all(part).await.unwrap();
+                // Let the reader see each piece on its own.
+                tokio::task::yield_now().await;
+            }
+            client
+        });
+        let (mut socket, peer) = listener.accept().await.unwrap();
+        let head = tokio::time::timeout(Duration::from_secs(30), read_head(&mut socket, peer))
+            .await
+            .expect("the head is read");
+        drop(writer.await.unwrap());
+        head
+    }
+
+    #[tokio::test]
+    async fn browser_heads_with_cookies_take_the_fast_path_in_any_pieces() {
+        let raw = browser_head(3 * 1024);
+        assert!(raw.len() > 3 * 1024 && raw.len() < FAST_HEAD_LIMIT);
+        for piece in [raw.len(), 1024, 7, 1] {
+            match read_written(raw.clone(), piece).await {
+                Head::Stream(req) => {
+                    assert!(req.headers()["cookie"].len() >= 3 * 1024, "piece {piece}");
+                }
+                Head::Other(_) => panic!(
+                    "a {}-byte head in {piece}-byte pieces went to hyper",
+                    raw.len()
+                ),
+                Head::Gone => panic!("gone"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn other_requests_go_to_hyper_with_every_byte_read() {
+        let over = browser_head(FAST_HEAD_LIMIT);
+        match read_written(over.clone(), 1024).await {
+            Head::Other(prefix) => {
+                assert!(over.starts_with(&prefix) && prefix.len() <= FAST_HEAD_LIMIT)
+            }
+            _ => panic!("a head over the limit goes to hyper"),
+        }
+        let other = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+        match read_written(other, 1).await {
+            // Handed over as soon as the path differs, bytes intact.
+            Head::Other(prefix) => assert_eq!(&prefix[..], b"GET /h"),
+            _ => panic!("another path goes to hyper"),
+        }
+    }
+
+    #[test]
+    fn only_the_stream_request_line_is_kept_for_the_fast_path() {
+        for ok in [
+            &b""[..],
+            b"G",
+            b"GET ",
+            b"GET /api/realtime/stream",
+            b"GET /api/realtime/stream?o",
+            b"GET /api/realtime/stream HTTP",
+        ] {
+            assert!(may_be_stream_request(ok), "{}", String::from_utf8_lossy(ok));
+        }
+        for other in [
+            &b"POST"[..],
+            b"GET /x",
+            b"GET /api/realtime/streamx",
+            b"PRI * HTTP/2.0",
+            b"\x16\x03\x01",
+            b"get /api",
+        ] {
+            assert!(
+                !may_be_stream_request(other),
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
+    }
+
+    #[test]
+    fn the_head_end_is_found_from_where_the_new_bytes_start() {
+        let raw = b"GET / HTTP/1.1\r\n\r\n";
+        assert_eq!(find_head_end(raw, 0), Some(raw.len()));
+        assert_eq!(find_head_end(raw, raw.len() - 4), Some(raw.len()));
+        assert_eq!(find_head_end(raw, raw.len() - 3), None);
+        assert_eq!(find_head_end(raw, raw.len() + 5), None);
     }
 
     #[test]
