@@ -15,7 +15,7 @@ use crate::app::{self, AppState, RouterOptions};
 use crate::auth::{AuthConfig, AuthEnv, Verifier};
 use crate::caps::Caps;
 use crate::client_ip::{self, ClientIp};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::control::Control;
 use crate::history::History;
 use crate::hub::Hub;
@@ -44,6 +44,8 @@ pub enum StartError {
     Auth(String),
     #[error("REALTIME_TRUSTED_PROXIES: {0}")]
     TrustedProxies(String),
+    #[error("{0}")]
+    Config(#[from] ConfigError),
 }
 
 pub struct Gateway {
@@ -61,6 +63,7 @@ impl Gateway {
     pub async fn build(config: Config) -> Result<Self, StartError> {
         let _ = realtime_shared::admin::metrics_handle();
         m::describe();
+        config.check_secrets()?;
         let auth = AuthConfig::from_env_values(AuthEnv {
             auth_secret: config.auth_secret.clone(),
             nextauth_secret: config.nextauth_secret.clone(),
