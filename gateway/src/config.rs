@@ -262,6 +262,16 @@ pub struct Config {
     )]
     pub publish_key: Option<String>,
 
+    /// `POST`, `PUT`, `DELETE` requests per second per client IP (the
+    /// stream route's activity and control calls and the publish API),
+    /// fractions allowed; 0: no limit.
+    #[arg(long = "realtime-request-rate", env = "REALTIME_REQUEST_RATE", value_name = "REALTIME_REQUEST_RATE", default_value_t = 20.0, value_parser = parse_rate)]
+    pub request_rate: f64,
+
+    /// Burst of `POST`, `PUT`, `DELETE` requests per client IP above the rate.
+    #[arg(long = "realtime-request-burst", env = "REALTIME_REQUEST_BURST", value_name = "REALTIME_REQUEST_BURST", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub request_burst: u32,
+
     /// Largest body accepted by the publish endpoints, in bytes.
     #[arg(long = "realtime-max-publish-bytes", env = "REALTIME_MAX_PUBLISH_BYTES", value_name = "REALTIME_MAX_PUBLISH_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(64..=8_388_608))]
     pub max_publish_bytes: u32,

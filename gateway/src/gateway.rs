@@ -211,6 +211,8 @@ impl Gateway {
                 cors_origins: self.config.cors_origins.clone(),
                 connect_rate: self.config.connect_rate,
                 connect_burst: self.config.connect_burst,
+                request_rate: self.config.request_rate,
+                request_burst: self.config.request_burst,
                 client_ip: self.client_ip,
                 max_publish_bytes: self.config.max_publish_bytes as usize,
             },
