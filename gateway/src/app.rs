@@ -13,7 +13,8 @@
 //! the membership queries and the subscription); `POST`, `PUT`, `DELETE`
 //! and the publish API by the request limiter (`REALTIME_REQUEST_RATE`).
 //! `OPTIONS` (CORS preflight) is answered by the CORS layer from its
-//! configuration alone, no I/O, and is not limited.
+//! configuration alone, no I/O, and is not limited. A cookie-authenticated
+//! change must come from an allowed origin ([`crate::origin`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use std::time::{Instant, SystemTime};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -46,6 +47,7 @@ use crate::history::History;
 use crate::hub::Hub;
 use crate::membership::{Membership, MembershipError};
 use crate::metrics as m;
+use crate::origin::Origins;
 use crate::publishing::{self, Emitter, PublishError};
 use crate::registry::Registry;
 use crate::serve::StreamSink;
@@ -75,6 +77,8 @@ pub struct AppState {
     pub publish_key: Option<String>,
     /// `user.activity` posts per user (this replica).
     pub activity_limiter: DefaultKeyedRateLimiter<String>,
+    /// Origins whose pages may change state with the caller's cookie.
+    pub origins: Origins,
 }
 
 /// How the public router limits and shares.
@@ -357,6 +361,26 @@ async fn authenticate(
     }
 }
 
+/// [`authenticate`] for a state-changing request (`POST`, `PUT`,
+/// `DELETE`): a session cookie is honoured only from an allowed origin
+/// (403 otherwise, before any lookup); a bearer token needs no check.
+async fn authenticate_change(
+    app: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<(String, Option<SystemTime>), Response> {
+    if let Some(auth::Credential::SessionCookie { .. }) = auth::credentials_from_headers(headers) {
+        if !app.origins.allows(headers, uri) {
+            metrics::counter!(m::REJECTED, "reason" => "cross_origin").increment(1);
+            return Err(plain(
+                StatusCode::FORBIDDEN,
+                "a cookie-authenticated change needs an allowed Origin (REALTIME_CORS_ORIGINS or this host)",
+            ));
+        }
+    }
+    authenticate(app, headers).await
+}
+
 /// `organizationId` checked: present, bounded, no control characters.
 // A refusal is built once per refused request, off the hot path.
 #[allow(clippy::result_large_err)]
@@ -636,10 +660,11 @@ async fn head_stream() -> Response {
 async fn post_activity(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
+    uri: Uri,
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Response {
-    let (user, _) = match authenticate(&app, &headers).await {
+    let (user, _) = match authenticate_change(&app, &headers, &uri).await {
         Ok(who) => who,
         Err(refusal) => return refusal,
     };
@@ -770,10 +795,11 @@ async fn owned(app: &AppState, user: &str, id: &str) -> Result<(), Response> {
 async fn put_stream(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
+    uri: Uri,
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Response {
-    let (user, _) = match authenticate(&app, &headers).await {
+    let (user, _) = match authenticate_change(&app, &headers, &uri).await {
         Ok(who) => who,
         Err(refusal) => return refusal,
     };
@@ -829,9 +855,10 @@ async fn put_stream(
 async fn delete_stream(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
+    uri: Uri,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let (user, _) = match authenticate(&app, &headers).await {
+    let (user, _) = match authenticate_change(&app, &headers, &uri).await {
         Ok(who) => who,
         Err(refusal) => return refusal,
     };

@@ -21,6 +21,7 @@ use crate::history::History;
 use crate::hub::Hub;
 use crate::membership::{Membership, MembershipError};
 use crate::metrics as m;
+use crate::origin::Origins;
 use crate::publishing::Emitter;
 use crate::registry::{CloseReason, Registry};
 use crate::serve;
@@ -192,6 +193,7 @@ impl Gateway {
                 self.config.activity_rate,
                 self.config.activity_burst,
             ),
+            origins: Origins::new(&self.config.cors_origins),
         });
         let readiness_task = tokio::spawn(watch_readiness(
             self.readiness.clone(),

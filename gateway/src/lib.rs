@@ -16,6 +16,7 @@
 //! - [`caps`]: per-user and per-organization connection caps, leased in Redis.
 //! - [`control`]: PUT/DELETE on a stream held by any replica.
 //! - [`client_ip`]: the client address behind trusted proxies (connect rate limit).
+//! - [`origin`]: the `Origin` check of cookie-authenticated changes.
 //! - [`publishing`]: events posted over HTTP, written through Postgres.
 //! - [`serve`]: the listener: SSE streams written directly, other requests through hyper.
 //! - [`app`]: the HTTP routes; [`gateway`]: build and run a replica, and drain it.
@@ -34,6 +35,7 @@ pub mod history;
 pub mod hub;
 pub mod membership;
 pub mod metrics;
+pub mod origin;
 pub mod publishing;
 pub mod registry;
 pub mod serve;

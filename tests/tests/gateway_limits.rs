@@ -7,7 +7,8 @@
 //!   bumped by the sessions view and the membership query the gateway is
 //!   configured with) and bounded by the burst;
 //! - `DELETE ?organizationId=` broadcasts `closeAll` only for a caller who
-//!   holds a stream there.
+//!   holds a stream there;
+//! - a cookie-authenticated change needs an allowed `Origin`.
 
 #![allow(clippy::unwrap_used)] // test helpers, not only #[test] fns
 
@@ -260,5 +261,77 @@ async fn delete_by_organization_broadcasts_only_for_the_callers_own_streams() {
         "the first broadcast is ua's closeAll for orgA, none before it: {first}"
     );
     assert!(mine.ends_within(WAIT).await, "ua's stream is closed");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_authenticated_changes_need_an_allowed_origin() {
+    let ctx = TestContext::new().await;
+    ctx.batch(SEED).await;
+    ctx.batch(
+        "INSERT INTO sessions (id, \"sessionToken\", \"userId\", expires) VALUES
+           ('s1', 'ua-session-token', 'ua', now() + interval '1 day')",
+    )
+    .await;
+    let mut config = gateway_config(&ctx);
+    config.cors_origins = vec![APP_ORIGIN.into()];
+    let gw = RunningGateway::start(config).await;
+    let url = gw.stream_url("organizationId=orgA");
+    let own_origin = format!("http://{}", gw.addr);
+    let cookie = ("cookie", "authjs.session-token=ua-session-token");
+    let body = r#"{"type":"user.activity","payload":{"action":"viewed","resource":"r"}}"#;
+    let post = |headers: Vec<(&'static str, String)>| {
+        let url = url.clone();
+        async move {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            send(Method::POST, &url, &headers, body).await
+        }
+    };
+    let c = || (cookie.0, cookie.1.to_owned());
+    // Refused: a sibling's page, an opaque origin, no origin at all.
+    for (case, headers) in [
+        (
+            "sibling origin",
+            vec![c(), ("origin", "http://evil.test".into())],
+        ),
+        (
+            "sibling referer",
+            vec![c(), ("referer", "http://evil.test/page".into())],
+        ),
+        ("null origin", vec![c(), ("origin", "null".into())]),
+        ("no origin", vec![c()]),
+    ] {
+        assert_eq!(post(headers).await, 403, "{case}");
+    }
+    for method in [Method::PUT, Method::DELETE] {
+        let status = send(
+            method.clone(),
+            &gw.stream_url("organizationId=orgA&connectionId=00000000-0000-4000-8000-000000000000"),
+            &[cookie, ("origin", "http://evil.test")],
+            r#"{"channels":["all"]}"#,
+        )
+        .await;
+        assert_eq!(status, 403, "{method}");
+    }
+    // Accepted: a listed origin, the gateway's own, a listed referer, and
+    // a bearer token from anywhere.
+    for (case, headers) in [
+        ("listed origin", vec![c(), ("origin", APP_ORIGIN.into())]),
+        ("own origin", vec![c(), ("origin", own_origin.clone())]),
+        (
+            "listed referer",
+            vec![c(), ("referer", format!("{APP_ORIGIN}/dashboard"))],
+        ),
+        (
+            "bearer",
+            vec![
+                ("authorization", format!("Bearer {}", token("ua", 600))),
+                ("origin", "http://evil.test".into()),
+            ],
+        ),
+    ] {
+        assert_eq!(post(headers).await, 202, "{case}");
+    }
     gw.stop().await;
 }
