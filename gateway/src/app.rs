@@ -17,6 +17,7 @@
 //! change must come from an allowed origin ([`crate::origin`]).
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ use std::time::{Instant, SystemTime};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -40,7 +41,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::auth::{self, Verification, Verifier};
 use crate::caps::{CapError, Caps};
 use crate::channels::ChannelFilter;
-use crate::client_ip::ClientIp;
+use crate::client_ip::{self, ClientIp};
 use crate::control::{Command, Control};
 use crate::frame::data_only;
 use crate::history::History;
@@ -53,6 +54,7 @@ use crate::registry::Registry;
 use crate::serve::StreamSink;
 use crate::sink::Sink;
 use crate::stream::{Connection, Lease, gap_message, now_ms};
+use crate::strikes::Strikes;
 
 /// Longest organization id accepted (ids are short text keys).
 const MAX_ORG_ID: usize = 256;
@@ -77,6 +79,10 @@ pub struct AppState {
     pub publish_key: Option<String>,
     /// `user.activity` posts per user (this replica).
     pub activity_limiter: DefaultKeyedRateLimiter<String>,
+    /// Wrong publish keys per client IP (this replica).
+    pub publish_strikes: Strikes,
+    /// The client address behind trusted proxies (publish-key strikes).
+    pub client_ip: ClientIp,
     /// Origins whose pages may change state with the caller's cookie.
     pub origins: Origins,
 }
@@ -101,7 +107,8 @@ pub fn activity_limiter(rate: u32, burst: u32) -> DefaultKeyedRateLimiter<String
     RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
 }
 
-/// The public routes. The limiters' key maps are trimmed every few seconds until `stop`, so they hold only recently
+/// The public routes. The limiters' key maps (and the publish-key strikes)
+/// are trimmed every few seconds until `stop`, so they hold only recently
 /// seen clients.
 pub fn router(state: Arc<AppState>, options: RouterOptions) -> Router {
     let stop = state.stop.clone();
@@ -123,6 +130,17 @@ pub fn router(state: Arc<AppState>, options: RouterOptions) -> Router {
         Limited::Connect,
         &stop,
     );
+    let strikes_state = state.clone();
+    let strikes_stop = stop.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = strikes_stop.cancelled() => return,
+                _ = tick.tick() => strikes_state.publish_strikes.forget_drained(Instant::now()),
+            }
+        }
+    });
     let router = stream_routes.route("/api/realtime/publish", post(publish));
     // Every state-changing call, on either route, under one per-IP budget.
     let router = limit_per_ip(
@@ -708,25 +726,50 @@ async fn post_activity(
 }
 
 /// `POST /api/realtime/publish`: server-side publish with the publish key.
-async fn publish(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+///
+/// A client IP that sent `REALTIME_PUBLISH_KEY_FAILURES` wrong keys gets
+/// 429 until its failures drain, before its key is compared (so a guess
+/// made while locked out tells nothing, right or wrong). The comparison
+/// itself is constant-time. A missing key is a failure too.
+async fn publish(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let Some(key) = app.publish_key.as_deref() else {
         return plain(
             StatusCode::NOT_FOUND,
             "the publish API is off (REALTIME_PUBLISH_KEY is not set)",
         );
     };
+    let client = client_ip::limit_key(app.client_ip.resolve(peer.ip(), &headers));
+    if let Err(wait) = app.publish_strikes.check(client, Instant::now()) {
+        metrics::counter!(m::REJECTED, "reason" => "publish_key_failures").increment(1);
+        let mut response = plain(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many wrong publish keys from this address; wait",
+        );
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(wait.as_secs_f64().ceil().max(1.0) as u64),
+        );
+        return response;
+    }
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let Some(presented) = presented else {
+        app.publish_strikes.fail(client, Instant::now());
         return plain(
             StatusCode::UNAUTHORIZED,
             "Authorization: Bearer <publish key> required",
         );
     };
     if !bool::from(presented.as_bytes().ct_eq(key.as_bytes())) {
+        app.publish_strikes.fail(client, Instant::now());
         return plain(StatusCode::UNAUTHORIZED, "wrong publish key");
     }
     let content = match publishing::api_message(&body) {

@@ -262,6 +262,17 @@ pub struct Config {
     )]
     pub publish_key: Option<String>,
 
+    /// Wrong publish keys tolerated per client IP: past them, that IP's
+    /// `POST /api/realtime/publish` gets 429 (without the key being
+    /// compared) until the count has drained.
+    #[arg(long = "realtime-publish-key-failures", env = "REALTIME_PUBLISH_KEY_FAILURES", value_name = "REALTIME_PUBLISH_KEY_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub publish_key_failures: u32,
+
+    /// How fast the count of wrong publish keys drains: one failure is
+    /// forgotten per period.
+    #[arg(long = "realtime-publish-key-lockout", env = "REALTIME_PUBLISH_KEY_LOCKOUT", value_name = "REALTIME_PUBLISH_KEY_LOCKOUT", default_value = "1m", value_parser = parse_positive_duration)]
+    pub publish_key_lockout: Duration,
+
     /// `POST`, `PUT`, `DELETE` requests per second per client IP (the
     /// stream route's activity and control calls and the publish API),
     /// fractions allowed; 0: no limit.

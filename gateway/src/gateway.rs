@@ -25,6 +25,7 @@ use crate::origin::Origins;
 use crate::publishing::Emitter;
 use crate::registry::{CloseReason, Registry};
 use crate::serve;
+use crate::strikes::Strikes;
 
 /// Why a replica could not start; each message is the one line printed
 /// before a non-zero exit.
@@ -193,6 +194,11 @@ impl Gateway {
                 self.config.activity_rate,
                 self.config.activity_burst,
             ),
+            publish_strikes: Strikes::new(
+                self.config.publish_key_failures,
+                self.config.publish_key_lockout,
+            ),
+            client_ip: self.client_ip.clone(),
             origins: Origins::new(&self.config.cors_origins),
         });
         let readiness_task = tokio::spawn(watch_readiness(

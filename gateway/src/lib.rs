@@ -17,6 +17,7 @@
 //! - [`control`]: PUT/DELETE on a stream held by any replica.
 //! - [`client_ip`]: the client address behind trusted proxies (connect rate limit).
 //! - [`origin`]: the `Origin` check of cookie-authenticated changes.
+//! - [`strikes`]: failed publish keys per client IP.
 //! - [`publishing`]: events posted over HTTP, written through Postgres.
 //! - [`serve`]: the listener: SSE streams written directly, other requests through hyper.
 //! - [`app`]: the HTTP routes; [`gateway`]: build and run a replica, and drain it.
@@ -41,6 +42,7 @@ pub mod registry;
 pub mod serve;
 pub mod sink;
 pub mod stream;
+pub mod strikes;
 pub mod trace;
 
 pub use crate::config::Config;

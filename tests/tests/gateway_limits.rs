@@ -8,7 +8,8 @@
 //!   configured with) and bounded by the burst;
 //! - `DELETE ?organizationId=` broadcasts `closeAll` only for a caller who
 //!   holds a stream there;
-//! - a cookie-authenticated change needs an allowed `Origin`.
+//! - a cookie-authenticated change needs an allowed `Origin`;
+//! - wrong publish keys lock the sending address out.
 
 #![allow(clippy::unwrap_used)] // test helpers, not only #[test] fns
 
@@ -23,6 +24,7 @@ use support::gateway::{RunningGateway, gateway_config, token};
 use support::sse::SseClient;
 
 const WAIT: Duration = Duration::from_secs(30);
+const PUBLISH_KEY: &str = "test-publish-key-at-least-32-bytes-long";
 const APP_ORIGIN: &str = "http://app.test";
 
 const SEED: &str = "INSERT INTO organizations (id, name) VALUES ('orgA', 'Acme'), ('orgB', 'Bolt');
@@ -333,5 +335,43 @@ async fn cookie_authenticated_changes_need_an_allowed_origin() {
     ] {
         assert_eq!(post(headers).await, 202, "{case}");
     }
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_publish_keys_lock_the_address_out() {
+    let ctx = TestContext::new().await;
+    ctx.batch(SEED).await;
+    let mut config = gateway_config(&ctx);
+    config.publish_key = Some(PUBLISH_KEY.into());
+    config.publish_key_failures = 3;
+    config.publish_key_lockout = Duration::from_secs(600);
+    config.trusted_proxies = vec!["127.0.0.0/8".into()];
+    config.request_rate = 0.0;
+    let gw = RunningGateway::start(config).await;
+    let url = format!("http://{}/api/realtime/publish", gw.addr);
+    let alert = r#"{"type":"system.alert","payload":{"level":"info","message":"m"}}"#;
+    let publish = |key: &'static str, client: &'static str| {
+        let url = url.clone();
+        async move {
+            let auth = format!("Bearer {key}");
+            send(
+                Method::POST,
+                &url,
+                &[("authorization", &auth), ("x-forwarded-for", client)],
+                alert,
+            )
+            .await
+        }
+    };
+    assert_eq!(publish(PUBLISH_KEY, "198.51.100.1").await, 202);
+    for _ in 0..3 {
+        assert_eq!(publish("wrong-key", "198.51.100.1").await, 401);
+    }
+    // Locked out: even the right key is not compared.
+    assert_eq!(publish(PUBLISH_KEY, "198.51.100.1").await, 429);
+    assert_eq!(publish("wrong-key", "198.51.100.1").await, 429);
+    // Another address is not.
+    assert_eq!(publish(PUBLISH_KEY, "198.51.100.2").await, 202);
     gw.stop().await;
 }
