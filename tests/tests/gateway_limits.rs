@@ -1,6 +1,6 @@
 //! Per-IP limits on every method, and the smaller protections of security
 //! issue 11 (DESIGN §3), against real Postgres and Redis and the gateway
-//! in-process:
+//! in-process (or its real binary for start-up refusals):
 //!
 //! - `HEAD`, `POST`, `PUT`, `DELETE` floods from one address get 429 after
 //!   the burst, and the database work they cause is counted (a sequence
@@ -9,7 +9,8 @@
 //! - `DELETE ?organizationId=` broadcasts `closeAll` only for a caller who
 //!   holds a stream there;
 //! - a cookie-authenticated change needs an allowed `Origin`;
-//! - wrong publish keys lock the sending address out.
+//! - wrong publish keys lock the sending address out;
+//! - secrets are refused as flags and when shorter than 32 bytes.
 
 #![allow(clippy::unwrap_used)] // test helpers, not only #[test] fns
 
@@ -18,9 +19,9 @@ mod support;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use realtime_tests::TestContext;
+use realtime_tests::{ChildProcess, TestContext, binary_path, free_port};
 use reqwest::Method;
-use support::gateway::{RunningGateway, gateway_config, token};
+use support::gateway::{JWT_SECRET, RunningGateway, gateway_config, token};
 use support::sse::SseClient;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -374,4 +375,66 @@ async fn wrong_publish_keys_lock_the_address_out() {
     // Another address is not.
     assert_eq!(publish(PUBLISH_KEY, "198.51.100.2").await, 202);
     gw.stop().await;
+}
+
+#[tokio::test]
+async fn secrets_as_flags_or_too_short_stop_start_up_with_one_line() {
+    let ctx = TestContext::new().await;
+    let env = |port: u16| {
+        let mut env = ctx.gateway_env(([127, 0, 0, 1], port).into(), JWT_SECRET);
+        env.push(("REALTIME_IO_TIMEOUT", "3s".to_owned()));
+        env
+    };
+    let long = "0123456789abcdef0123456789abcdef";
+    let cases: Vec<(Vec<String>, Vec<(&str, String)>, &str)> = vec![
+        (
+            vec!["--auth-secret".into(), long.into()],
+            vec![],
+            "AUTH_SECRET",
+        ),
+        (
+            vec![format!("--realtime-publish-key={long}")],
+            vec![],
+            "REALTIME_PUBLISH_KEY",
+        ),
+        (
+            vec![],
+            vec![("REALTIME_PUBLISH_KEY", "short".into())],
+            "REALTIME_PUBLISH_KEY",
+        ),
+        (
+            vec![],
+            vec![("AUTH_SECRET", "a-short-app-secret".into())],
+            "AUTH_SECRET",
+        ),
+        (
+            vec![],
+            vec![("NEXTAUTH_SECRET", "x".repeat(31))],
+            "NEXTAUTH_SECRET",
+        ),
+        (
+            vec![],
+            vec![("REALTIME_JWT_SECRET", "jwt-secret".into())],
+            "REALTIME_JWT_SECRET",
+        ),
+    ];
+    for (args, extra, named) in cases {
+        let mut e = env(free_port());
+        e.extend(extra);
+        let mut gw = ChildProcess::spawn_with_args(&binary_path("realtime-gateway"), &args, &e);
+        let status = gw.wait_exit(WAIT).await;
+        let out = gw.output_text();
+        assert!(!status.success(), "{named}: exits non-zero:\n{out}");
+        assert!(!out.contains("panicked"), "{named}: no panic:\n{out}");
+        let last = out
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or_default();
+        assert!(
+            last.starts_with("error:") && last.contains(named),
+            "{named}: {last}"
+        );
+        assert!(!out.contains(long), "the secret is not echoed:\n{out}");
+    }
 }
