@@ -8,9 +8,11 @@
 //! `Origin` on every such request (a page cannot forge it), so the gateway
 //! acts on a cookie-authenticated change only when `Origin` (or, without
 //! it, the origin of `Referer`) is in `REALTIME_CORS_ORIGINS` or is the
-//! gateway's own origin (its authority equals the request's `Host`). A
-//! request with neither header is refused too: every browser that sends
-//! cookies sends one of them. Bearer-authenticated requests are not
+//! gateway's own origin: its `host:port` equals the request's `Host`, or,
+//! when `Host` carries no port (a proxy forwarding nginx's `$host`), its
+//! host name does. The scheme is not compared: behind a TLS-terminating
+//! proxy the gateway cannot know it. A request with neither header is
+//! refused too: every browser that sends cookies sends one of them. Bearer-authenticated requests are not
 //! affected: a page cannot attach someone else's bearer token.
 
 use axum::http::{HeaderMap, Uri, header};
@@ -51,10 +53,29 @@ impl Origins {
             .or_else(|| uri.authority().map(|a| a.as_str().to_owned()))
             .map(|h| h.trim().to_ascii_lowercase());
         match (authority(&origin), host) {
-            (Some(a), Some(h)) => !h.is_empty() && a == h,
+            (Some(a), Some(h)) if !h.is_empty() => {
+                a == h || (!has_port(&h) && strip_port(a) == h.as_str())
+            }
             _ => false,
         }
     }
+}
+
+/// Whether an authority (`host`, `host:port`, `[v6]`, `[v6]:port`) has a port.
+fn has_port(authority: &str) -> bool {
+    match authority.rfind(']') {
+        Some(end) => authority[end..].contains(':'),
+        None => authority.contains(':'),
+    }
+}
+
+fn strip_port(authority: &str) -> &str {
+    if !has_port(authority) {
+        return authority;
+    }
+    authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host)
 }
 
 fn normalize(origin: &str) -> String {
@@ -133,6 +154,17 @@ mod tests {
         assert!(!ok(&[host, ("referer", "not a url")]));
         assert!(!ok(&[host]));
         assert!(!ok(&[("origin", "https://rt.example.com")]));
+        // A proxy that forwards `Host` without the port.
+        let bare = ("host", "rt.example.com");
+        assert!(ok(&[bare, ("origin", "https://rt.example.com:8443")]));
+        assert!(!ok(&[bare, ("origin", "https://evil.example.com:8443")]));
+        assert!(!ok(&[
+            ("host", "rt.example.com:8080"),
+            ("origin", "https://rt.example.com:9999")
+        ]));
+        let v6 = ("host", "[::1]");
+        assert!(ok(&[v6, ("origin", "http://[::1]:8080")]));
+        assert!(!ok(&[v6, ("origin", "http://[::2]:8080")]));
         // HTTP/2: the authority is in the URI.
         let h2 = Uri::from_static("https://rt.example.com/api/realtime/stream");
         let h = headers(&[("origin", "https://rt.example.com")]);
