@@ -387,14 +387,16 @@ async fn authenticate_change(
     headers: &HeaderMap,
     uri: &Uri,
 ) -> Result<(String, Option<SystemTime>), Response> {
-    if let Some(auth::Credential::SessionCookie { .. }) = auth::credentials_from_headers(headers) {
-        if !app.origins.allows(headers, uri) {
-            metrics::counter!(m::REJECTED, "reason" => "cross_origin").increment(1);
-            return Err(plain(
-                StatusCode::FORBIDDEN,
-                "a cookie-authenticated change needs an allowed Origin (REALTIME_CORS_ORIGINS or this host)",
-            ));
-        }
+    let by_cookie = matches!(
+        auth::credentials_from_headers(headers),
+        Some(auth::Credential::SessionCookie { .. })
+    );
+    if by_cookie && !app.origins.allows(headers, uri) {
+        metrics::counter!(m::REJECTED, "reason" => "cross_origin").increment(1);
+        return Err(plain(
+            StatusCode::FORBIDDEN,
+            "a cookie-authenticated change needs an allowed Origin (REALTIME_CORS_ORIGINS or this host)",
+        ));
     }
     authenticate(app, headers).await
 }

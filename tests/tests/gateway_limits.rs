@@ -386,7 +386,9 @@ async fn secrets_as_flags_or_too_short_stop_start_up_with_one_line() {
         env
     };
     let long = "0123456789abcdef0123456789abcdef";
-    let cases: Vec<(Vec<String>, Vec<(&str, String)>, &str)> = vec![
+    // (flags, extra environment, the variable the refusal names)
+    type Case<'a> = (Vec<String>, Vec<(&'a str, String)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             vec!["--auth-secret".into(), long.into()],
             vec![],
