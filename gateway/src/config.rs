@@ -1,5 +1,9 @@
 //! The gateway's settings: environment variables and the same-named flags
 //! (DESIGN §5). `realtime-gateway --help` lists them all with defaults.
+//!
+//! Secrets are the exception to "the same-named flag": they are read from
+//! the environment only and must be at least [`MIN_SECRET_BYTES`] long
+//! ([`Config::from_process`], [`Config::check_secrets`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
