@@ -10,6 +10,8 @@
 //!   holds a stream there;
 //! - a cookie-authenticated change needs an allowed `Origin`;
 //! - wrong publish keys lock the sending address out;
+//! - an `ip:port` or unparseable `X-Forwarded-For` hop from a trusted proxy
+//!   does not let the client choose its rate-limit key;
 //! - secrets are refused as flags and when shorter than 32 bytes.
 
 #![allow(clippy::unwrap_used)] // test helpers, not only #[test] fns
@@ -439,4 +441,48 @@ async fn secrets_as_flags_or_too_short_stop_start_up_with_one_line() {
         );
         assert!(!out.contains(long), "the secret is not echoed:\n{out}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_hops_with_ports_or_garbage_cannot_pick_the_rate_limit_key() {
+    let ctx = TestContext::new().await;
+    ctx.batch(SEED).await;
+    let mut config = gateway_config(&ctx);
+    // HEAD counts as a connect: two per address, then 429 for 10 s.
+    config.connect_rate = 0.1;
+    config.connect_burst = 2;
+    config.trusted_proxies = vec!["127.0.0.0/8".into()];
+    let gw = RunningGateway::start(config).await;
+    let url = gw.stream_url("organizationId=orgA");
+    let bearer = format!("Bearer {}", token("ua", 600));
+    for (case, last_hop) in [
+        // The trusted proxy wrote an address with a port: that address is
+        // the client, whatever the client put on its left.
+        ("ip:port", "198.51.100.7:4711"),
+        ("[v6]:port", "[2001:db8::7]:4711"),
+        // The trusted proxy wrote something that is not an address: the
+        // chain ends at the proxy (the peer), not at the client's value.
+        ("garbage", "unknown"),
+    ] {
+        let mut statuses = Vec::new();
+        for i in 0..5 {
+            // A different spoofed address each time.
+            let xff = format!("203.0.113.{i}, {last_hop}");
+            statuses.push(
+                send(
+                    Method::HEAD,
+                    &url,
+                    &[("authorization", &bearer), ("x-forwarded-for", &xff)],
+                    "",
+                )
+                .await,
+            );
+        }
+        assert_eq!(
+            statuses,
+            [405, 405, 429, 429, 429],
+            "{case}: one key whatever the client wrote"
+        );
+    }
+    gw.stop().await;
 }
