@@ -1,13 +1,23 @@
 //! The public HTTP API (DESIGN §3): `GET`, `POST`, `PUT`, `DELETE
 //! /api/realtime/stream`, `POST /api/realtime/publish`, CORS, and the
-//! per-IP connect rate limit.
+//! per-IP rate limits.
 //!
 //! `GET` request path, in order: draining (503) → connect rate (429) →
 //! credentials (401) → query (400) → membership precheck (403) → Redis
 //! subscription confirmed (503) → membership since the subscription (403)
 //! → connection caps (429) → resume point → stream.
+//!
+//! Every method is limited per client IP before any I/O: `GET` and `HEAD`
+//! by the connect limiter (`REALTIME_CONNECT_RATE`; `HEAD` is then answered
+//! 405 without running the stream handler: an SSE stream has no head worth
+//! the membership queries and the subscription); `POST`, `PUT`, `DELETE`
+//! and the publish API by the request limiter (`REALTIME_REQUEST_RATE`).
+//! `OPTIONS` (CORS preflight) is answered by the CORS layer from its
+//! configuration alone, no I/O, and is not limited. A cookie-authenticated
+//! change must come from an allowed origin ([`crate::origin`]).
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,8 +26,8 @@ use std::time::{Instant, SystemTime};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -31,18 +41,20 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::auth::{self, Verification, Verifier};
 use crate::caps::{CapError, Caps};
 use crate::channels::ChannelFilter;
-use crate::client_ip::ClientIp;
+use crate::client_ip::{self, ClientIp};
 use crate::control::{Command, Control};
 use crate::frame::data_only;
 use crate::history::History;
 use crate::hub::Hub;
 use crate::membership::{Membership, MembershipError};
 use crate::metrics as m;
+use crate::origin::Origins;
 use crate::publishing::{self, Emitter, PublishError};
 use crate::registry::Registry;
 use crate::serve::StreamSink;
 use crate::sink::Sink;
 use crate::stream::{Connection, Lease, gap_message, now_ms};
+use crate::strikes::Strikes;
 
 /// Longest organization id accepted (ids are short text keys).
 const MAX_ORG_ID: usize = 256;
@@ -67,6 +79,12 @@ pub struct AppState {
     pub publish_key: Option<String>,
     /// `user.activity` posts per user (this replica).
     pub activity_limiter: DefaultKeyedRateLimiter<String>,
+    /// Wrong publish keys per client IP (this replica).
+    pub publish_strikes: Strikes,
+    /// The client address behind trusted proxies (publish-key strikes).
+    pub client_ip: ClientIp,
+    /// Origins whose pages may change state with the caller's cookie.
+    pub origins: Origins,
 }
 
 /// How the public router limits and shares.
@@ -75,6 +93,9 @@ pub struct RouterOptions {
     /// New streams per second per client IP; 0: no limit.
     pub connect_rate: f64,
     pub connect_burst: u32,
+    /// `POST`/`PUT`/`DELETE` requests per second per client IP; 0: no limit.
+    pub request_rate: f64,
+    pub request_burst: u32,
     pub client_ip: ClientIp,
     pub max_publish_bytes: usize,
 }
@@ -86,57 +107,52 @@ pub fn activity_limiter(rate: u32, burst: u32) -> DefaultKeyedRateLimiter<String
     RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
 }
 
-/// The public routes. The connect limiter's key map is trimmed every few
-/// seconds until `stop`, so it holds only recently seen clients.
+/// The public routes. The limiters' key maps (and the publish-key strikes)
+/// are trimmed every few seconds until `stop`, so they hold only recently
+/// seen clients.
 pub fn router(state: Arc<AppState>, options: RouterOptions) -> Router {
     let stop = state.stop.clone();
     let mut stream_routes = Router::new().route(
         "/api/realtime/stream",
         get(stream)
+            .head(head_stream)
             .post(post_activity)
             .put(put_stream)
             .delete(delete_stream),
     );
-    if options.connect_rate > 0.0 {
-        let period =
-            Duration::from_secs_f64(1.0 / options.connect_rate).max(Duration::from_nanos(1));
-        let config = GovernorConfigBuilder::default()
-            .period(period)
-            .burst_size(options.connect_burst.max(1))
-            .methods(vec![Method::GET])
-            .key_extractor(options.client_ip)
-            .finish();
-        if let Some(config) = config {
-            let limiter = config.limiter().clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(5));
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tick.tick() => {
-                            limiter.retain_recent();
-                            limiter.shrink_to_fit();
-                        }
-                    }
-                }
-            });
-            stream_routes =
-                stream_routes.layer(GovernorLayer::new(config).error_handler(|e| match e {
-                    tower_governor::GovernorError::TooManyRequests { wait_time, .. } => too_many(
-                        "rate_limited",
-                        "too many new connections; slow down",
-                        wait_time.max(1),
-                    ),
-                    _ => reject(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "error",
-                        "client address unknown",
-                    ),
-                }));
+    // A stream connect, whether `GET` or `HEAD`.
+    stream_routes = limit_per_ip(
+        stream_routes,
+        &options.client_ip,
+        options.connect_rate,
+        options.connect_burst,
+        vec![Method::GET, Method::HEAD],
+        Limited::Connect,
+        &stop,
+    );
+    let strikes_state = state.clone();
+    let strikes_stop = stop.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = strikes_stop.cancelled() => return,
+                _ = tick.tick() => strikes_state.publish_strikes.forget_drained(Instant::now()),
+            }
         }
-    }
-    let router = stream_routes
-        .route("/api/realtime/publish", post(publish))
+    });
+    let router = stream_routes.route("/api/realtime/publish", post(publish));
+    // Every state-changing call, on either route, under one per-IP budget.
+    let router = limit_per_ip(
+        router,
+        &options.client_ip,
+        options.request_rate,
+        options.request_burst,
+        vec![Method::POST, Method::PUT, Method::DELETE],
+        Limited::Request,
+        &stop,
+    );
+    let router = router
         .layer(DefaultBodyLimit::max(options.max_publish_bytes))
         .with_state(state);
     let origins: Vec<HeaderValue> = options
@@ -167,6 +183,82 @@ pub fn router(state: Arc<AppState>, options: RouterOptions) -> Router {
             ])
             .max_age(Duration::from_secs(600)),
     )
+}
+
+/// Which per-IP limiter refused a request.
+#[derive(Clone, Copy)]
+enum Limited {
+    /// A stream connect (`GET`, `HEAD`): counted as a refused connection.
+    Connect,
+    /// A `POST`, `PUT` or `DELETE`.
+    Request,
+}
+
+/// `routes` with a per-client-IP limit on `methods` (tower_governor, keyed
+/// by [`ClientIp`]): `rate` per second with `burst`, 429 with
+/// `Retry-After` beyond; a `rate` of 0 leaves them unlimited. The limiter
+/// runs before the handlers, so a refused request costs no I/O.
+fn limit_per_ip(
+    routes: Router<Arc<AppState>>,
+    client_ip: &ClientIp,
+    rate: f64,
+    burst: u32,
+    methods: Vec<Method>,
+    limited: Limited,
+    stop: &CancellationToken,
+) -> Router<Arc<AppState>> {
+    if rate <= 0.0 {
+        return routes;
+    }
+    let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1));
+    let Some(config) = GovernorConfigBuilder::default()
+        .period(period)
+        .burst_size(burst.max(1))
+        .methods(methods)
+        .key_extractor(client_ip.clone())
+        .finish()
+    else {
+        return routes;
+    };
+    let limiter = config.limiter().clone();
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {
+                    limiter.retain_recent();
+                    limiter.shrink_to_fit();
+                }
+            }
+        }
+    });
+    routes.layer(GovernorLayer::new(config).error_handler(move |e| match e {
+        tower_governor::GovernorError::TooManyRequests { wait_time, .. } => match limited {
+            Limited::Connect => too_many(
+                "rate_limited",
+                "too many new connections; slow down",
+                wait_time.max(1),
+            ),
+            Limited::Request => {
+                metrics::counter!(m::REJECTED, "reason" => "request_rate_limited").increment(1);
+                let mut response = plain(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many requests; slow down",
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(wait_time.max(1)));
+                response
+            }
+        },
+        _ => reject(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "error",
+            "client address unknown",
+        ),
+    }))
 }
 
 fn reject(status: StatusCode, reason: &'static str, why: &str) -> Response {
@@ -296,6 +388,28 @@ async fn authenticate_with_session(
             ))
         }
     }
+}
+
+/// [`authenticate`] for a state-changing request (`POST`, `PUT`,
+/// `DELETE`): a session cookie is honoured only from an allowed origin
+/// (403 otherwise, before any lookup); a bearer token needs no check.
+async fn authenticate_change(
+    app: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<(String, Option<SystemTime>), Response> {
+    let by_cookie = matches!(
+        auth::credentials_from_headers(headers),
+        Some(auth::Credential::SessionCookie { .. })
+    );
+    if by_cookie && !app.origins.allows(headers, uri) {
+        metrics::counter!(m::REJECTED, "reason" => "cross_origin").increment(1);
+        return Err(plain(
+            StatusCode::FORBIDDEN,
+            "a cookie-authenticated change needs an allowed Origin (REALTIME_CORS_ORIGINS or this host)",
+        ));
+    }
+    authenticate(app, headers).await
 }
 
 /// `organizationId` checked: present, bounded, no control characters.
@@ -559,15 +673,32 @@ async fn stream(
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
+/// `HEAD /api/realtime/stream`: 405, answered without running the stream
+/// handler (axum would otherwise run it whole, membership queries,
+/// subscription and caps included, and drop the body). The connect limiter
+/// has already counted it as a connect.
+async fn head_stream() -> Response {
+    let mut response = plain(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "HEAD is not served on the stream; use GET",
+    );
+    response.headers_mut().insert(
+        header::ALLOW,
+        HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"),
+    );
+    response
+}
+
 /// `POST /api/realtime/stream?organizationId=`: a member publishes a
 /// `user.activity` to the organization, as themselves.
 async fn post_activity(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
+    uri: Uri,
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Response {
-    let (user, _) = match authenticate(&app, &headers).await {
+    let (user, _) = match authenticate_change(&app, &headers, &uri).await {
         Ok(who) => who,
         Err(refusal) => return refusal,
     };
@@ -611,25 +742,50 @@ async fn post_activity(
 }
 
 /// `POST /api/realtime/publish`: server-side publish with the publish key.
-async fn publish(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+///
+/// A client IP that sent `REALTIME_PUBLISH_KEY_FAILURES` wrong keys gets
+/// 429 until its failures drain, before its key is compared (so a guess
+/// made while locked out tells nothing, right or wrong). The comparison
+/// itself is constant-time. A missing key is a failure too.
+async fn publish(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let Some(key) = app.publish_key.as_deref() else {
         return plain(
             StatusCode::NOT_FOUND,
             "the publish API is off (REALTIME_PUBLISH_KEY is not set)",
         );
     };
+    let client = client_ip::limit_key(app.client_ip.resolve(peer.ip(), &headers));
+    if let Err(wait) = app.publish_strikes.check(client, Instant::now()) {
+        metrics::counter!(m::REJECTED, "reason" => "publish_key_failures").increment(1);
+        let mut response = plain(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many wrong publish keys from this address; wait",
+        );
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(wait.as_secs_f64().ceil().max(1.0) as u64),
+        );
+        return response;
+    }
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let Some(presented) = presented else {
+        app.publish_strikes.fail(client, Instant::now());
         return plain(
             StatusCode::UNAUTHORIZED,
             "Authorization: Bearer <publish key> required",
         );
     };
     if !bool::from(presented.as_bytes().ct_eq(key.as_bytes())) {
+        app.publish_strikes.fail(client, Instant::now());
         return plain(StatusCode::UNAUTHORIZED, "wrong publish key");
     }
     let content = match publishing::api_message(&body) {
@@ -698,10 +854,11 @@ async fn owned(app: &AppState, user: &str, id: &str) -> Result<(), Response> {
 async fn put_stream(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
+    uri: Uri,
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Response {
-    let (user, _) = match authenticate(&app, &headers).await {
+    let (user, _) = match authenticate_change(&app, &headers, &uri).await {
         Ok(who) => who,
         Err(refusal) => return refusal,
     };
@@ -747,12 +904,20 @@ async fn put_stream(
 
 /// `DELETE /api/realtime/stream?connectionId=` (one stream) or
 /// `?organizationId=` (all of the caller's streams to that organization).
+///
+/// `closeAll` goes to every replica, so it is sent only when the caller
+/// holds at least one live stream in that organization (a lease in the
+/// caps, on any replica); otherwise there is nothing to close and the
+/// answer is the same 204 without a broadcast. This needs no membership
+/// query: a caller can only ever close their own streams, and one who has
+/// none there costs one Redis script, not a message to every replica.
 async fn delete_stream(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
+    uri: Uri,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let (user, _) = match authenticate(&app, &headers).await {
+    let (user, _) = match authenticate_change(&app, &headers, &uri).await {
         Ok(who) => who,
         Err(refusal) => return refusal,
     };
@@ -771,13 +936,27 @@ async fn delete_stream(
         }
     } else {
         match query.organization_id {
-            Some(_) => match organization_param(query.organization_id) {
-                Ok(org) => Command::CloseAll {
+            Some(_) => {
+                let org = match organization_param(query.organization_id) {
+                    Ok(org) => org,
+                    Err(refusal) => return refusal,
+                };
+                match app.caps.has_stream_in(&user, &org).await {
+                    Ok(true) => {}
+                    Ok(false) => return StatusCode::NO_CONTENT.into_response(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "connection registry unavailable");
+                        return plain(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "connection registry unavailable; retry",
+                        );
+                    }
+                }
+                Command::CloseAll {
                     user_id: user,
                     organization_id: org,
-                },
-                Err(refusal) => return refusal,
-            },
+                }
+            }
             None => {
                 return plain(
                     StatusCode::BAD_REQUEST,

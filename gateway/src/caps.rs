@@ -13,7 +13,8 @@
 //!
 //! The user's set doubles as the ownership record `PUT`/`DELETE` check: a
 //! connection id is the caller's when it holds a live lease in their set,
-//! whichever replica serves it.
+//! whichever replica serves it; and the caller has a stream in an
+//! organization when one of their live leases is also in its set.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,6 +71,20 @@ if score and tonumber(score) > now then return 1 end
 return 0
 ";
 
+/// KEYS: the user's set, the organization's set. Whether one of the user's
+/// live leases is also a live lease in the organization; at most the
+/// user's cap of members is read.
+const HAS_STREAM_IN: &str = r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+for _, id in ipairs(ids) do
+  local score = redis.call('ZSCORE', KEYS[2], id)
+  if score and tonumber(score) > now then return 1 end
+end
+return 0
+";
+
 #[derive(Debug, thiserror::Error)]
 pub enum CapError {
     #[error("too many open streams for this user")]
@@ -84,6 +99,7 @@ struct Scripts {
     acquire: Script,
     renew: Script,
     owns: Script,
+    has_stream_in: Script,
 }
 
 #[derive(Clone)]
@@ -114,6 +130,7 @@ impl Caps {
                 acquire: Script::new(ACQUIRE),
                 renew: Script::new(RENEW),
                 owns: Script::new(OWNS),
+                has_stream_in: Script::new(HAS_STREAM_IN),
             }),
         }
     }
@@ -191,6 +208,20 @@ impl Caps {
             .invoke_async(&mut redis)
             .await?;
         Ok(owned == 1)
+    }
+
+    /// Whether `user` holds a live stream in `org`, on any replica (what
+    /// `DELETE ?organizationId=` would close).
+    pub async fn has_stream_in(&self, user: &str, org: &str) -> Result<bool, redis::RedisError> {
+        let mut redis = self.redis.clone();
+        let found: i64 = self
+            .scripts
+            .has_stream_in
+            .key(self.user_key(user))
+            .key(self.org_key(org))
+            .invoke_async(&mut redis)
+            .await?;
+        Ok(found == 1)
     }
 
     /// Renews the leases of every stream in `registry` every third of a

@@ -1,11 +1,64 @@
 //! The gateway's settings: environment variables and the same-named flags
 //! (DESIGN §5). `realtime-gateway --help` lists them all with defaults.
+//!
+//! Secrets are the exception to "the same-named flag": they are read from
+//! the environment only and must be at least [`MIN_SECRET_BYTES`] long
+//! ([`Config::from_process`], [`Config::check_secrets`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use realtime_shared::config::{parse_key_prefix, parse_positive_duration};
+
+/// Shortest secret accepted, in bytes: what `openssl rand -base64 32` or
+/// `npx auth secret` print (32 random bytes, 43–44 characters) passes, a
+/// word or a short phrase does not. An HS256 key or an HKDF input shorter
+/// than the hash's 32 bytes can be guessed offline from one token.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// The secret settings: clap id, variable, flag. They are read from the
+/// environment only: a flag's value is visible to every local user in
+/// `ps` and `/proc/<pid>/cmdline`.
+const SECRETS: [(&str, &str, &str); 7] = [
+    ("auth_secret", "AUTH_SECRET", "--auth-secret"),
+    ("nextauth_secret", "NEXTAUTH_SECRET", "--nextauth-secret"),
+    ("auth_secret_1", "AUTH_SECRET_1", "--auth-secret-1"),
+    ("auth_secret_2", "AUTH_SECRET_2", "--auth-secret-2"),
+    ("auth_secret_3", "AUTH_SECRET_3", "--auth-secret-3"),
+    ("jwt_secret", "REALTIME_JWT_SECRET", "--realtime-jwt-secret"),
+    (
+        "publish_key",
+        "REALTIME_PUBLISH_KEY",
+        "--realtime-publish-key",
+    ),
+];
+
+const SECRETS_HELP: &str =
+    "Secrets, from the environment only (never flags: a command line is visible in ps), \
+each at least 32 bytes when set:
+  AUTH_SECRET            Auth.js / NextAuth secret (session cookies)
+  NEXTAUTH_SECRET        used when AUTH_SECRET is not set
+  AUTH_SECRET_1..3       rotated secrets, tried after AUTH_SECRET
+  REALTIME_JWT_SECRET    HS256 secret for `Authorization: Bearer` JWTs
+  REALTIME_PUBLISH_KEY   Bearer key of POST /api/realtime/publish; unset: that endpoint is off";
+
+/// A setting refused after parsing; the message is the one start-up line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "{var}: secrets are read from the environment only, not from {flag} (a command line is visible to every user in ps)"
+    )]
+    SecretFlag {
+        var: &'static str,
+        flag: &'static str,
+    },
+    #[error(
+        "{var}: too short ({len} bytes); use at least {MIN_SECRET_BYTES} random bytes, e.g. `openssl rand -base64 32`"
+    )]
+    ShortSecret { var: &'static str, len: usize },
+}
 
 /// The membership query of DESIGN §6: `$1` user id, `$2` organization id;
 /// one row with the organization's name when the user is a member.
@@ -16,7 +69,8 @@ pub const DEFAULT_MEMBERSHIP_QUERY: &str = "SELECT o.name FROM organization_memb
     name = "realtime-gateway",
     version,
     about = "Serves per-organization realtime events over Server-Sent Events.",
-    long_about = None
+    long_about = None,
+    after_help = SECRETS_HELP
 )]
 pub struct Config {
     /// Postgres URL: membership queries and database sessions.
@@ -81,6 +135,7 @@ pub struct Config {
     /// Auth.js / NextAuth secret (session cookies).
     #[arg(
         long = "auth-secret",
+        hide = true,
         env = "AUTH_SECRET",
         value_name = "AUTH_SECRET",
         hide_env_values = true
@@ -90,6 +145,7 @@ pub struct Config {
     /// Used when AUTH_SECRET is not set.
     #[arg(
         long = "nextauth-secret",
+        hide = true,
         env = "NEXTAUTH_SECRET",
         value_name = "NEXTAUTH_SECRET",
         hide_env_values = true
@@ -99,6 +155,7 @@ pub struct Config {
     /// Rotated secrets, tried after AUTH_SECRET.
     #[arg(
         long = "auth-secret-1",
+        hide = true,
         env = "AUTH_SECRET_1",
         value_name = "AUTH_SECRET_1",
         hide_env_values = true
@@ -106,6 +163,7 @@ pub struct Config {
     pub auth_secret_1: Option<String>,
     #[arg(
         long = "auth-secret-2",
+        hide = true,
         env = "AUTH_SECRET_2",
         value_name = "AUTH_SECRET_2",
         hide_env_values = true
@@ -113,6 +171,7 @@ pub struct Config {
     pub auth_secret_2: Option<String>,
     #[arg(
         long = "auth-secret-3",
+        hide = true,
         env = "AUTH_SECRET_3",
         value_name = "AUTH_SECRET_3",
         hide_env_values = true
@@ -122,6 +181,7 @@ pub struct Config {
     /// HS256 secret for `Authorization: Bearer` JWTs.
     #[arg(
         long = "realtime-jwt-secret",
+        hide = true,
         env = "REALTIME_JWT_SECRET",
         value_name = "REALTIME_JWT_SECRET",
         hide_env_values = true
@@ -205,11 +265,33 @@ pub struct Config {
     /// Bearer key of `POST /api/realtime/publish`; unset: that endpoint is off.
     #[arg(
         long = "realtime-publish-key",
+        hide = true,
         env = "REALTIME_PUBLISH_KEY",
         value_name = "REALTIME_PUBLISH_KEY",
         hide_env_values = true
     )]
     pub publish_key: Option<String>,
+
+    /// Wrong publish keys tolerated per client IP: past them, that IP's
+    /// `POST /api/realtime/publish` gets 429 (without the key being
+    /// compared) until the count has drained.
+    #[arg(long = "realtime-publish-key-failures", env = "REALTIME_PUBLISH_KEY_FAILURES", value_name = "REALTIME_PUBLISH_KEY_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub publish_key_failures: u32,
+
+    /// How fast the count of wrong publish keys drains: one failure is
+    /// forgotten per period.
+    #[arg(long = "realtime-publish-key-lockout", env = "REALTIME_PUBLISH_KEY_LOCKOUT", value_name = "REALTIME_PUBLISH_KEY_LOCKOUT", default_value = "1m", value_parser = parse_positive_duration)]
+    pub publish_key_lockout: Duration,
+
+    /// `POST`, `PUT`, `DELETE` requests per second per client IP (the
+    /// stream route's activity and control calls and the publish API),
+    /// fractions allowed; 0: no limit.
+    #[arg(long = "realtime-request-rate", env = "REALTIME_REQUEST_RATE", value_name = "REALTIME_REQUEST_RATE", default_value_t = 20.0, value_parser = parse_rate)]
+    pub request_rate: f64,
+
+    /// Burst of `POST`, `PUT`, `DELETE` requests per client IP above the rate.
+    #[arg(long = "realtime-request-burst", env = "REALTIME_REQUEST_BURST", value_name = "REALTIME_REQUEST_BURST", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub request_burst: u32,
 
     /// Largest body accepted by the publish endpoints, in bytes.
     #[arg(long = "realtime-max-publish-bytes", env = "REALTIME_MAX_PUBLISH_BYTES", value_name = "REALTIME_MAX_PUBLISH_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(64..=8_388_608))]
@@ -262,11 +344,121 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 }
 
 impl Config {
+    /// The process's flags and environment, as
+    /// [`parse_args`](realtime_shared::config::parse_args) reads them (one
+    /// line and exit code 2 for a bad value), refusing a secret given as a
+    /// flag: naming the variable is the whole fix, so nothing is inferred.
+    pub fn from_process() -> Result<Self, std::process::ExitCode> {
+        let parsed = Self::command()
+            .try_get_matches()
+            .and_then(|matches| Self::from_arg_matches(&matches).map(|c| (c, matches)));
+        let (config, matches) = match parsed {
+            Ok(parsed) => parsed,
+            Err(e) if !e.use_stderr() => e.exit(),
+            Err(e) => {
+                let text = e.to_string();
+                let first = text.lines().next().unwrap_or("invalid settings");
+                eprintln!("error: {}", first.trim_start_matches("error: "));
+                return Err(std::process::ExitCode::from(2));
+            }
+        };
+        if let Err(e) = secrets_only_from_env(&matches) {
+            eprintln!("error: {e}");
+            return Err(std::process::ExitCode::from(2));
+        }
+        Ok(config)
+    }
+
+    /// Refuses a secret shorter than [`MIN_SECRET_BYTES`]. An empty value
+    /// counts as unset (as a Kubernetes secret key left `""` does).
+    pub fn check_secrets(&self) -> Result<(), ConfigError> {
+        let values = [
+            &self.auth_secret,
+            &self.nextauth_secret,
+            &self.auth_secret_1,
+            &self.auth_secret_2,
+            &self.auth_secret_3,
+            &self.jwt_secret,
+            &self.publish_key,
+        ];
+        for ((_, var, _), value) in SECRETS.iter().zip(values) {
+            let len = value.as_deref().map_or(0, str::len);
+            if len > 0 && len < MIN_SECRET_BYTES {
+                return Err(ConfigError::ShortSecret { var, len });
+            }
+        }
+        Ok(())
+    }
+
     /// A configuration for tests and embedding, with every default.
     pub fn new(database_url: impl Into<String>, redis_url: impl Into<String>) -> Self {
         let mut config = Config::parse_from(["realtime-gateway", "--database-url", "x"]);
         config.database_url = database_url.into();
         config.redis_url = redis_url.into();
         config
+    }
+}
+
+/// Refuses a secret that came from the command line.
+fn secrets_only_from_env(matches: &clap::ArgMatches) -> Result<(), ConfigError> {
+    for (id, var, flag) in SECRETS {
+        if matches.value_source(id) == Some(ValueSource::CommandLine) {
+            return Err(ConfigError::SecretFlag { var, flag });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matches(args: &[&str]) -> clap::ArgMatches {
+        Config::command()
+            .try_get_matches_from(args)
+            .expect("parses")
+    }
+
+    #[test]
+    fn secrets_given_as_flags_are_refused_by_name() {
+        for (_, var, flag) in SECRETS {
+            let long = format!("{flag}=0123456789abcdef0123456789abcdef");
+            let m = matches(&["realtime-gateway", "--database-url", "x", &long]);
+            let e = secrets_only_from_env(&m).unwrap_err();
+            assert!(e.to_string().starts_with(&format!("{var}: ")), "{e}");
+            assert!(e.to_string().contains(flag), "{e}");
+        }
+        let m = matches(&["realtime-gateway", "--database-url", "x"]);
+        assert!(secrets_only_from_env(&m).is_ok());
+    }
+
+    #[test]
+    fn secrets_are_hidden_from_the_flag_list_but_named_in_help() {
+        let help = Config::command().render_long_help().to_string();
+        assert!(!help.contains("--auth-secret"), "{help}");
+        assert!(!help.contains("--realtime-publish-key "), "{help}");
+        for (_, var, _) in SECRETS {
+            let named = var.strip_suffix("_1").map_or(var, |_| "AUTH_SECRET_1..3");
+            if var.ends_with("_2") || var.ends_with("_3") {
+                continue;
+            }
+            assert!(help.contains(named), "{var} missing from --help:\n{help}");
+        }
+    }
+
+    #[test]
+    fn short_secrets_are_refused_by_name() {
+        let mut c = Config::new("postgres://x", "redis://x");
+        assert!(c.check_secrets().is_ok());
+        c.auth_secret = Some(String::new());
+        c.publish_key = Some("a".repeat(MIN_SECRET_BYTES));
+        assert!(c.check_secrets().is_ok());
+        c.auth_secret_2 = Some("short".into());
+        let e = c.check_secrets().unwrap_err().to_string();
+        assert!(e.starts_with("AUTH_SECRET_2: too short (5 bytes)"), "{e}");
+        c.auth_secret_2 = None;
+        c.jwt_secret = Some("x".repeat(MIN_SECRET_BYTES - 1));
+        let e = c.check_secrets().unwrap_err().to_string();
+        assert!(e.starts_with("REALTIME_JWT_SECRET: "), "{e}");
     }
 }

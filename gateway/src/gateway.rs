@@ -15,18 +15,20 @@ use crate::app::{self, AppState, RouterOptions};
 use crate::auth::{AuthConfig, AuthEnv, Verifier};
 use crate::caps::Caps;
 use crate::client_ip::{self, ClientIp};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::control::Control;
 use crate::frame::Leave;
 use crate::history::History;
 use crate::hub::Hub;
 use crate::membership::{Membership, MembershipError, QueryShapeError};
 use crate::metrics as m;
+use crate::origin::Origins;
 use crate::publishing::Emitter;
 use crate::registry::{CloseReason, Registry};
 use crate::serve;
 use crate::sessions;
 use crate::slots;
+use crate::strikes::Strikes;
 
 /// Why a replica could not start; each message is the one line printed
 /// before a non-zero exit.
@@ -49,6 +51,8 @@ pub enum StartError {
     Auth(String),
     #[error("REALTIME_TRUSTED_PROXIES: {0}")]
     TrustedProxies(String),
+    #[error("{0}")]
+    Config(#[from] ConfigError),
 }
 
 impl From<MembershipError> for StartError {
@@ -75,6 +79,7 @@ impl Gateway {
     pub async fn build(config: Config) -> Result<Self, StartError> {
         let _ = realtime_shared::admin::metrics_handle();
         m::describe();
+        config.check_secrets()?;
         let auth = AuthConfig::from_env_values(AuthEnv {
             auth_secret: config.auth_secret.clone(),
             nextauth_secret: config.nextauth_secret.clone(),
@@ -227,6 +232,12 @@ impl Gateway {
                 self.config.activity_rate,
                 self.config.activity_burst,
             ),
+            publish_strikes: Strikes::new(
+                self.config.publish_key_failures,
+                self.config.publish_key_lockout,
+            ),
+            client_ip: self.client_ip.clone(),
+            origins: Origins::new(&self.config.cors_origins),
         });
         let readiness_task = tokio::spawn(watch_readiness(
             self.readiness.clone(),
@@ -246,6 +257,8 @@ impl Gateway {
                 cors_origins: self.config.cors_origins.clone(),
                 connect_rate: self.config.connect_rate,
                 connect_burst: self.config.connect_burst,
+                request_rate: self.config.request_rate,
+                request_burst: self.config.request_burst,
                 client_ip: self.client_ip,
                 max_publish_bytes: self.config.max_publish_bytes as usize,
             },

@@ -17,6 +17,8 @@
 //! - [`caps`]: per-user and per-organization connection caps, leased in Redis.
 //! - [`control`]: PUT/DELETE on a stream held by any replica.
 //! - [`client_ip`]: the client address behind trusted proxies (connect rate limit).
+//! - [`origin`]: the `Origin` check of cookie-authenticated changes.
+//! - [`strikes`]: failed publish keys per client IP.
 //! - [`publishing`]: events posted over HTTP, written through Postgres.
 //! - [`serve`]: the listener: SSE streams written directly, other requests through hyper.
 //! - [`slots`]: the listener's connection cap, evicting connections still waiting for a head.
@@ -36,6 +38,7 @@ pub mod history;
 pub mod hub;
 pub mod membership;
 pub mod metrics;
+pub mod origin;
 pub mod publishing;
 pub mod registry;
 pub mod serve;
@@ -43,6 +46,7 @@ pub mod sessions;
 pub mod sink;
 pub mod slots;
 pub mod stream;
+pub mod strikes;
 pub mod trace;
 
 pub use crate::config::Config;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use realtime_gateway::{Config, Gateway};
-use realtime_shared::config::{parse_args, runtime};
+use realtime_shared::config::runtime;
 use realtime_shared::{shutdown, telemetry};
 
 /// jemalloc, with its background threads purging freed pages, gives memory
@@ -13,7 +13,7 @@ use realtime_shared::{shutdown, telemetry};
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
-    let config: Config = match parse_args() {
+    let config = match Config::from_process() {
         Ok(config) => config,
         Err(code) => return code,
     };

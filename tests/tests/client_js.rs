@@ -488,7 +488,10 @@ async fn browser_client_fails_over_resumes_and_resyncs() {
             ("DATABASE_URL", ctx.database_url()),
             ("REDIS_URL", ctx.redis_url()),
             ("REALTIME_KEY_PREFIX", ctx.key_prefix().to_owned()),
-            ("AUTH_SECRET", "e2e-auth-secret".to_owned()),
+            (
+                "AUTH_SECRET",
+                "e2e-auth-secret-at-least-32-bytes-long".to_owned(),
+            ),
             ("REALTIME_LISTEN", format!("127.0.0.1:{port}")),
             ("REALTIME_ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
             ("REALTIME_CORS_ORIGINS", page_origin.clone()),

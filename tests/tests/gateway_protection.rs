@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(30);
-const PUBLISH_KEY: &str = "test-publish-key";
+const PUBLISH_KEY: &str = "test-publish-key-at-least-32-bytes-long";
 
 const SEED: &str = "INSERT INTO organizations (id, name) VALUES ('orgA', 'Acme'), ('orgB', 'Bolt');
      INSERT INTO users (id) VALUES ('ua'), ('ua2'), ('ub'), ('outsider');

@@ -34,7 +34,7 @@ pub fn gateway_config(ctx: &TestContext) -> Config {
     config.admin_listen = "127.0.0.1:0".parse().expect("addr");
     config.key_prefix = ctx.key_prefix().to_owned();
     config.jwt_secret = Some(JWT_SECRET.to_owned());
-    config.auth_secret = Some("test-auth-secret".to_owned());
+    config.auth_secret = Some("test-auth-secret-at-least-32-bytes-long".to_owned());
     config.heartbeat = Duration::from_secs(1);
     // Tests open many streams from one address and user; the protection
     // tests set their own limits.
