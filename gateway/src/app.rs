@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tower_governor::GovernorLayer;
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::timeout::RequestBodyDeadlineLayer;
 
 use crate::auth::{self, Verification, Verifier};
 use crate::caps::{CapError, Caps};
@@ -98,6 +99,10 @@ pub struct RouterOptions {
     pub request_burst: u32,
     pub client_ip: ClientIp,
     pub max_publish_bytes: usize,
+    /// How long a request body may take to arrive, whole, from the end of
+    /// its head (`REALTIME_HEAD_TIMEOUT`): a body dribbled a byte at a time
+    /// must not hold a connection without a deadline.
+    pub body_timeout: Duration,
 }
 
 /// A per-user limiter for `POST /api/realtime/stream`.
@@ -154,6 +159,7 @@ pub fn router(state: Arc<AppState>, options: RouterOptions) -> Router {
     );
     let router = router
         .layer(DefaultBodyLimit::max(options.max_publish_bytes))
+        .layer(RequestBodyDeadlineLayer::new(options.body_timeout))
         .with_state(state);
     let origins: Vec<HeaderValue> = options
         .cors_origins

@@ -261,6 +261,7 @@ impl Gateway {
                 request_burst: self.config.request_burst,
                 client_ip: self.client_ip,
                 max_publish_bytes: self.config.max_publish_bytes as usize,
+                body_timeout: self.config.head_timeout,
             },
         );
         let drain_time = self.config.drain;

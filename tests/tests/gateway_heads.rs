@@ -608,3 +608,34 @@ async fn ten_thousand_half_open_sockets_do_not_keep_a_client_from_its_stream() {
     );
     drop(sockets);
 }
+
+/// A whole head followed by a body dribbled a byte at a time: the body must
+/// arrive within the head timeout too (a request in flight is otherwise
+/// never idle, and the connection would be held without a deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dribbled_request_body_is_cut_off_within_the_head_timeout() {
+    let ctx = TestContext::new().await;
+    ctx.batch(SEED).await;
+    let gw = gateway(&ctx, &[("REALTIME_HEAD_TIMEOUT", "2s")], None).await;
+    let tok = token("ua", 3600);
+    let head = format!(
+        "POST /api/realtime/stream?organizationId=orgA HTTP/1.1\r\nHost: gateway.test\r\nAuthorization: Bearer {tok}\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n"
+    );
+    let body = vec![b' '; 400];
+    // A byte every 500 ms: 200 s for the whole body.
+    let closed = dribble(
+        gw.addr,
+        head.as_bytes(),
+        &body,
+        Duration::from_millis(500),
+        // The body's deadline, then the idle keep-alive's: two timeouts.
+        CLOSE_WITHIN * 2,
+    )
+    .await;
+    eprintln!("closed after {closed:?} (head timeout {HEAD_TIMEOUT:?})");
+    let closed = closed.expect("the connection is closed well before the body could arrive");
+    assert!(
+        closed >= HEAD_TIMEOUT - Duration::from_millis(300),
+        "closed after {closed:?}, before the timeout"
+    );
+}
