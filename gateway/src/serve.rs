@@ -413,16 +413,23 @@ async fn pump(socket: &TcpStream, body: Body, sink: Option<&Sink>) -> std::io::R
                     Some(Ok(first)) => {
                         let mut bytes = first.len();
                         batch.push(first);
+                        let mut ended = false;
                         while batch.len() < MAX_BATCH_FRAMES && bytes < MAX_BATCH_BYTES {
                             match frames.next().now_or_never() {
                                 Some(Some(Ok(more))) => {
                                     bytes += more.len();
                                     batch.push(more);
                                 }
-                                _ => break,
+                                // The body ended right behind the batch: it
+                                // must not be polled again.
+                                Some(Some(Err(_)) | None) => {
+                                    ended = true;
+                                    break;
+                                }
+                                None => break,
                             }
                         }
-                        false
+                        ended
                     }
                     Some(Err(_)) | None => true,
                 };
@@ -969,5 +976,38 @@ mod tests {
         ];
         write_chunk(&mut out, &frames, 14).await.unwrap();
         assert_eq!(out, b"e\r\nid: 1\n\nid: 2\n\n\r\n");
+    }
+
+    /// A body that ends right behind the frames of a batch is not polled
+    /// again (an `unfold` stream, as the SSE body is, panics when it is).
+    #[tokio::test]
+    async fn a_body_ending_behind_a_batch_is_not_polled_again() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).await.unwrap();
+            out
+        });
+        let (socket, _) = listener.accept().await.unwrap();
+        let frames = futures_util::stream::unfold(0, |n| async move {
+            (n < 2).then(|| {
+                (
+                    Ok::<_, std::convert::Infallible>(Bytes::from(format!("id: {n}\n\n"))),
+                    n + 1,
+                )
+            })
+        });
+        pump(&socket, Body::from_stream(frames), None)
+            .await
+            .unwrap();
+        drop(socket);
+        let out = client.await.unwrap();
+        assert!(
+            out.ends_with(b"0\r\n\r\n"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
     }
 }
