@@ -262,13 +262,7 @@ impl Hub {
         let mut delay = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
             match self
-                .session(
-                    &redis,
-                    &broadcast_channel,
-                    &mut commands,
-                    &shutdown,
-                    first,
-                )
+                .session(&redis, &broadcast_channel, &mut commands, &shutdown, first)
                 .await
             {
                 Ok(()) => return,

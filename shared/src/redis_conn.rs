@@ -13,6 +13,7 @@
 //! never quote the URL, which may hold a password.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use redis::{ConnectionAddr, ErrorKind, TlsCertificates};
 
@@ -86,7 +87,9 @@ pub fn redis_client(url: &str, ca: Option<&Path>) -> Result<redis::Client, Redis
         _ => false,
     };
     match ca {
-        None => redis::Client::open(info).map_err(|e| RedisConfigError::Url(describe_url_error(&e))),
+        None => {
+            redis::Client::open(info).map_err(|e| RedisConfigError::Url(describe_url_error(&e)))
+        }
         Some(_) if !tls => Err(RedisConfigError::CaWithoutTls),
         Some(path) => {
             let pem = std::fs::read(path).map_err(|source| RedisConfigError::ReadCa {
@@ -121,9 +124,14 @@ pub fn redis_client(url: &str, ca: Option<&Path>) -> Result<redis::Client, Redis
 /// [`RedisConnectError`]); `ca` is the configured bundle, if any.
 pub fn explain_connect_error(error: redis::RedisError, ca: Option<&Path>) -> RedisConnectError {
     if is_auth_error(&error) {
-        return RedisConnectError::Auth {
-            detail: error.to_string(),
+        // The AUTH reply is only "failed"; the server tells no more (on
+        // purpose: it would help guessing).
+        let detail = if error.kind() == ErrorKind::AuthenticationFailed {
+            "wrong password, or unknown or disabled user".to_owned()
+        } else {
+            error.to_string()
         };
+        return RedisConnectError::Auth { detail };
     }
     if let Some(reason) = certificate_error(&error) {
         return match ca {
@@ -155,10 +163,14 @@ fn certificate_error(error: &redis::RedisError) -> Option<String> {
                 _ => None,
             };
         }
-        // `io::Error::source` skips the error it wraps; look inside.
-        source = match e.downcast_ref::<std::io::Error>() {
-            Some(io) => io.get_ref().map(|inner| inner as _),
-            None => e.source(),
+        // `io::Error::source` and `Arc::source` skip the error they wrap
+        // (the redis crate keeps its I/O error in an `Arc`); look inside.
+        source = if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            io.get_ref().map(|inner| inner as _)
+        } else if let Some(arc) = e.downcast_ref::<Arc<dyn std::error::Error + Send + Sync>>() {
+            Some(&**arc as _)
+        } else {
+            e.source()
         };
     }
     None
@@ -219,11 +231,17 @@ mod tests {
         let e = redis_client("rediss://host", Some(missing))
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("REALTIME_REDIS_CA: cannot read /nonexistent/ca.pem"), "{e}");
+        assert!(
+            e.starts_with("REALTIME_REDIS_CA: cannot read /nonexistent/ca.pem"),
+            "{e}"
+        );
         let e = redis_client("redis://host", Some(missing))
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("REALTIME_REDIS_CA: ") && e.contains("rediss://"), "{e}");
+        assert!(
+            e.starts_with("REALTIME_REDIS_CA: ") && e.contains("rediss://"),
+            "{e}"
+        );
         let dir = std::env::temp_dir().join(format!("redis-ca-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
         let junk = dir.join("junk.pem");
@@ -231,7 +249,10 @@ mod tests {
         let e = redis_client("rediss://host", Some(&junk))
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("REALTIME_REDIS_CA: ") && e.contains("no usable PEM"), "{e}");
+        assert!(
+            e.starts_with("REALTIME_REDIS_CA: ") && e.contains("no usable PEM"),
+            "{e}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
