@@ -272,3 +272,52 @@ async fn untrusted_server_certificate_stops_both_binaries_with_one_line() {
         );
     }
 }
+
+#[tokio::test]
+async fn reconnections_after_a_redis_restart_keep_tls_and_the_acl_user() {
+    let (redis, ctx) = tls_context().await;
+    let _ingestor = start_ready("realtime-ingestor", &ctx.ingestor_env()).await;
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _gateway = start_ready("realtime-gateway", &ctx.gateway_env(addr, JWT_SECRET)).await;
+    let url = format!("http://{addr}/api/realtime/stream?organizationId=orgA");
+    let tok = token("ua", 600);
+    let mut live = SseClient::connect(&url, Some(&tok), &[]).await;
+    hello(&mut live).await;
+    emit(&ctx, "orgA", 1).await;
+    assert_eq!(next_n(&mut live).await.1, 1);
+    drop(live);
+
+    // Same port, same certificate, empty: the ingestor's publisher, the
+    // gateway's connection manager and its hub all reconnect, and each
+    // reconnection must again be TLS with the ACL user (the server has
+    // nothing else).
+    redis.restart().unwrap();
+    let next = std::sync::atomic::AtomicI64::new(100);
+    let (ctx, url, tok, next) = (&ctx, &url, &tok, &next);
+    wait_until(
+        "an event committed after the restart reaches a new stream",
+        Duration::from_secs(60),
+        || async move {
+            let sse = SseClient::connect(url, Some(tok), &[]).await;
+            if sse.status != 200 {
+                return None; // e.g. 503 while the gateway reconnects
+            }
+            let mut sse = sse;
+            let first = sse.next(Duration::from_secs(5)).await.ok()??;
+            if first.json()["type"] != "connection" {
+                return None;
+            }
+            let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            emit(ctx, "orgA", n).await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+            loop {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let m = sse.next_event(left).await?;
+                if m.json()["payload"]["n"].as_i64() == Some(n) {
+                    return Some(());
+                }
+            }
+        },
+    )
+    .await;
+}
