@@ -82,7 +82,7 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// Redis URL: history streams and live channels.
+    /// Redis URL: history streams and live channels. redis:// or rediss:// (TLS), with an ACL user as rediss://user:password@host:port.
     #[arg(
         long = "redis-url",
         env = "REDIS_URL",
@@ -91,6 +91,14 @@ pub struct Config {
         hide_env_values = true
     )]
     pub redis_url: String,
+
+    /// PEM bundle of the CA(s) that sign the Redis server's certificate, for rediss:// with a private CA (the platform's roots otherwise).
+    #[arg(
+        long = "realtime-redis-ca",
+        env = "REALTIME_REDIS_CA",
+        value_name = "REALTIME_REDIS_CA"
+    )]
+    pub redis_ca: Option<std::path::PathBuf>,
 
     /// Address of the public API (the SSE stream).
     #[arg(

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use realtime_shared::admin::{AdminServer, Readiness};
 use realtime_shared::keys::Keys;
+use realtime_shared::redis_conn::{
+    RedisConfigError, RedisConnectError, explain_connect_error, redis_client,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -38,8 +41,11 @@ pub enum StartError {
     Postgres(#[source] MembershipError),
     #[error("REALTIME_MEMBERSHIP_QUERY: {0}")]
     MembershipQuery(#[source] QueryShapeError),
-    #[error("REDIS_URL: cannot connect to Redis: {0}")]
-    Redis(#[source] redis::RedisError),
+    /// Names its own variable (`REDIS_URL` or `REALTIME_REDIS_CA`).
+    #[error("{0}")]
+    Redis(#[from] RedisConnectError),
+    #[error(transparent)]
+    RedisConfig(#[from] RedisConfigError),
     #[error("{var}: cannot listen on {addr}: {source}")]
     Listen {
         var: &'static str,
@@ -71,6 +77,10 @@ pub struct Gateway {
     readiness: Readiness,
     membership: Arc<Membership>,
     verifier: Verifier,
+    /// The one Redis client (TLS, CA, ACL user): the hub's pub/sub
+    /// connections are opened from it.
+    redis_client: redis::Client,
+    /// Commands: caps, control, history, publishing.
     redis: redis::aio::ConnectionManager,
     client_ip: ClientIp,
 }
@@ -97,6 +107,8 @@ impl Gateway {
             client_ip::parse_trusted(&config.trusted_proxies)
                 .map_err(StartError::TrustedProxies)?,
         );
+        // Settings first: a bad URL or CA file is reported before any connection.
+        let client = redis_client(&config.redis_url, config.redis_ca.as_deref())?;
         let membership = Membership::new(
             &config.database_url,
             config.membership_query.clone(),
@@ -109,16 +121,23 @@ impl Gateway {
         // serves a membership decided by an unchecked query.
         membership.ping().await?;
         membership.validate_query().await?;
-        let client = redis::Client::open(config.redis_url.as_str()).map_err(StartError::Redis)?;
         // A connection manager reconnects by itself after a Redis restart.
         let redis_config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.io_timeout))
             .set_response_timeout(Some(config.io_timeout))
             .set_number_of_retries(2);
-        let redis = client
+        let ca = config.redis_ca.as_deref();
+        let mut redis = client
             .get_connection_manager_with_config(redis_config)
             .await
-            .map_err(StartError::Redis)?;
+            .map_err(|e| explain_connect_error(e, ca))?;
+        // Connecting authenticates only when the URL names a user or
+        // password; a server that requires one (or an ACL user without
+        // rights) is refused here, at start, rather than on every request.
+        redis::cmd("PING")
+            .query_async::<String>(&mut redis)
+            .await
+            .map_err(|e| explain_connect_error(e, ca))?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -147,6 +166,7 @@ impl Gateway {
             readiness,
             membership: Arc::new(membership),
             verifier,
+            redis_client: client,
             redis,
             client_ip,
         })
@@ -178,7 +198,7 @@ impl Gateway {
         let membership = self.membership.clone();
         let control_hook = control.clone();
         let hub = Hub::start(
-            self.config.redis_url.clone(),
+            self.redis_client.clone(),
             keys.clone(),
             self.config.client_buffer as usize,
             {

@@ -161,9 +161,11 @@ pub struct Subscription {
 }
 
 impl Hub {
-    /// Starts the subscriber task; it runs until `shutdown`.
+    /// Starts the subscriber task; it runs until `shutdown`. `redis` is the
+    /// replica's one client (TLS and ACL user included): every pub/sub
+    /// (re)connection is opened from it.
     pub fn start(
-        redis_url: String,
+        redis: redis::Client,
         keys: Keys,
         capacity: usize,
         on_leave: impl Fn(Leave<'_>, Option<&str>) + Send + Sync + 'static,
@@ -191,7 +193,7 @@ impl Hub {
                 next_shard: AtomicUsize::new(0),
             }),
         };
-        tokio::spawn(hub.clone().run(redis_url, rx, shutdown));
+        tokio::spawn(hub.clone().run(redis, rx, shutdown));
         hub
     }
 
@@ -251,7 +253,7 @@ impl Hub {
 
     async fn run(
         self,
-        redis_url: String,
+        redis: redis::Client,
         mut commands: mpsc::UnboundedReceiver<Command>,
         shutdown: CancellationToken,
     ) {
@@ -260,13 +262,7 @@ impl Hub {
         let mut delay = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
             match self
-                .session(
-                    &redis_url,
-                    &broadcast_channel,
-                    &mut commands,
-                    &shutdown,
-                    first,
-                )
+                .session(&redis, &broadcast_channel, &mut commands, &shutdown, first)
                 .await
             {
                 Ok(()) => return,
@@ -289,13 +285,12 @@ impl Hub {
     /// One Redis pub/sub connection; `Ok` only on shutdown.
     async fn session(
         &self,
-        redis_url: &str,
+        client: &redis::Client,
         broadcast_channel: &str,
         commands: &mut mpsc::UnboundedReceiver<Command>,
         shutdown: &CancellationToken,
         first: bool,
     ) -> redis::RedisResult<()> {
-        let client = redis::Client::open(redis_url)?;
         let (mut sink, mut stream) = client.get_async_pubsub().await?.split();
         sink.subscribe(broadcast_channel).await?;
         let control_channel = self.inner.keys.control();

@@ -25,7 +25,7 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// Redis connection URL.
+    /// Redis URL: redis:// or rediss:// (TLS), with an ACL user as rediss://user:password@host:port.
     #[arg(
         long = "redis-url",
         env = "REDIS_URL",
@@ -34,6 +34,14 @@ pub struct Config {
         hide_env_values = true
     )]
     pub redis_url: String,
+
+    /// PEM bundle of the CA(s) that sign the Redis server's certificate, for `rediss://` with a private CA (the platform's roots otherwise). Put the user and password in REDIS_URL: rediss://user:password@host:port.
+    #[arg(
+        long = "realtime-redis-ca",
+        env = "REALTIME_REDIS_CA",
+        value_name = "REALTIME_REDIS_CA"
+    )]
+    pub redis_ca: Option<PathBuf>,
 
     /// Name of the persistent logical replication slot (created when missing).
     #[arg(long = "realtime-slot", env = "REALTIME_SLOT", value_name = "REALTIME_SLOT", default_value = "realtime", value_parser = parse_identifier)]

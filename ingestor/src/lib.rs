@@ -41,6 +41,7 @@ use rand::Rng;
 use realtime_shared::admin::{AdminServer, Readiness};
 use realtime_shared::keys::Keys;
 use realtime_shared::publish::{PublishError, Publisher};
+use realtime_shared::redis_conn::{RedisConfigError, redis_client};
 use realtime_shared::routes::{Routes, RoutesError};
 use tokio_util::sync::CancellationToken;
 
@@ -58,8 +59,12 @@ pub enum StartError {
     Routes(#[from] RoutesError),
     #[error(transparent)]
     Postgres(#[from] SetupError),
-    #[error("REDIS_URL: {0}")]
+    /// A connect failure names its own variable (`REDIS_URL` or
+    /// `REALTIME_REDIS_CA`); other publisher failures are `REDIS_URL`'s.
+    #[error("{}", redis_line(.0))]
     Redis(#[from] PublishError),
+    #[error(transparent)]
+    RedisConfig(#[from] RedisConfigError),
     #[error("REALTIME_ADMIN_LISTEN: cannot listen on {addr}: {source}")]
     AdminListen {
         addr: SocketAddr,
@@ -68,12 +73,22 @@ pub enum StartError {
     },
 }
 
+fn redis_line(e: &PublishError) -> String {
+    match e {
+        PublishError::Connect(e) => e.to_string(),
+        other => format!("REDIS_URL: {other}"),
+    }
+}
+
 /// A started ingestor, ready to stream.
 pub struct Ingestor {
     config: Config,
     router: Router,
     identity: IdentityWatch,
     replication: ReplicationConfig,
+    /// Built once from REDIS_URL and REALTIME_REDIS_CA; every (re)connection
+    /// of the publisher goes through it.
+    redis: redis::Client,
     publisher: Option<Publisher>,
     /// Taken by `run_until_stopped`, which serves it.
     admin: Option<AdminServer>,
@@ -89,6 +104,7 @@ impl Ingestor {
             Some(path) => Routes::load(path)?,
             None => Routes::oikion_default(),
         };
+        let redis = redis_client(&config.redis_url, config.redis_ca.as_deref())?;
         let replication = replication::config_from_url(
             &config.database_url,
             &config.slot,
@@ -105,7 +121,8 @@ impl Ingestor {
         )
         .await?;
         let publisher = Publisher::connect(
-            &config.redis_url,
+            &redis,
+            config.redis_ca.as_deref(),
             Keys::new(config.key_prefix.clone()),
             config.history_len as usize,
             config.io_timeout,
@@ -128,6 +145,7 @@ impl Ingestor {
                 config.io_timeout,
             ),
             replication,
+            redis,
             publisher: Some(publisher),
             admin: Some(admin),
             admin_addr,
@@ -208,7 +226,8 @@ impl Ingestor {
             Some(p) => p,
             None => self.publisher.insert(
                 Publisher::connect(
-                    &self.config.redis_url,
+                    &self.redis,
+                    self.config.redis_ca.as_deref(),
                     Keys::new(self.config.key_prefix.clone()),
                     self.config.history_len as usize,
                     self.config.io_timeout,

@@ -6,6 +6,7 @@
 //! - [`keys`]: Redis key and channel names (DESIGN §4).
 //! - [`message`]: application events sent as Postgres logical messages, validated.
 //! - [`routes`]: the routing config: which tables become which events (DESIGN §6).
+//! - [`redis_conn`]: the one Redis client constructor (TLS, CA bundle, ACL user) and its start-up errors.
 //! - [`publish`]: the atomic XADD-then-PUBLISH Redis function and a pipelined publisher.
 //! - [`config`]: durations and start-up validation helpers (DESIGN §5).
 //! - [`telemetry`]: logging setup.
@@ -20,6 +21,7 @@ pub mod event;
 pub mod keys;
 pub mod message;
 pub mod publish;
+pub mod redis_conn;
 pub mod routes;
 pub mod shutdown;
 pub mod telemetry;

@@ -18,6 +18,7 @@ use redis::aio::MultiplexedConnection;
 
 use crate::event::{EventId, Scope};
 use crate::keys::Keys;
+use crate::redis_conn::{RedisConnectError, explain_connect_error};
 
 /// The function library, loaded with `FUNCTION LOAD REPLACE` on every
 /// (re)connection, so a Redis that restarted empty gets it back.
@@ -45,8 +46,10 @@ pub const FUNCTION_NAME: &str = "realtime_publish";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("cannot connect to Redis: {0}")]
-    Connect(#[source] redis::RedisError),
+    /// Worded by [`explain_connect_error`]: names `REDIS_URL` or
+    /// `REALTIME_REDIS_CA` itself.
+    #[error("{0}")]
+    Connect(#[source] RedisConnectError),
     #[error("cannot load the publish function into Redis: {0}")]
     LoadFunction(#[source] redis::RedisError),
     #[error("Redis did not accept a publish batch: {0}")]
@@ -74,28 +77,35 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Connects, checks the server answers, and loads the function library.
+    /// Connects through `client` (built by
+    /// [`redis_client`](crate::redis_conn::redis_client), so TLS and the ACL
+    /// user apply), checks the server answers, and loads the function
+    /// library. `ca` is the configured CA bundle, only to word errors.
     pub async fn connect(
-        url: &str,
+        client: &redis::Client,
+        ca: Option<&std::path::Path>,
         keys: Keys,
         history_len: usize,
         timeout: Duration,
     ) -> Result<Self, PublishError> {
-        let client = redis::Client::open(url).map_err(PublishError::Connect)?;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
         let mut conn = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(PublishError::Connect)?;
+            .map_err(|e| PublishError::Connect(explain_connect_error(e, ca)))?;
         redis::cmd("FUNCTION")
             .arg("LOAD")
             .arg("REPLACE")
             .arg(FUNCTION_LIBRARY)
             .query_async::<String>(&mut conn)
             .await
-            .map_err(PublishError::LoadFunction)?;
+            // NOAUTH/NOPERM here means the credentials, not the function.
+            .map_err(|e| match explain_connect_error(e, ca) {
+                RedisConnectError::Other(e) => PublishError::LoadFunction(e),
+                known => PublishError::Connect(known),
+            })?;
         Ok(Self {
             conn,
             keys,

@@ -45,6 +45,8 @@ const KEEP_DB_VAR: &str = "REALTIME_TEST_KEEP_DB";
 #[derive(Clone)]
 pub struct TestContext {
     redis_url: String,
+    /// The CA bundle of a TLS Redis ([`RedisServer::start_tls`]).
+    redis_ca: Option<std::path::PathBuf>,
     db: Arc<TestDatabase>,
 }
 
@@ -66,6 +68,7 @@ impl TestContext {
     /// instead of the shared one.
     pub fn with_redis(mut self, redis: &RedisServer) -> Self {
         self.redis_url = redis.url();
+        self.redis_ca = redis.ca_path();
         self
     }
 
@@ -99,6 +102,7 @@ impl TestContext {
             .expect("creating the test's temp dir");
         Self {
             redis_url,
+            redis_ca: None,
             db: Arc::new(TestDatabase {
                 slot: format!("slot_{id}"),
                 publication: format!("pub_{id}"),
@@ -146,7 +150,7 @@ impl TestContext {
     /// replica identity managed, admin on a free port. Callers append their
     /// own settings; a variable given twice takes the later value.
     pub fn ingestor_env(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut env = vec![
             ("DATABASE_URL", self.database_url()),
             ("REDIS_URL", self.redis_url()),
             ("REALTIME_SLOT", self.slot().to_owned()),
@@ -154,7 +158,9 @@ impl TestContext {
             ("REALTIME_KEY_PREFIX", self.key_prefix().to_owned()),
             ("REALTIME_MANAGE_REPLICA_IDENTITY", "true".to_owned()),
             ("REALTIME_ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
-        ]
+        ];
+        env.extend(self.redis_ca_env());
+        env
     }
 
     /// The same for a real `realtime-gateway` binary listening on `listen`
@@ -164,14 +170,23 @@ impl TestContext {
         listen: std::net::SocketAddr,
         jwt_secret: &str,
     ) -> Vec<(&'static str, String)> {
-        vec![
+        let mut env = vec![
             ("DATABASE_URL", self.database_url()),
             ("REDIS_URL", self.redis_url()),
             ("REALTIME_KEY_PREFIX", self.key_prefix().to_owned()),
             ("REALTIME_JWT_SECRET", jwt_secret.to_owned()),
             ("REALTIME_LISTEN", listen.to_string()),
             ("REALTIME_ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
-        ]
+        ];
+        env.extend(self.redis_ca_env());
+        env
+    }
+
+    /// `REALTIME_REDIS_CA` when the test's Redis is a TLS one.
+    fn redis_ca_env(&self) -> Option<(&'static str, String)> {
+        self.redis_ca
+            .as_ref()
+            .map(|ca| ("REALTIME_REDIS_CA", ca.display().to_string()))
     }
 
     /// A temp dir of this test, removed with the context.
@@ -201,7 +216,8 @@ impl TestContext {
 
     /// [`redis`](Self::redis) without the panic.
     pub async fn try_redis(&self) -> redis::RedisResult<MultiplexedConnection> {
-        redis::Client::open(self.redis_url.as_str())?
+        realtime_shared::redis_conn::redis_client(&self.redis_url, self.redis_ca.as_deref())
+            .map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))?
             .get_multiplexed_async_connection()
             .await
     }

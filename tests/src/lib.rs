@@ -8,7 +8,9 @@
 //!   temp dir, `wal_level=logical`, SCRAM auth, a free port; `runuser -u
 //!   postgres` when running as root). Start, stop, crash, restart on the
 //!   same port.
-//! - [`redis`]: [`RedisServer`], a `redis-server` without persistence.
+//! - [`redis`]: [`RedisServer`], a `redis-server` without persistence
+//!   (optionally TLS-only with an ACL user).
+//! - [`certs`]: [`TestCerts`], a CA and server certificate made at test time.
 //! - [`services`]: [`shared()`], one Postgres and one Redis per test binary,
 //!   started on first use.
 //! - [`context`]: [`TestContext`], a test's own database (Oikion schema),
@@ -35,6 +37,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod certs;
 pub mod context;
 mod logfile;
 mod ports;
@@ -45,6 +48,7 @@ pub mod services;
 pub mod wait;
 mod watchdog;
 
+pub use certs::TestCerts;
 pub use context::{OIKION_SCHEMA, OIKION_SCHEMA_PATH, TestContext, connect};
 pub use ports::free_port;
 pub use postgres::PostgresServer;

@@ -1,4 +1,6 @@
-//! A throwaway `redis-server` on a free loopback port, without persistence.
+//! A throwaway `redis-server` on a free loopback port, without persistence;
+//! optionally TLS-only with an ACL user ([`RedisServer::start_tls`]), as
+//! managed Redis services run.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use tempfile::TempDir;
 
+use crate::certs::TestCerts;
 use crate::logfile::tail;
 use crate::ports::free_port;
 use crate::watchdog::Watchdog;
@@ -33,13 +36,36 @@ pub struct RedisServer {
     /// Kills the last started server (its pid is written to the watchdog)
     /// and removes `dir` if this process dies. Declared before `dir`.
     watchdog: Mutex<Watchdog>,
+    /// TLS-only with an ACL user, when started by [`RedisServer::start_tls`].
+    tls: Option<TlsAcl>,
     /// The server's working dir and `redis.log`.
     dir: TempDir,
+}
+
+/// What a [`RedisServer::start_tls`] server requires of its clients.
+#[derive(Debug, Clone)]
+struct TlsAcl {
+    certs: TestCerts,
+    user: String,
+    password: String,
 }
 
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers `PING`.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// Starts a TLS-only server (`--port 0 --tls-port P`, no client
+    /// certificates) presenting a certificate for `localhost`/`127.0.0.1`
+    /// signed by a CA generated for it ([`ca_path`](Self::ca_path)), whose
+    /// only user is the ACL user `user` with `password` (`default` is off).
+    /// [`url`](Self::url) is then `rediss://user:password@127.0.0.1:P`.
+    pub fn start_tls(user: &str, password: &str) -> anyhow::Result<Self> {
+        Self::start_with(Some((user, password)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("realtime-redis-")
             .tempdir()
@@ -48,10 +74,19 @@ impl RedisServer {
             r#"if [ -n "$last" ]; then kill -KILL "$last" 2>/dev/null; fi; rm -rf "$1""#,
             [dir.path()],
         )?;
+        let tls = match tls {
+            Some((user, password)) => Some(TlsAcl {
+                certs: TestCerts::generate(dir.path(), "redis")?,
+                user: user.to_owned(),
+                password: password.to_owned(),
+            }),
+            None => None,
+        };
         let mut server = Self {
             port: 0,
             server: Mutex::new(None),
             watchdog: Mutex::new(watchdog),
+            tls,
             dir,
         };
         let mut attempts = 0;
@@ -72,9 +107,24 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// `redis://127.0.0.1:PORT`, or for a TLS server
+    /// `rediss://USER:PASSWORD@127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.tls {
+            Some(tls) => self.tls_url(&tls.user, &tls.password),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// `rediss://USER:PASSWORD@127.0.0.1:PORT` with any credentials (to
+    /// try wrong ones).
+    pub fn tls_url(&self, user: &str, password: &str) -> String {
+        format!("rediss://{user}:{password}@127.0.0.1:{}", self.port)
+    }
+
+    /// The PEM CA certificate a TLS server's certificate chains to.
+    pub fn ca_path(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(|tls| tls.certs.ca.clone())
     }
 
     /// The server log (every run, appended).
@@ -129,8 +179,25 @@ impl RedisServer {
             .append(true)
             .open(self.log_path())
             .context("opening the Redis log")?;
-        let mut child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+        let ready_before = ready_lines(&self.log_path());
+        let mut command = Command::new("redis-server");
+        match &self.tls {
+            None => command.args(["--port", &self.port.to_string()]),
+            Some(tls) => command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(&tls.certs.server_cert)
+                .arg("--tls-key-file")
+                .arg(&tls.certs.server_key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.certs.ca)
+                .args(["--tls-auth-clients", "no"])
+                .args(["--user", "default", "off"])
+                .args(["--user", &tls.user, "on"])
+                .arg(format!(">{}", tls.password))
+                .args(["~*", "&*", "+@all"]),
+        };
+        let mut child = command
             .args([
                 "--bind",
                 "127.0.0.1",
@@ -167,7 +234,12 @@ impl RedisServer {
                     tail(&self.log_path(), 20)
                 );
             }
-            if ping(addr) {
+            let ready = match self.tls {
+                None => ping(addr),
+                // No plain port to PING: the log says when it listens.
+                Some(_) => ready_lines(&self.log_path()) > ready_before,
+            };
+            if ready {
                 *guard = Some(child);
                 return Ok(());
             }
@@ -197,9 +269,18 @@ impl std::fmt::Debug for RedisServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisServer")
             .field("port", &self.port)
+            .field("tls", &self.tls.is_some())
             .field("dir", &self.dir.path())
             .finish_non_exhaustive()
     }
+}
+
+/// How many times the log says the server is ready (it is appended to
+/// across restarts).
+fn ready_lines(log: &std::path::Path) -> usize {
+    std::fs::read_to_string(log)
+        .map(|text| text.matches("Ready to accept connections").count())
+        .unwrap_or(0)
 }
 
 /// Whether a Redis server at `addr` answers `PING` with `+PONG` (plain RESP
