@@ -59,10 +59,12 @@ pub enum SetupError {
         sql: String,
     },
     #[error(
-        "Postgres refused `{sql}`: {source}; adding a table to a publication needs ownership of the table (and CREATE on the database): have the tables' owner run it once (the ingestor then uses that publication as it is), see README \"Least privilege\""
+        "Postgres refused `{sql}`: {reason}; adding a table to a publication needs ownership of the table (and CREATE on the database): have the tables' owner run it once (the ingestor then uses that publication as it is), see README \"Least privilege\""
     )]
     CreatePublication {
         sql: String,
+        /// The server's message (`must be owner of table …`).
+        reason: String,
         #[source]
         source: tokio_postgres::Error,
     },
@@ -290,7 +292,14 @@ async fn ensure_publication(
             Ok(()) => tracing::info!(publication, "created publication"),
             Err(e) if e.code() == Some(&SqlState::DUPLICATE_OBJECT) => {}
             Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
-                return Err(SetupError::CreatePublication { sql, source: e });
+                let reason = e
+                    .as_db_error()
+                    .map_or_else(|| e.to_string(), |db| db.message().to_owned());
+                return Err(SetupError::CreatePublication {
+                    sql,
+                    reason,
+                    source: e,
+                });
             }
             Err(e) => return Err(SetupError::sql(sql)(e)),
         }
