@@ -519,7 +519,9 @@ fn member_or_refusal(answer: Result<Option<String>, MembershipError>) -> Result<
 }
 
 /// `GET /api/realtime/stream`: [`open_stream`], with a transient refusal
-/// turned into one an `EventSource` retries by itself ([`for_event_source`]).
+/// turned into one an `EventSource` retries by itself ([`for_event_source`]);
+/// other callers get a 503 with `Retry-After` (`REALTIME_RETRY`, whole
+/// seconds, at least 1) where the refusal did not set one.
 async fn stream(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -527,12 +529,19 @@ async fn stream(
 ) -> Response {
     let event_source = accepts_event_stream(&headers);
     let retry = app.retry;
-    let response = open_stream(app, headers, raw).await;
+    let mut response = open_stream(app, headers, raw).await;
     if event_source {
-        for_event_source(response, retry)
-    } else {
-        response
+        return for_event_source(response, retry);
     }
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE
+        && !response.headers().contains_key(header::RETRY_AFTER)
+    {
+        let secs = retry.as_millis().div_ceil(1000).max(1) as u64;
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
 }
 
 async fn open_stream(app: Arc<AppState>, headers: HeaderMap, raw: Option<String>) -> Response {
