@@ -68,12 +68,20 @@ pub enum SetupError {
         #[source]
         source: tokio_postgres::Error,
     },
-    #[error("Postgres refused {what}: {source}")]
+    #[error("Postgres refused {what}: {}", server_message(.source))]
     Sql {
         what: String,
         #[source]
         source: tokio_postgres::Error,
     },
+}
+
+/// The server's own words for a refusal (`must be owner of table t`,
+/// `permission denied …`): `tokio_postgres::Error`'s `Display` says only
+/// "db error", which names neither the cause nor the fix.
+fn server_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map_or_else(|| e.to_string(), |db| db.message().to_owned())
 }
 
 impl SetupError {
@@ -292,9 +300,7 @@ async fn ensure_publication(
             Ok(()) => tracing::info!(publication, "created publication"),
             Err(e) if e.code() == Some(&SqlState::DUPLICATE_OBJECT) => {}
             Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
-                let reason = e
-                    .as_db_error()
-                    .map_or_else(|| e.to_string(), |db| db.message().to_owned());
+                let reason = server_message(&e);
                 return Err(SetupError::CreatePublication {
                     sql,
                     reason,

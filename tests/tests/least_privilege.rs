@@ -236,3 +236,25 @@ async fn an_admin_publication_missing_a_routed_table_stops_start_up_clearly() {
         .await;
     assert_eq!(tables[0].get::<_, i64>(0), 3);
 }
+
+/// Without `REPLICATION` the ingestor cannot create its slot: start-up
+/// stops with Postgres's reason, not a bare "db error".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingestor_role_without_replication_is_refused_with_the_reason() {
+    let pg = PostgresServer::start().expect("postgres");
+    let ctx = TestContext::on(&pg).await;
+    ctx.batch(&roles_sql(&ctx)).await;
+    ctx.batch("ALTER ROLE realtime_ingestor NOREPLICATION")
+        .await;
+
+    let mut ingestor =
+        ChildProcess::spawn(&binary_path("realtime-ingestor"), &ingestor_env(&pg, &ctx));
+    let status = ingestor.wait_exit(WAIT).await;
+    assert!(!status.success(), "the ingestor must not start");
+    let output = ingestor.output_text();
+    assert!(
+        output.contains("replication role"),
+        "the refusal says REPLICATION is missing:\n{output}"
+    );
+    assert!(!output.contains("panicked"), "{output}");
+}
