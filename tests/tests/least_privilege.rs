@@ -25,6 +25,10 @@ use support::sse::SseClient;
 
 const WAIT: Duration = Duration::from_secs(30);
 const ROLES_SQL_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/postgres/roles.sql");
+const OWNS_SQL_PATH: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../deploy/postgres/ingestor-owns-publication.sql"
+);
 const README_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
 const INGESTOR_PASSWORD: &str = "ingestor-pw";
 const GATEWAY_PASSWORD: &str = "gateway-pw";
@@ -82,16 +86,18 @@ fn ingestor_env(pg: &PostgresServer, ctx: &TestContext) -> Vec<(&'static str, St
     .concat()
 }
 
-/// The README quotes `deploy/postgres/roles.sql` whole, so what operators
-/// read is what this test runs.
+/// The README quotes both SQL files whole, so what operators read is what
+/// these tests run.
 #[test]
 fn the_readme_quotes_the_roles_file_verbatim() {
-    let sql = std::fs::read_to_string(ROLES_SQL_PATH).expect("deploy/postgres/roles.sql");
     let readme = std::fs::read_to_string(README_PATH).expect("README.md");
-    assert!(
-        readme.contains(&format!("```sql\n{sql}```")),
-        "README.md must quote deploy/postgres/roles.sql verbatim in a ```sql block"
-    );
+    for path in [ROLES_SQL_PATH, OWNS_SQL_PATH] {
+        let sql = std::fs::read_to_string(path).expect(path);
+        assert!(
+            readme.contains(&format!("```sql\n{sql}```")),
+            "README.md must quote {path} verbatim in a ```sql block"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,4 +263,85 @@ async fn an_ingestor_role_without_replication_is_refused_with_the_reason() {
         "the refusal says REPLICATION is missing:\n{output}"
     );
     assert!(!output.contains("panicked"), "{output}");
+}
+
+/// The alternative: the ingestor joins the tables' owner role (exactly
+/// `deploy/postgres/ingestor-owns-publication.sql`), creates the
+/// publication, sets REPLICA IDENTITY FULL, and on a later start puts back a
+/// routed table someone dropped from its publication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingestor_in_the_owner_role_creates_and_syncs_its_publication() {
+    let pg = PostgresServer::start().expect("postgres");
+    let ctx = TestContext::on(&pg).await;
+    // The application's tables, owned by a non-superuser role.
+    ctx.batch(
+        "CREATE ROLE app_owner;
+         ALTER TABLE properties OWNER TO app_owner;
+         ALTER TABLE organization_members OWNER TO app_owner;
+         ALTER TABLE organizations OWNER TO app_owner;
+         ALTER TABLE activities OWNER TO app_owner;",
+    )
+    .await;
+    let sql = std::fs::read_to_string(OWNS_SQL_PATH)
+        .expect(OWNS_SQL_PATH)
+        .replace(":'ingestor_password'", &format!("'{INGESTOR_PASSWORD}'"))
+        .replace(":\"db\"", &format!("\"{}\"", ctx.database()))
+        .replace(":\"owner\"", "\"app_owner\"");
+    ctx.batch(&sql).await;
+    let env = [
+        ingestor_env(&pg, &ctx),
+        vec![
+            ("REALTIME_PUBLICATION", "own_pub".to_owned()),
+            ("REALTIME_MANAGE_REPLICA_IDENTITY", "true".to_owned()),
+        ],
+    ]
+    .concat();
+    let publication_tables = || async {
+        ctx.query(
+            "SELECT tablename::text FROM pg_publication_tables WHERE pubname = 'own_pub' ORDER BY 1",
+            &[],
+        )
+        .await
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+    };
+    let routed = vec![
+        "activities".to_owned(),
+        "organization_members".to_owned(),
+        "organizations".to_owned(),
+        "properties".to_owned(),
+    ];
+
+    let first = start_ready("realtime-ingestor", &env).await;
+    let owner = ctx
+        .query(
+            "SELECT pg_get_userbyid(pubowner)::text FROM pg_publication WHERE pubname = 'own_pub'",
+            &[],
+        )
+        .await;
+    assert_eq!(owner[0].get::<_, String>(0), "realtime_ingestor");
+    assert_eq!(publication_tables().await, routed);
+    let full = ctx
+        .query(
+            "SELECT count(*) FROM pg_class WHERE relname = ANY($1) AND relreplident = 'f'",
+            &[&routed],
+        )
+        .await;
+    assert_eq!(full[0].get::<_, i64>(0), 4, "REPLICA IDENTITY FULL set");
+    drop(first);
+
+    ctx.batch("ALTER PUBLICATION own_pub DROP TABLE activities")
+        .await;
+    let second = start_ready("realtime-ingestor", &env).await;
+    assert_eq!(
+        publication_tables().await,
+        routed,
+        "the table list is synced back"
+    );
+    assert!(
+        !second.output_text().contains("owned by another role"),
+        "{}",
+        second.output_text()
+    );
 }
