@@ -6,8 +6,9 @@
 //! membership is cached gets its replay from Redis history; a new
 //! `EventSource` request that needs a membership query gets the transient
 //! answer of DESIGN §9 (200 `text/event-stream`, jittered `retry:`, a
-//! `: <reason>` comment, end), another caller a 503 with `Retry-After`; a
-//! non-member is never let in from the cache. When Postgres is back, the
+//! `: <reason>` comment, end), and so does one authenticated by a database
+//! session; another caller gets a 503 with `Retry-After`; a bad token stays
+//! a final 401. When Postgres is back, the
 //! body says ready again and the refused user gets in.
 
 #![allow(clippy::unwrap_used)] // test helpers, not only #[test] fns
@@ -35,7 +36,9 @@ const RETRY_MS: u64 = 2000;
 const SEED: &str = "INSERT INTO organizations (id, name) VALUES ('orgA', 'Acme');
      INSERT INTO users (id) VALUES ('ua'), ('uc');
      INSERT INTO organization_members (id, \"userId\", \"organizationId\") VALUES
-       ('m1', 'ua', 'orgA'), ('m2', 'uc', 'orgA');";
+       ('m1', 'ua', 'orgA'), ('m2', 'uc', 'orgA');
+     INSERT INTO sessions (id, \"sessionToken\", \"userId\", expires)
+       VALUES ('s1', 'sess-uc', 'uc', now() + interval '1 hour');";
 
 async fn start_ready(name: &str, env: &[(&str, String)]) -> (ChildProcess, SocketAddr) {
     let child = ChildProcess::spawn(&binary_path(name), env);
@@ -202,6 +205,26 @@ async fn without_postgres_open_streams_go_on_cached_members_resume_and_new_ones_
         "{hint:?}"
     );
     assert!(refused.ends_within(WAIT).await, "then the stream ends");
+    // A database session cannot be looked up either: the same answer.
+    let mut by_session = SseClient::connect(
+        &url,
+        None,
+        &[
+            ("accept", "text/event-stream"),
+            ("cookie", "authjs.session-token=sess-uc"),
+        ],
+    )
+    .await;
+    assert_eq!(by_session.status, 200, "{}", by_session.body_text);
+    let hint = by_session.next(WAIT).await.unwrap().expect("a retry hint");
+    assert!(hint.retry.is_some(), "{hint:?}");
+    assert!(
+        hint.comment
+            .as_deref()
+            .is_some_and(|c| c.contains("session")),
+        "{hint:?}"
+    );
+    assert!(by_session.ends_within(WAIT).await);
     // Any other caller: 503 with Retry-After.
     let plain = SseClient::connect(&url, Some(&uc), &[]).await;
     assert_eq!(plain.status, 503, "{}", plain.body_text);
