@@ -382,6 +382,7 @@ async fn watch_readiness(
                     }
                     pg_was_ok = pg_ok;
                 }
+                metrics::gauge!(m::POSTGRES_UP).set(if pg_ok { 1.0 } else { 0.0 });
                 readiness.set_degraded((!pg_ok).then(|| "postgres unavailable".to_owned()));
                 readiness.set(redis_ok);
             }

@@ -149,6 +149,15 @@ async fn without_postgres_open_streams_go_on_cached_members_resume_and_new_ones_
         "readyz stays 200 while Redis answers: {}",
         body.1
     );
+    let metrics = http_get(&format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .1;
+    assert_eq!(
+        support::metric_value(&metrics, "realtime_gateway_postgres_up"),
+        0.0,
+        "{metrics}"
+    );
 
     // The open stream stays open: heartbeats, and events published to Redis.
     let heartbeat = next_message(&mut open, WAIT).await.expect("stream open");
@@ -246,6 +255,14 @@ async fn without_postgres_open_streams_go_on_cached_members_resume_and_new_ones_
             .filter(|(status, body)| *status == 200 && !body.contains("degraded"))
     })
     .await;
+    let metrics = http_get(&format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .1;
+    assert_eq!(
+        support::metric_value(&metrics, "realtime_gateway_postgres_up"),
+        1.0
+    );
     let url2 = url.clone();
     let uc2 = uc.clone();
     let back = wait_until("uc is admitted again", WAIT, || {
