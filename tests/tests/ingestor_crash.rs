@@ -1,6 +1,7 @@
 //! Postgres crashes under load (`pg_ctl stop -m immediate`, then crash
 //! recovery), with the real ingestor and gateway binaries and an SSE client
-//! that resumes with `Last-Event-ID` whenever its stream ends: every row
+//! that resumes with `Last-Event-ID` whenever its stream ends (and by itself
+//! every few hundred events, so resumes overlap the replays): every row
 //! whose insert returned OK reaches the client exactly once, in commit
 //! order; a row whose insert failed in the crash (its commit may or may not
 //! have happened) arrives at most once, and only if it is in the table
@@ -25,6 +26,8 @@ use tokio::sync::mpsc;
 const WAIT: Duration = Duration::from_secs(30);
 /// Rows inserted, one transaction each.
 const ROWS: usize = 1500;
+/// Events the reader takes per connection before it resumes on a new one.
+const RECONNECT_EVERY: usize = 400;
 
 const SEED: &str = "INSERT INTO organizations (id, name) VALUES ('org1', 'Acme');
      INSERT INTO users (id) VALUES ('u1');
@@ -88,21 +91,27 @@ async fn write_rows(ctx: TestContext, done: mpsc::UnboundedSender<Outcome>) {
 }
 
 /// Reads the org1 stream for `u1`, resuming with `Last-Event-ID` after any
-/// end, and forwards each event as (event id, property id).
+/// end, and forwards each event as (event id, property id). It also leaves
+/// by itself after every [`RECONNECT_EVERY`] events, so resumes happen
+/// while the crashes' replays are under way.
 async fn read_with_resume(url: String, seen: mpsc::UnboundedSender<(String, String)>) {
     let tok = token("u1", 3600);
     let mut last: Option<String> = None;
     loop {
-        let headers: Vec<(&str, &str)> = last
-            .as_deref()
-            .map(|id| vec![("last-event-id", id)])
-            .unwrap_or_default();
-        let mut client = SseClient::connect(&url, Some(&tok), &headers).await;
-        if client.status != 200 {
-            // A transient refusal: try again (the caller's deadline bounds it).
-            tokio::task::yield_now().await;
-            continue;
-        }
+        // A transient refusal is retried until the deadline.
+        let mut client = wait_until("the stream (re)opens", WAIT, || {
+            let (url, tok, last) = (url.clone(), tok.clone(), last.clone());
+            async move {
+                let headers: Vec<(&str, &str)> = last
+                    .as_deref()
+                    .map(|id| vec![("last-event-id", id)])
+                    .unwrap_or_default();
+                let client = SseClient::connect(&url, Some(&tok), &headers).await;
+                (client.status == 200).then_some(client)
+            }
+        })
+        .await;
+        let mut taken = 0;
         while let Ok(Some(message)) = client.next(Duration::from_secs(3600)).await {
             let Some(id) = message.id.clone() else {
                 continue;
@@ -115,6 +124,10 @@ async fn read_with_resume(url: String, seen: mpsc::UnboundedSender<(String, Stri
             last = Some(id.clone());
             if seen.send((id, property)).is_err() {
                 return;
+            }
+            taken += 1;
+            if taken == RECONNECT_EVERY {
+                break;
             }
         }
     }
