@@ -130,6 +130,11 @@ pub fn router(state: Arc<AppState>, options: RouterOptions) -> Router {
         Limited::Connect,
         &stop,
     );
+    // Outside the connect limiter, so its 429 is covered too.
+    stream_routes = stream_routes.layer(axum::middleware::from_fn_with_state(
+        state.retry,
+        event_source_refusals,
+    ));
     let strikes_state = state.clone();
     let strikes_stop = stop.clone();
     tokio::spawn(async move {
@@ -518,21 +523,17 @@ fn member_or_refusal(answer: Result<Option<String>, MembershipError>) -> Result<
     }
 }
 
-/// `GET /api/realtime/stream`: [`open_stream`], with a transient refusal
-/// turned into one an `EventSource` retries by itself ([`for_event_source`]);
-/// other callers get a 503 with `Retry-After` (`REALTIME_RETRY`, whole
-/// seconds, at least 1) where the refusal did not set one.
+/// `GET /api/realtime/stream`: [`open_stream`]; a 503 gets a `Retry-After`
+/// (`REALTIME_RETRY`, whole seconds, at least 1) where the refusal did not
+/// set one. An `EventSource`'s transient refusals are rewritten around the
+/// whole route ([`event_source_refusals`]).
 async fn stream(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let event_source = accepts_event_stream(&headers);
     let retry = app.retry;
     let mut response = open_stream(app, headers, raw).await;
-    if event_source {
-        return for_event_source(response, retry);
-    }
     if response.status() == StatusCode::SERVICE_UNAVAILABLE
         && !response.headers().contains_key(header::RETRY_AFTER)
     {
@@ -542,6 +543,24 @@ async fn stream(
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     response
+}
+
+/// Middleware of the stream route: a `GET` that accepts
+/// `text/event-stream` gets its transient refusals, the handler's and the
+/// connect limiter's alike, in the form an `EventSource` retries
+/// ([`for_event_source`]).
+async fn event_source_refusals(
+    State(retry): State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let event_source = request.method() == Method::GET && accepts_event_stream(request.headers());
+    let response = next.run(request).await;
+    if event_source {
+        for_event_source(response, retry)
+    } else {
+        response
+    }
 }
 
 async fn open_stream(app: Arc<AppState>, headers: HeaderMap, raw: Option<String>) -> Response {

@@ -283,3 +283,51 @@ async fn without_postgres_open_streams_go_on_cached_members_resume_and_new_ones_
     drop(gateway);
     drop(ingestor);
 }
+
+/// The connect limiter's 429 is transient too: an `EventSource` over the
+/// rate gets a 200 `text/event-stream` whose `retry:` is not far below the
+/// limiter's `Retry-After`; another caller keeps the 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_source_over_the_connect_rate_gets_a_retry_hint() {
+    let ctx = TestContext::new().await;
+    ctx.batch(SEED).await;
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut env = ctx.gateway_env(addr, JWT_SECRET);
+    env.extend([
+        // One new stream per 10 s per address.
+        ("REALTIME_CONNECT_RATE", "0.1".to_owned()),
+        ("REALTIME_CONNECT_BURST", "1".to_owned()),
+        ("REALTIME_RETRY", format!("{RETRY_MS}ms")),
+    ]);
+    let (gateway, _) = start_ready("realtime-gateway", &env).await;
+    let url = format!("http://{addr}/api/realtime/stream?organizationId=orgA");
+    let ua = token("ua", 3600);
+    let accept = [("accept", "text/event-stream")];
+
+    let mut first = SseClient::connect(&url, Some(&ua), &accept).await;
+    assert_eq!(first.status, 200, "{}", first.body_text);
+    let hello = first.next(WAIT).await.unwrap().unwrap();
+    assert_eq!(hello.json()["type"], "connection");
+
+    let mut limited = SseClient::connect(&url, Some(&ua), &accept).await;
+    assert_eq!(limited.status, 200, "{}", limited.body_text);
+    let hint = limited.next(WAIT).await.unwrap().expect("a retry hint");
+    let retry = hint.retry.expect("a retry: field");
+    assert!(
+        retry >= 2_500,
+        "the hint is not far below the limiter's Retry-After (~10 s): {retry}"
+    );
+    assert!(
+        hint.comment
+            .as_deref()
+            .is_some_and(|c| c.contains("slow down")),
+        "{hint:?}"
+    );
+    assert!(limited.ends_within(WAIT).await);
+
+    let plain = SseClient::connect(&url, Some(&ua), &[]).await;
+    assert_eq!(plain.status, 429, "{}", plain.body_text);
+    assert!(plain.headers.contains_key("retry-after"));
+    drop(first);
+    drop(gateway);
+}
