@@ -135,6 +135,11 @@ pub fn router(state: Arc<AppState>, options: RouterOptions) -> Router {
         Limited::Connect,
         &stop,
     );
+    // Outside the connect limiter, so its 429 is covered too.
+    stream_routes = stream_routes.layer(axum::middleware::from_fn_with_state(
+        state.retry,
+        event_source_refusals,
+    ));
     let strikes_state = state.clone();
     let strikes_stop = stop.clone();
     tokio::spawn(async move {
@@ -270,12 +275,69 @@ fn limit_per_ip(
 fn reject(status: StatusCode, reason: &'static str, why: &str) -> Response {
     metrics::counter!(m::REJECTED, "reason" => reason).increment(1);
     metrics::counter!(m::CONNECTIONS_TOTAL, "result" => reason).increment(1);
-    (
+    let mut response = (
         status,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         format!("{why}\n"),
     )
-        .into_response()
+        .into_response();
+    response.extensions_mut().insert(Refusal(why.to_owned()));
+    response
+}
+
+/// Why a stream was refused, kept on the refusal so
+/// [`for_event_source`] can say it in an SSE comment.
+#[derive(Clone)]
+struct Refusal(String);
+
+/// Whether the request is an `EventSource`'s (or any client that says it
+/// reads `text/event-stream`).
+fn accepts_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .any(|v| v.as_bytes().windows(17).any(|w| w == b"text/event-stream"))
+}
+
+/// DESIGN §9 "Transient refusals for EventSource": a browser's
+/// `EventSource` stops for good on any status but 200 (and on a 200 that is
+/// not `text/event-stream`), so a refusal that is only transient (503:
+/// Postgres, Redis or credentials unavailable, draining; 429: connection
+/// caps) becomes a 200 `text/event-stream` holding a jittered `retry:` and
+/// a `: <reason>` comment, then the end of the stream: the browser
+/// reconnects by itself after that delay, spread out so a recovering
+/// dependency is not hit by every client at once. The delay is drawn from
+/// [base/2, 3·base/2) with base the larger of `REALTIME_RETRY` and the
+/// refusal's `Retry-After`. 401, 403 and 400 stay final; callers that do
+/// not accept `text/event-stream` keep the 429/503 with `Retry-After`.
+fn for_event_source(response: Response, retry: Duration) -> Response {
+    let status = response.status();
+    if status != StatusCode::SERVICE_UNAVAILABLE && status != StatusCode::TOO_MANY_REQUESTS {
+        return response;
+    }
+    let why = response
+        .extensions()
+        .get::<Refusal>()
+        .map(|r| r.0.clone())
+        .unwrap_or_else(|| "unavailable; retry".to_owned());
+    let retry_after = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or_default();
+    let base = retry.max(retry_after).as_millis().max(2) as u64;
+    let ms = base / 2 + rand::random_range(0..base);
+    // One line: a comment cannot span lines.
+    let why: String = why.chars().filter(|c| !c.is_control()).collect();
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache, no-transform")
+        .header("x-accel-buffering", "no")
+        .body(Body::from(format!("retry: {ms}\n: {why}\n\n")))
+        .unwrap_or_else(|_| status.into_response())
 }
 
 /// 429 with `Retry-After` (seconds) and a reason.
@@ -467,11 +529,47 @@ fn member_or_refusal(answer: Result<Option<String>, MembershipError>) -> Result<
     }
 }
 
+/// `GET /api/realtime/stream`: [`open_stream`]; a 503 gets a `Retry-After`
+/// (`REALTIME_RETRY`, whole seconds, at least 1) where the refusal did not
+/// set one. An `EventSource`'s transient refusals are rewritten around the
+/// whole route ([`event_source_refusals`]).
 async fn stream(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
+    let retry = app.retry;
+    let mut response = open_stream(app, headers, raw).await;
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE
+        && !response.headers().contains_key(header::RETRY_AFTER)
+    {
+        let secs = retry.as_millis().div_ceil(1000).max(1) as u64;
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+/// Middleware of the stream route: a `GET` that accepts
+/// `text/event-stream` gets its transient refusals, the handler's and the
+/// connect limiter's alike, in the form an `EventSource` retries
+/// ([`for_event_source`]).
+async fn event_source_refusals(
+    State(retry): State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let event_source = request.method() == Method::GET && accepts_event_stream(request.headers());
+    let response = next.run(request).await;
+    if event_source {
+        for_event_source(response, retry)
+    } else {
+        response
+    }
+}
+
+async fn open_stream(app: Arc<AppState>, headers: HeaderMap, raw: Option<String>) -> Response {
     if app.draining.is_cancelled() {
         return reject(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -997,4 +1095,72 @@ fn uuid_like() -> String {
         &h[16..20],
         &h[20..32]
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_text(response: Response) -> String {
+        let bytes = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    fn retry_ms(body: &str) -> u64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix("retry: "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn only_an_event_stream_accept_counts() {
+        let mut headers = HeaderMap::new();
+        assert!(!accepts_event_stream(&headers));
+        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        assert!(!accepts_event_stream(&headers));
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/html, text/event-stream;q=0.9"),
+        );
+        assert!(accepts_event_stream(&headers));
+    }
+
+    #[tokio::test]
+    async fn a_transient_refusal_becomes_a_retry_hint_and_a_final_one_stays() {
+        let retry = Duration::from_secs(3);
+        let unavailable = reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "membership unavailable; retry",
+        );
+        let answer = for_event_source(unavailable, retry);
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(
+            answer.headers().get(header::CONTENT_TYPE).unwrap(),
+            "text/event-stream"
+        );
+        let body = body_text(answer).await;
+        assert!((1500..4500).contains(&retry_ms(&body)), "{body}");
+        assert!(
+            body.contains("\n: membership unavailable; retry\n\n"),
+            "{body}"
+        );
+
+        // A cap's 429: the hint is never far below its Retry-After.
+        let capped = too_many("user_limit", "too many open streams", 20);
+        let body = body_text(for_event_source(capped, retry)).await;
+        assert!((10_000..30_000).contains(&retry_ms(&body)), "{body}");
+
+        for status in [
+            StatusCode::UNAUTHORIZED,
+            StatusCode::FORBIDDEN,
+            StatusCode::BAD_REQUEST,
+        ] {
+            let refusal = reject(status, "x", "final");
+            assert_eq!(for_event_source(refusal, retry).status(), status);
+        }
+    }
 }

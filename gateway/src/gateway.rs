@@ -367,7 +367,17 @@ async fn drain(registry: &Registry, within: Duration) {
     tokio::time::sleep(left).await;
 }
 
-/// `/readyz`: Redis and Postgres both answer, and not draining.
+/// `/readyz`: 200 while Redis answers and the replica is not draining;
+/// 503 otherwise.
+///
+/// Postgres down does not make a replica unready: it is shared by every
+/// replica, so a 503 would pull all of them out of the load balancer at
+/// once, while each can still serve its open streams, resume them from
+/// Redis history and admit members whose answer it has cached (new
+/// membership or session lookups get a transient refusal an `EventSource`
+/// retries by itself). The 200's body then says `degraded: postgres
+/// unavailable`, and the state is logged once per change. Redis down is a
+/// 503: without it no replica can deliver anything.
 async fn watch_readiness(
     readiness: Readiness,
     membership: Arc<Membership>,
@@ -375,6 +385,7 @@ async fn watch_readiness(
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut pg_was_ok = true;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
@@ -383,8 +394,18 @@ async fn watch_readiness(
             }
             _ = tick.tick() => {
                 let redis_ok = redis::cmd("PING").query_async::<String>(&mut redis).await.is_ok();
-                let pg_ok = membership.ping().await.is_ok();
-                readiness.set(redis_ok && pg_ok);
+                let pg = membership.ping().await;
+                let pg_ok = pg.is_ok();
+                if pg_ok != pg_was_ok {
+                    match &pg {
+                        Ok(()) => tracing::info!("postgres answers again: readiness no longer degraded"),
+                        Err(e) => tracing::warn!(error = %e, "postgres unavailable: serving open streams and cached memberships; /readyz stays 200 (degraded)"),
+                    }
+                    pg_was_ok = pg_ok;
+                }
+                metrics::gauge!(m::POSTGRES_UP).set(if pg_ok { 1.0 } else { 0.0 });
+                readiness.set_degraded((!pg_ok).then(|| "postgres unavailable".to_owned()));
+                readiness.set(redis_ok);
             }
         }
     }

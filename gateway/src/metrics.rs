@@ -14,10 +14,17 @@ pub const SOCKETS: &str = "realtime_gateway_sockets";
 pub const SOCKETS_REFUSED: &str = "realtime_gateway_sockets_refused_total";
 pub const SOCKETS_CLOSED: &str = "realtime_gateway_sockets_closed_total";
 pub const SOCKETS_SERVED: &str = "realtime_gateway_sockets_served_total";
+/// 1 while the replica's Postgres answers, 0 while it is degraded without
+/// it (`/readyz` stays 200 then, so this is what alerts watch).
+pub const POSTGRES_UP: &str = "realtime_gateway_postgres_up";
 
 pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_gauge!(CONNECTIONS, "Open SSE streams on this replica.");
+    describe_gauge!(
+        POSTGRES_UP,
+        "1 while Postgres answers this replica's readiness probe, 0 while the replica serves degraded without it."
+    );
     // Exported from the start, so dashboards and alerts see zeros, not gaps.
     metrics::counter!(DRAINED).increment(0);
     metrics::counter!(PUBLISHED).increment(0);

@@ -47,7 +47,7 @@ pub struct Config {
     #[arg(long = "realtime-slot", env = "REALTIME_SLOT", value_name = "REALTIME_SLOT", default_value = "realtime", value_parser = parse_identifier)]
     pub slot: String,
 
-    /// Name of the publication (created when missing; its table list is kept equal to the routed tables).
+    /// Name of the publication (created when missing; its table list is kept equal to the routed tables when this role owns it; another role's publication is used as it is and must hold every routed table).
     #[arg(long = "realtime-publication", env = "REALTIME_PUBLICATION", value_name = "REALTIME_PUBLICATION", default_value = "realtime", value_parser = parse_identifier)]
     pub publication: String,
 

@@ -5,6 +5,14 @@
 //! deletes carry the organization column and updates carry the old row);
 //! creates the publication and the persistent `pgoutput` slot when missing,
 //! and keeps the publication's table list equal to the routed tables.
+//!
+//! A publication this role does not own (an admin created it, because adding
+//! a table to a publication needs ownership of the table, which a
+//! least-privileged ingestor does not have: README "Least privilege") is
+//! never altered: its table list is the admin's. Start-up then only checks
+//! that it publishes every operation and every routed table, refuses to
+//! start when it does not (a routed table missing from it would lose its
+//! events silently), and says in one line that the sync is off.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -41,12 +49,39 @@ pub enum SetupError {
         "replication slot {slot:?} exists but {why}; drop it (SELECT pg_drop_replication_slot('{slot}')) or choose another REALTIME_SLOT"
     )]
     ForeignSlot { slot: String, why: String },
-    #[error("Postgres refused {what}: {source}")]
+    #[error(
+        "publication {publication:?} is owned by {owner:?}, not by this role, so the ingestor does not alter it, and {why}; as its owner run `{sql}`, or let the ingestor's role own the routed tables and the publication"
+    )]
+    ForeignPublication {
+        publication: String,
+        owner: String,
+        why: String,
+        sql: String,
+    },
+    #[error(
+        "Postgres refused `{sql}`: {reason}; adding a table to a publication needs ownership of the table (and CREATE on the database): have the tables' owner run it once (the ingestor then uses that publication as it is), see README \"Least privilege\""
+    )]
+    CreatePublication {
+        sql: String,
+        /// The server's message (`must be owner of table …`).
+        reason: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("Postgres refused {what}: {}", server_message(.source))]
     Sql {
         what: String,
         #[source]
         source: tokio_postgres::Error,
     },
+}
+
+/// The server's own words for a refusal (`must be owner of table t`,
+/// `permission denied …`): `tokio_postgres::Error`'s `Display` says only
+/// "db error", which names neither the cause nor the fix.
+fn server_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map_or_else(|| e.to_string(), |db| db.message().to_owned())
 }
 
 impl SetupError {
@@ -252,7 +287,8 @@ async fn ensure_publication(
 
     let existing = client
         .query_opt(
-            "SELECT puballtables, pubinsert AND pubupdate AND pubdelete AND pubtruncate \
+            "SELECT puballtables, pubinsert AND pubupdate AND pubdelete AND pubtruncate, \
+             pg_has_role(pubowner, 'USAGE'), pg_get_userbyid(pubowner)::text \
              FROM pg_publication WHERE pubname = $1",
             &[&publication],
         )
@@ -263,10 +299,23 @@ async fn ensure_publication(
         match client.batch_execute(&sql).await {
             Ok(()) => tracing::info!(publication, "created publication"),
             Err(e) if e.code() == Some(&SqlState::DUPLICATE_OBJECT) => {}
+            Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+                let reason = server_message(&e);
+                return Err(SetupError::CreatePublication {
+                    sql,
+                    reason,
+                    source: e,
+                });
+            }
             Err(e) => return Err(SetupError::sql(sql)(e)),
         }
         return Ok(());
     };
+    let owned: bool = existing.get(2);
+    if !owned {
+        let owner: String = existing.get(3);
+        return check_foreign_publication(client, &existing, publication, &owner, &wanted).await;
+    }
     let all_tables: bool = existing.get(0);
     let all_ops: bool = existing.get(1);
     if !all_ops {
@@ -304,6 +353,70 @@ async fn ensure_publication(
             "publication table list updated to the routed tables"
         );
     }
+    Ok(())
+}
+
+/// A publication owned by another role: checked, never altered. `Ok` (and
+/// one info line saying the table-list sync is off) when it publishes every
+/// operation and every routed table; extra tables are harmless (the router
+/// drops their changes).
+async fn check_foreign_publication(
+    client: &Client,
+    existing: &tokio_postgres::Row,
+    publication: &str,
+    owner: &str,
+    wanted: &BTreeSet<(String, String)>,
+) -> Result<(), SetupError> {
+    let pub_name = quote_ident(publication);
+    let all_tables: bool = existing.get(0);
+    let all_ops: bool = existing.get(1);
+    let refuse = |why: String, sql: String| SetupError::ForeignPublication {
+        publication: publication.to_owned(),
+        owner: owner.to_owned(),
+        why,
+        sql,
+    };
+    if !all_ops {
+        return Err(refuse(
+            "it does not publish every operation (deletes or truncates would be lost)".into(),
+            format!(
+                "ALTER PUBLICATION {pub_name} SET (publish = 'insert, update, delete, truncate')"
+            ),
+        ));
+    }
+    if !all_tables {
+        let current: BTreeSet<(String, String)> = client
+            .query(
+                "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+                &[&publication],
+            )
+            .await
+            .map_err(SetupError::sql("listing the publication's tables"))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let missing: Vec<String> = wanted
+            .difference(&current)
+            .map(|(schema, table)| format!("{}.{}", quote_ident(schema), quote_ident(table)))
+            .collect();
+        if !missing.is_empty() {
+            return Err(refuse(
+                format!(
+                    "it lacks routed table(s) {} (their changes would never arrive)",
+                    missing.join(", ")
+                ),
+                format!(
+                    "ALTER PUBLICATION {pub_name} ADD TABLE {}",
+                    missing.join(", ")
+                ),
+            ));
+        }
+    }
+    tracing::info!(
+        publication,
+        owner,
+        "publication is owned by another role: its table list is not kept in sync with the routes (it already holds every routed table)"
+    );
     Ok(())
 }
 

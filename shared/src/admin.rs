@@ -1,6 +1,7 @@
 //! The admin endpoints both binaries serve on `REALTIME_ADMIN_LISTEN`:
 //! `/healthz` (the process is alive), `/readyz` (it can do its job: 200 or
-//! 503) and `/metrics` (Prometheus text).
+//! 503; a 200 may name a degraded dependency in its body, see
+//! [`Readiness::set_degraded`]) and `/metrics` (Prometheus text).
 //!
 //! Metrics go through the `metrics` facade into one process-wide Prometheus
 //! recorder, installed on first use; histograms whose name ends in `_seconds`
@@ -9,7 +10,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -44,15 +45,45 @@ pub fn metrics_handle() -> PrometheusHandle {
 
 /// Whether the process is ready to serve; shared between the worker that
 /// knows and the `/readyz` handler that tells.
+///
+/// Ready is what a load balancer acts on (200 or 503). A ready process may
+/// also be *degraded*: a dependency is down but the process still does
+/// useful work (the gateway without Postgres keeps its open streams and
+/// admits members it has cached). `/readyz` then stays 200 and its body
+/// names the degraded dependency, so every replica is not pulled out of
+/// rotation at once for a fault no replica can fix.
 #[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness(Arc<ReadinessState>);
+
+#[derive(Debug, Default)]
+struct ReadinessState {
+    ready: AtomicBool,
+    degraded: Mutex<Option<String>>,
+}
 
 impl Readiness {
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Relaxed);
+        self.0.ready.store(ready, Ordering::Relaxed);
     }
     pub fn get(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.0.ready.load(Ordering::Relaxed)
+    }
+    /// What is degraded (one line, e.g. `postgres unavailable`), or `None`
+    /// when nothing is. Does not change [`Self::get`].
+    pub fn set_degraded(&self, what: Option<String>) {
+        *self
+            .0
+            .degraded
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = what;
+    }
+    /// See [`Self::set_degraded`].
+    pub fn degraded(&self) -> Option<String> {
+        self.0
+            .degraded
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 }
 
@@ -117,11 +148,22 @@ impl AdminServer {
     }
 }
 
+/// 200 `ready` (with a `degraded: <what>` line when a dependency is down
+/// but the process still serves), or 503 `not ready` (with the same line
+/// when known).
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    let degraded = state
+        .readiness
+        .degraded()
+        .map(|what| format!("degraded: {what}\n"))
+        .unwrap_or_default();
     if state.readiness.get() {
-        (StatusCode::OK, "ready\n")
+        (StatusCode::OK, format!("ready\n{degraded}"))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready\n{degraded}"),
+        )
     }
 }
 

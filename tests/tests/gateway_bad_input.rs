@@ -1136,8 +1136,9 @@ fn ensure_open_files(needed: u64) {
 }
 
 /// Opens one authenticated stream and reads until its connection message;
-/// returns the socket, left open. A 503 (the replica is busy, e.g. its
-/// Postgres pool saturated by the burst) is retried, as EventSource would.
+/// returns the socket, left open. A transient refusal (the replica is busy,
+/// e.g. its Postgres pool saturated by the burst: a 200 stream with only a
+/// `retry:` hint, or a 503) is retried, as EventSource would.
 async fn open_idle_stream(
     addr: SocketAddr,
     token: &str,
@@ -1162,6 +1163,14 @@ async fn open_idle_stream(
                 .await
                 .map_err(|e| format!("read: {e}"))?;
             if n == 0 {
+                // A transient refusal to an EventSource-style request: a
+                // 200 stream holding only a `retry:` hint, then the end.
+                if buf.starts_with(b"HTTP/1.1 200 ")
+                    && find(&buf, b"\nretry: ").is_some()
+                    && find(&buf, b"\"status\":\"connected\"").is_none()
+                {
+                    break true;
+                }
                 return Err(format!("closed after {:?}", String::from_utf8_lossy(&buf)));
             }
             buf.extend_from_slice(&chunk[..n]);

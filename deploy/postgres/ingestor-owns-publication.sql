@@ -1,0 +1,13 @@
+-- Alternative to the ingestor part of roles.sql (README "Least privilege"):
+-- the ingestor creates the publication itself, keeps its table list equal to
+-- the routed tables, and sets REPLICA IDENTITY FULL
+-- (REALTIME_MANAGE_REPLICA_IDENTITY=true). Both need ownership of the routed
+-- tables, so the ingestor joins the role that owns them (:"owner", e.g. the
+-- application's migration role) and may then do anything that role may: more
+-- privilege than roles.sql, for convenience only.
+--
+--   psql "$ADMIN_URL" -v db=app -v owner=app_owner -v ingestor_password='…' \
+--        -f deploy/postgres/ingestor-owns-publication.sql
+CREATE ROLE realtime_ingestor LOGIN REPLICATION PASSWORD :'ingestor_password';
+GRANT CONNECT, CREATE ON DATABASE :"db" TO realtime_ingestor;
+GRANT :"owner" TO realtime_ingestor;

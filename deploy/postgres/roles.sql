@@ -1,0 +1,46 @@
+-- Least-privilege roles for the realtime layer (README "Least privilege").
+--
+-- Run once, in the application's database, as the owner of its tables (or
+-- an admin role that is a member of that owner):
+--
+--   psql "$OWNER_URL" -v db=app -v ingestor_password='…' -v gateway_password='…' \
+--        -f deploy/postgres/roles.sql
+--
+-- tests/tests/least_privilege.rs runs exactly this file, then the whole
+-- pipeline with the two roles, so this file is what is known to work.
+-- Table names are the Oikion defaults; list your routed tables instead.
+
+-- The ingestor: reads the replication slot, nothing else. REPLICATION
+-- lets it create the slot and stream it (RDS/Aurora: GRANT rds_replication;
+-- Cloud SQL: ALTER ROLE … WITH REPLICATION as cloudsqlsuperuser).
+CREATE ROLE realtime_ingestor LOGIN REPLICATION PASSWORD :'ingestor_password';
+GRANT CONNECT ON DATABASE :"db" TO realtime_ingestor;
+-- Heartbeats (pg_logical_emit_message(false, 'realtime-heartbeat', '')).
+-- EXECUTE is granted to PUBLIC by default; this keeps it working where an
+-- admin revoked that.
+GRANT EXECUTE ON FUNCTION pg_catalog.pg_logical_emit_message(boolean, text, text)
+  TO realtime_ingestor;
+
+-- The publication and REPLICA IDENTITY FULL both need ownership of the
+-- tables, which the ingestor does not have: the owner sets them up once.
+-- The ingestor then uses this publication as it is (it never alters a
+-- publication it does not own) and refuses to start if a routed table is
+-- missing from it. Set REALTIME_MANAGE_REPLICA_IDENTITY=false (the default).
+CREATE PUBLICATION realtime
+  FOR TABLE properties, organization_members, organizations, activities;
+ALTER TABLE properties REPLICA IDENTITY FULL;
+ALTER TABLE organization_members REPLICA IDENTITY FULL;
+ALTER TABLE organizations REPLICA IDENTITY FULL;
+ALTER TABLE activities REPLICA IDENTITY FULL;
+
+-- The gateway: reads the columns its membership and session queries use,
+-- and publishes through pg_logical_emit_message (POST /api/realtime/publish,
+-- POST /api/realtime/stream). No REPLICATION needed.
+CREATE ROLE realtime_gateway LOGIN PASSWORD :'gateway_password';
+GRANT CONNECT ON DATABASE :"db" TO realtime_gateway;
+GRANT USAGE ON SCHEMA public TO realtime_gateway;
+GRANT SELECT ("userId", "organizationId") ON organization_members TO realtime_gateway;
+GRANT SELECT (id, name) ON organizations TO realtime_gateway;
+GRANT SELECT ("sessionToken", "userId", expires) ON sessions TO realtime_gateway;
+GRANT EXECUTE ON FUNCTION pg_catalog.pg_logical_emit_message(boolean, text, text)
+  TO realtime_gateway;
