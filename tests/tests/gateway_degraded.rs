@@ -79,8 +79,10 @@ async fn publish_to_redis(ctx: &TestContext, id: EventId, n: u64) {
         "payload": {"n": n},
     }))
     .unwrap();
+    let client = realtime_shared::redis_conn::redis_client(&ctx.redis_url(), None).unwrap();
     let mut publisher = Publisher::connect(
-        &ctx.redis_url(),
+        &client,
+        None,
         Keys::new(ctx.key_prefix()),
         10_000,
         Duration::from_secs(5),
