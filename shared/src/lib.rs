@@ -5,6 +5,7 @@
 //! - [`envelope`]: the bytes stored in Redis per event (event + routing metadata).
 //! - [`keys`]: Redis key and channel names (DESIGN §4).
 //! - [`message`]: application events sent as Postgres logical messages, validated.
+//! - [`postgres_tls`]: libpq `sslmode`/`sslrootcert` for every Postgres connection (rustls).
 //! - [`routes`]: the routing config: which tables become which events (DESIGN §6).
 //! - [`publish`]: the atomic XADD-then-PUBLISH Redis function and a pipelined publisher.
 //! - [`config`]: durations and start-up validation helpers (DESIGN §5).
@@ -19,6 +20,7 @@ pub mod envelope;
 pub mod event;
 pub mod keys;
 pub mod message;
+pub mod postgres_tls;
 pub mod publish;
 pub mod routes;
 pub mod shutdown;
