@@ -45,12 +45,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 
@@ -213,7 +215,11 @@ pub fn parse(url: &str) -> Result<(tokio_postgres::Config, PgTls), PgTlsError> {
         .parse()
         .map_err(|e: tokio_postgres::Error| PgTlsError::BadUrl(e.to_string()))?;
     let tls = PgTls {
-        mode: mode.as_deref().map(SslMode::parse).transpose()?.unwrap_or_default(),
+        mode: mode
+            .as_deref()
+            .map(SslMode::parse)
+            .transpose()?
+            .unwrap_or_default(),
         root_cert: root.filter(|r| !r.is_empty()).map(PathBuf::from),
     };
     config.ssl_mode(match tls.mode {
@@ -243,7 +249,10 @@ fn strip_uri(url: &str) -> Result<Stripped, PgTlsError> {
     // tokio-postgres reads credentials up to the first '@', so a '?' in a
     // password is part of it; parameters start at the first '?' after that.
     let after_credentials = url.find('@').map_or(0, |at| at + 1);
-    let Some(query) = url[after_credentials..].find('?').map(|q| q + after_credentials) else {
+    let Some(query) = url[after_credentials..]
+        .find('?')
+        .map(|q| q + after_credentials)
+    else {
         return Ok((url.to_owned(), None, None));
     };
     let (mut mode, mut root) = (None, None);
@@ -598,8 +607,9 @@ mod tests {
 
     #[test]
     fn an_unreadable_root_file_fails_when_the_connector_is_built() {
-        let (_, tls) = parse("postgres://u@h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem")
-            .expect("parses");
+        let (_, tls) =
+            parse("postgres://u@h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem")
+                .expect("parses");
         let err = tls.connector().expect_err("missing file");
         assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
     }
