@@ -224,7 +224,7 @@ impl Membership {
         self.pool
             .get()
             .await
-            .map_err(|e| MembershipError::Unavailable(e.to_string()))
+            .map_err(|e| MembershipError::Unavailable(postgres_tls::error_chain(&e)))
     }
 
     /// The organization's name when `user` is a member of `org`, `None`

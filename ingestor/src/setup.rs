@@ -16,7 +16,10 @@ use tokio_postgres::error::SqlState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("cannot connect to Postgres ({target}): {source}")]
+    #[error(
+        "cannot connect to Postgres at DATABASE_URL ({target}): {}",
+        postgres_tls::error_chain(.source)
+    )]
     Connect {
         target: String,
         #[source]

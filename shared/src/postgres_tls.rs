@@ -113,6 +113,24 @@ impl fmt::Display for SslMode {
     }
 }
 
+/// `error` and all its sources on one line (`a: b: c`). tokio-postgres's
+/// errors print only their kind ("error performing TLS handshake", "db
+/// error"); the cause, which says *which* certificate check failed or that
+/// pg_hba wants encryption, is in the source chain.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = e.source();
+    }
+    line.replace('\n', " ")
+}
+
 /// The TLS half of a Postgres URL.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PgTls {
