@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
+use realtime_shared::postgres_tls::{self, PgTlsError};
 use tokio_postgres::types::Type;
 
 /// Most cached memberships; past it the cache is cleared (it refills from
@@ -34,6 +34,9 @@ const MAX_ENTRIES: usize = 100_000;
 pub enum MembershipError {
     #[error("DATABASE_URL is not a valid Postgres URL: {0}")]
     BadUrl(String),
+    /// `sslmode`/`sslrootcert` in DATABASE_URL cannot be used.
+    #[error("DATABASE_URL: {0}")]
+    Tls(#[from] PgTlsError),
     #[error("cannot build the Postgres pool: {0}")]
     Pool(String),
     #[error("Postgres is unavailable: {0}")]
@@ -136,13 +139,16 @@ impl Membership {
         ttl: Duration,
         timeout: Duration,
     ) -> Result<Self, MembershipError> {
-        let mut config: tokio_postgres::Config = database_url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| MembershipError::BadUrl(e.to_string()))?;
+        // TLS as the URL's sslmode/sslrootcert ask; the pool is shared with
+        // the publish endpoints, so they get the same protection.
+        let (mut config, tls) = postgres_tls::parse(database_url).map_err(|e| match e {
+            PgTlsError::BadUrl(why) => MembershipError::BadUrl(why),
+            other => MembershipError::Tls(other),
+        })?;
         config.connect_timeout(timeout);
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls.connector()?,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -218,7 +224,7 @@ impl Membership {
         self.pool
             .get()
             .await
-            .map_err(|e| MembershipError::Unavailable(e.to_string()))
+            .map_err(|e| MembershipError::Unavailable(postgres_tls::error_chain(&e)))
     }
 
     /// The organization's name when `user` is a member of `org`, `None`

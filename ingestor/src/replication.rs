@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use pgwire_replication::{Lsn, ReplicationConfig, TlsConfig};
-use tokio_postgres::config::{Host, SslMode};
+use realtime_shared::postgres_tls::{self, PgTls, SslMode};
+use tokio_postgres::config::Host;
 
 use crate::setup::SetupError;
 
@@ -21,9 +22,7 @@ pub fn config_from_url(
     publication: &str,
     status_interval: Duration,
 ) -> Result<ReplicationConfig, SetupError> {
-    let pg: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e: tokio_postgres::Error| SetupError::BadUrl(e.to_string()))?;
+    let (pg, tls) = postgres_tls::parse(url).map_err(crate::setup::bad_url)?;
     let user = pg
         .get_user()
         .ok_or_else(|| SetupError::BadUrl("no user name".into()))?
@@ -39,10 +38,7 @@ pub fn config_from_url(
         Some(Host::Unix(p)) => p.display().to_string(),
         None => "localhost".to_owned(),
     };
-    let tls = match pg.get_ssl_mode() {
-        SslMode::Require => TlsConfig::require(),
-        _ => TlsConfig::disabled(),
-    };
+    let tls = replication_tls(&tls, &host)?;
     Ok(
         ReplicationConfig::new(host, user, password, database, slot, publication)
             .with_port(port)
@@ -53,4 +49,62 @@ pub fn config_from_url(
             .with_options(SESSION_OPTIONS)
             .with_application_name("realtime-ingestor"),
     )
+}
+
+/// The URL's TLS settings on pgwire-replication's `TlsConfig`, with the same
+/// meaning as on the SQL connections (see [`realtime_shared::postgres_tls`]):
+/// pgwire-replication implements all five modes with rustls (`prefer` falls
+/// back to plaintext only when the server answers the SSLRequest with `N`;
+/// `require` without a root accepts any certificate; `verify-ca` checks the
+/// chain, not the name) and reads `sslrootcert` itself, falling back to the
+/// Mozilla roots like the SQL side.
+///
+/// Two adjustments keep it equal to libpq: `require` with a root file is
+/// `verify-ca`; and `verify-full` to an IP address, which pgwire-replication
+/// refuses outright as a likely mistake, is checked against the
+/// certificate's IP SANs (as libpq and the SQL connections do) by naming the
+/// address as the TLS server name. The root file is also read once here, so
+/// an unusable one stops start-up with the same message as on the SQL side.
+fn replication_tls(tls: &PgTls, host: &str) -> Result<TlsConfig, SetupError> {
+    if tls.effective_mode() != SslMode::Disable {
+        // Builds (and throws away) the SQL connector: validates sslrootcert.
+        tls.connector()?;
+    }
+    let root = tls.root_cert().map(ToOwned::to_owned);
+    Ok(match tls.effective_mode() {
+        SslMode::Disable => TlsConfig::disabled(),
+        SslMode::Prefer => TlsConfig {
+            mode: pgwire_replication::SslMode::Prefer,
+            ..TlsConfig::disabled()
+        },
+        SslMode::Require => TlsConfig::require(),
+        SslMode::VerifyCa => TlsConfig::verify_ca(root),
+        SslMode::VerifyFull if host.parse::<std::net::IpAddr>().is_ok() => {
+            TlsConfig::verify_full(root).with_sni_hostname(host)
+        }
+        SslMode::VerifyFull => TlsConfig::verify_full(root),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tls_of(url: &str) -> TlsConfig {
+        config_from_url(url, "s", "p", Duration::from_secs(10))
+            .expect("valid")
+            .tls
+    }
+
+    #[test]
+    fn modes_map_onto_pgwire_replication() {
+        use pgwire_replication::SslMode as P;
+        assert_eq!(tls_of("postgres://u@h/db").mode, P::Prefer);
+        assert_eq!(tls_of("postgres://u@h/db?sslmode=disable").mode, P::Disable);
+        assert_eq!(tls_of("postgres://u@h/db?sslmode=require").mode, P::Require);
+        let full = tls_of("postgres://u@db.example.com/db?sslmode=verify-full");
+        assert_eq!((full.mode, full.sni_hostname), (P::VerifyFull, None));
+        let ip = tls_of("postgres://u@127.0.0.1/db?sslmode=verify-full");
+        assert_eq!(ip.sni_hostname.as_deref(), Some("127.0.0.1"));
+    }
 }

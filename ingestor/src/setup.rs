@@ -17,13 +17,17 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use realtime_shared::postgres_tls::{self, PgTlsError};
 use realtime_shared::routes::{Routes, TableRoute};
+use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("cannot connect to Postgres ({target}): {source}")]
+    #[error(
+        "cannot connect to Postgres at DATABASE_URL ({target}): {}",
+        postgres_tls::error_chain(.source)
+    )]
     Connect {
         target: String,
         #[source]
@@ -33,6 +37,10 @@ pub enum SetupError {
     ConnectTimeout { target: String, timeout: Duration },
     #[error("DATABASE_URL is not a valid Postgres URL: {0}")]
     BadUrl(String),
+    /// `sslmode`/`sslrootcert` in DATABASE_URL cannot be used (unknown mode,
+    /// unreadable root file).
+    #[error("DATABASE_URL: {0}")]
+    Tls(#[from] PgTlsError),
     #[error(
         "Postgres has wal_level={0}; logical replication needs wal_level=logical (ALTER SYSTEM SET wal_level = logical; then restart Postgres)"
     )]
@@ -93,8 +101,8 @@ impl SetupError {
 
 /// Where a URL points, for messages: host, port and database, never the password.
 pub fn describe_target(url: &str) -> String {
-    match url.parse::<tokio_postgres::Config>() {
-        Ok(c) => {
+    match postgres_tls::parse(url) {
+        Ok((c, _)) => {
             let host = c
                 .get_hosts()
                 .first()
@@ -111,13 +119,15 @@ pub fn describe_target(url: &str) -> String {
     }
 }
 
-/// Opens an ordinary SQL connection (its driver task is spawned).
+/// Opens an ordinary SQL connection (its driver task is spawned), with TLS
+/// as the URL's `sslmode`/`sslrootcert` ask (see
+/// [`realtime_shared::postgres_tls`]): setup, the heartbeat and the replica
+/// identity manager all come through here.
 pub async fn connect(url: &str, timeout: Duration) -> Result<Client, SetupError> {
-    let config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e: tokio_postgres::Error| SetupError::BadUrl(e.to_string()))?;
+    let (config, tls) = postgres_tls::parse(url).map_err(bad_url)?;
+    let connector = tls.connector()?;
     let target = describe_target(url);
-    let (client, connection) = tokio::time::timeout(timeout, config.connect(NoTls))
+    let (client, connection) = tokio::time::timeout(timeout, config.connect(connector))
         .await
         .map_err(|_| SetupError::ConnectTimeout {
             target: target.clone(),
@@ -130,6 +140,15 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<Client, SetupError>
         }
     });
     Ok(client)
+}
+
+/// A URL tokio-postgres cannot parse keeps its historical message; TLS
+/// parameter problems get their own.
+pub(crate) fn bad_url(e: PgTlsError) -> SetupError {
+    match e {
+        PgTlsError::BadUrl(why) => SetupError::BadUrl(why),
+        other => SetupError::Tls(other),
+    }
 }
 
 /// `"name"` with embedded quotes doubled.

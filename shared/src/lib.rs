@@ -5,6 +5,7 @@
 //! - [`envelope`]: the bytes stored in Redis per event (event + routing metadata).
 //! - [`keys`]: Redis key and channel names (DESIGN §4).
 //! - [`message`]: application events sent as Postgres logical messages, validated.
+//! - [`postgres_tls`]: libpq `sslmode`/`sslrootcert` for every Postgres connection (rustls).
 //! - [`routes`]: the routing config: which tables become which events (DESIGN §6).
 //! - [`redis_conn`]: the one Redis client constructor (TLS, CA bundle, ACL user) and its start-up errors.
 //! - [`publish`]: the atomic XADD-then-PUBLISH Redis function and a pipelined publisher.
@@ -20,6 +21,7 @@ pub mod envelope;
 pub mod event;
 pub mod keys;
 pub mod message;
+pub mod postgres_tls;
 pub mod publish;
 pub mod redis_conn;
 pub mod routes;

@@ -10,7 +10,7 @@ use rand::distr::Alphanumeric;
 use redis::aio::MultiplexedConnection;
 use tempfile::TempDir;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, Row};
 
 use crate::postgres::PostgresServer;
 use crate::redis::RedisServer;
@@ -346,10 +346,17 @@ async fn drop_database(admin_url: &str, name: &str) -> Result<(), tokio_postgres
         .await
 }
 
-/// Connects without TLS and spawns the connection task on the current
-/// runtime.
+/// Connects with TLS as the URL's `sslmode` asks (`prefer` by default: TLS
+/// when the server offers it, so the harness also works against a
+/// TLS-only server) and spawns the connection task on the current runtime.
+/// Panics on a URL whose TLS part cannot be used (a test bug).
 pub async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    let (config, tls) =
+        realtime_shared::postgres_tls::parse(url).unwrap_or_else(|e| panic!("test URL {url}: {e}"));
+    let connector = tls
+        .connector()
+        .unwrap_or_else(|e| panic!("test URL {url}: {e}"));
+    let (client, connection) = config.connect(connector).await?;
     tokio::spawn(async move {
         // Ends with the client, or with an error the client also reports.
         let _ = connection.await;

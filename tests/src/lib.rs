@@ -51,7 +51,7 @@ mod watchdog;
 pub use certs::TestCerts;
 pub use context::{OIKION_SCHEMA, OIKION_SCHEMA_PATH, TestContext, connect};
 pub use ports::free_port;
-pub use postgres::PostgresServer;
+pub use postgres::{PostgresServer, TestCa, TlsOptions};
 pub use process::{ChildProcess, binary_path};
 pub use redis::RedisServer;
 pub use services::{Services, shared};

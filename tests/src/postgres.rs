@@ -6,6 +6,11 @@
 //! server command goes through `runuser -u postgres --`. The postmaster is then
 //! a child of `runuser`, and killing `runuser` would orphan it: the server is
 //! always stopped with `pg_ctl stop`, which signals the postmaster itself.
+//!
+//! [`PostgresServer::start_tls`] starts one with `ssl=on` and a server
+//! certificate signed by a [`TestCa`] generated at test time (optionally
+//! refusing plaintext TCP with a `hostssl`-only `pg_hba.conf`); the shared
+//! servers stay plaintext-capable as before.
 
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -45,6 +50,9 @@ pub struct PostgresServer {
     bin: PathBuf,
     /// The running postmaster, or `runuser` wrapping it; `None` when stopped.
     postmaster: Mutex<Option<Child>>,
+    /// `ca.pem` of the test CA that signed the server certificate, for
+    /// servers started with [`Self::start_tls`].
+    ca_pem: Option<PathBuf>,
     /// Stops the server and removes `root` if this process dies. Declared
     /// before `root` so it runs before the temp dir is dropped.
     _watchdog: Watchdog,
@@ -56,12 +64,26 @@ impl PostgresServer {
     /// Creates a fresh cluster and starts it on a free port, waiting until it
     /// accepts connections. The error of a failed start quotes the log tail.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// Like [`Self::start`], with `ssl=on` and a certificate for
+    /// `options.names` signed by a fresh [`TestCa`] (see [`Self::ca_pem`]).
+    pub fn start_tls(options: TlsOptions) -> anyhow::Result<Self> {
+        Self::start_with(Some(options))
+    }
+
+    fn start_with(tls: Option<TlsOptions>) -> anyhow::Result<Self> {
         let bin = bindir()?.to_path_buf();
         let root = tempfile::Builder::new()
             .prefix("realtime-pg-")
             .tempdir()
             .context("creating the Postgres temp dir")?;
         init_cluster(&bin, root.path())?;
+        let ca_pem = match tls {
+            Some(options) => Some(configure_tls(root.path(), &options)?),
+            None => None,
+        };
         let watchdog = Watchdog::spawn(
             &format!(
                 r#"{} "$1/pg_ctl" stop -D "$2" -m immediate -w -t 30; rm -rf "$3""#,
@@ -77,6 +99,7 @@ impl PostgresServer {
             port: 0,
             bin,
             postmaster: Mutex::new(None),
+            ca_pem,
             _watchdog: watchdog,
             root,
         };
@@ -103,6 +126,12 @@ impl PostgresServer {
     /// `postgres://postgres:postgres@127.0.0.1:PORT/<db>`.
     pub fn url(&self, db: &str) -> String {
         format!("postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// The PEM file of the CA that signed the server certificate (servers
+    /// started with [`Self::start_tls`]; `None` otherwise).
+    pub fn ca_pem(&self) -> Option<&Path> {
+        self.ca_pem.as_deref()
     }
 
     /// The data directory (`PGDATA`).
@@ -344,6 +373,116 @@ const SERVER_SETTINGS: &[&str] = &[
     "wal_sender_timeout=10s",
     "max_connections=200",
 ];
+
+/// How [`PostgresServer::start_tls`] sets TLS up.
+#[derive(Debug, Clone)]
+pub struct TlsOptions {
+    /// The server certificate's subject alternative names: DNS names, or IP
+    /// addresses written as such (`"127.0.0.1"`).
+    pub names: Vec<String>,
+    /// Replace `pg_hba.conf` so TCP clients must use TLS (`hostssl` lines
+    /// only; Unix-socket `local` stays, for `pg_ctl`).
+    pub hostssl_only: bool,
+}
+
+/// A certificate authority generated at test time (ECDSA P-256, rcgen).
+pub struct TestCa {
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+    pem: String,
+}
+
+impl TestCa {
+    /// A new CA named `name`.
+    pub fn generate(name: &str) -> anyhow::Result<Self> {
+        let key = rcgen::KeyPair::generate().context("generating the CA key")?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let pem = params
+            .self_signed(&key)
+            .context("self-signing the CA")?
+            .pem();
+        Ok(Self { params, key, pem })
+    }
+
+    /// The CA certificate, PEM.
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
+    /// A server certificate for `names` and its private key, both PEM.
+    pub fn issue(&self, names: &[String]) -> anyhow::Result<(String, String)> {
+        let key = rcgen::KeyPair::generate().context("generating the server key")?;
+        let mut params = rcgen::CertificateParams::new(names.to_vec())?;
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            names.first().map_or("server", |n| n),
+        );
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        let cert = params
+            .signed_by(&key, &issuer)
+            .context("signing the server certificate")?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+}
+
+/// Writes a server certificate signed by a new [`TestCa`] into the data dir
+/// (key mode 0600, owned by `postgres` when we are root, as Postgres
+/// demands), turns `ssl` on, optionally makes `pg_hba.conf` `hostssl`-only,
+/// and returns the path of the CA's PEM.
+fn configure_tls(root: &Path, options: &TlsOptions) -> anyhow::Result<PathBuf> {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let ca = TestCa::generate("realtime test CA")?;
+    let (cert, key) = ca.issue(&options.names)?;
+    let data = root.join("data");
+    let ca_path = root.join("ca.pem");
+    fs::write(&ca_path, ca.pem()).context("writing ca.pem")?;
+    fs::write(data.join("server.crt"), cert).context("writing server.crt")?;
+    let key_path = data.join("server.key");
+    fs::write(&key_path, key).context("writing server.key")?;
+    fs::set_permissions(&key_path, fs::Permissions::from_mode(0o600))
+        .context("chmod 0600 server.key")?;
+    if is_root() {
+        let output = Command::new("chown")
+            .arg("postgres:")
+            .arg(data.join("server.crt"))
+            .arg(&key_path)
+            .output()
+            .context("running chown")?;
+        check(&output, "chown postgres: server.crt server.key")?;
+    }
+    let mut conf = OpenOptions::new()
+        .append(true)
+        .open(data.join("postgresql.conf"))
+        .context("opening postgresql.conf")?;
+    writeln!(
+        conf,
+        "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'"
+    )
+    .context("writing postgresql.conf")?;
+    if options.hostssl_only {
+        // fs::write truncates in place: the file keeps its owner.
+        fs::write(
+            data.join("pg_hba.conf"),
+            "local all all scram-sha-256\n\
+             hostssl all all 127.0.0.1/32 scram-sha-256\n\
+             hostssl replication all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .context("writing pg_hba.conf")?;
+    }
+    Ok(ca_path)
+}
 
 /// `initdb` into `<root>/data` with SCRAM auth for `postgres`/`postgres`.
 fn init_cluster(bin: &Path, root: &Path) -> anyhow::Result<()> {

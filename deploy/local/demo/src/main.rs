@@ -128,13 +128,13 @@ fn init_logs() {
 
 /// Checks the database, binds, serves until SIGTERM/SIGINT.
 async fn run(config: Config) -> Result<(), String> {
-    let pg: tokio_postgres::Config = config
-        .database_url
-        .parse()
+    // The same sslmode/sslrootcert handling as the ingestor and gateway.
+    let (pg, tls) = realtime_shared::postgres_tls::parse(&config.database_url)
         .map_err(|e| format!("DATABASE_URL: {e}"))?;
+    let connector = tls.connector().map_err(|e| format!("DATABASE_URL: {e}"))?;
     let manager = Manager::from_config(
         pg,
-        tokio_postgres::NoTls,
+        connector,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
