@@ -544,7 +544,11 @@ mod tests {
             row: v,
             confirmed_flush: None,
         };
-        assert!(row(json!({"wal_status": "reserved"})).invalidated().is_none());
+        assert!(
+            row(json!({"wal_status": "reserved"}))
+                .invalidated()
+                .is_none()
+        );
         assert!(row(json!({"wal_status": "lost"})).invalidated().is_some());
         assert!(
             row(json!({"wal_status": "reserved", "conflicting": true}))

@@ -13,7 +13,9 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use realtime_tests::{ChildProcess, PostgresServer, TestContext, binary_path, free_port, wait_until};
+use realtime_tests::{
+    ChildProcess, PostgresServer, TestContext, binary_path, free_port, wait_until,
+};
 use serde_json::Value;
 use support::gateway::{JWT_SECRET, token};
 use support::sse::{Message, SseClient};
@@ -79,7 +81,11 @@ async fn open(addr: SocketAddr, org: &str, user: &str, last_event_id: Option<&st
     .await;
     assert_eq!(client.status, 200, "{}", client.body_text);
     let first = loop {
-        let m = client.next(WAIT).await.unwrap().expect("connection message");
+        let m = client
+            .next(WAIT)
+            .await
+            .unwrap()
+            .expect("connection message");
         if m.data.is_some() {
             break m;
         }
@@ -158,10 +164,16 @@ where
     let mut sync_ids = Vec::new();
     for (client, org) in [(&mut live_a, "orgA"), (&mut live_b, "orgB")] {
         let (m, event) = next_event(client, org).await;
-        assert!(is_slot_lost(&event), "{org} first gets data.sync slot_lost: {event}");
+        assert!(
+            is_slot_lost(&event),
+            "{org} first gets data.sync slot_lost: {event}"
+        );
         sync_ids.push(m.id.unwrap());
     }
-    assert_eq!(sync_ids[0], sync_ids[1], "one id for the data.sync everywhere");
+    assert_eq!(
+        sync_ids[0], sync_ids[1],
+        "one id for the data.sync everywhere"
+    );
     assert_eq!(slot_metric(&ingestor).await, 1.0);
 
     // Then live events, and no second data.sync.
@@ -178,7 +190,10 @@ where
     let old = format!("{}-{}", a1.0, a1.1);
     let mut resumed = open(addr, "orgA", "ua", Some(&old)).await;
     let (m, event) = next_event(&mut resumed, "resumed orgA").await;
-    assert!(is_slot_lost(&event), "the resumed stream replays data.sync: {event}");
+    assert!(
+        is_slot_lost(&event),
+        "the resumed stream replays data.sync: {event}"
+    );
     assert_eq!(m.id.as_deref(), Some(sync_ids[0].as_str()));
     let (_, event) = next_event(&mut resumed, "resumed orgA").await;
     assert_eq!(event["payload"]["propertyId"], "a3", "{event}");
@@ -218,17 +233,20 @@ async fn a_slot_dropped_while_stopped_sends_data_sync_to_every_organization() {
 async fn a_slot_invalidated_by_max_slot_wal_keep_size_sends_data_sync() {
     let pg = PostgresServer::start().expect("postgres");
     let ctx = TestContext::on(&pg).await;
-    ctx.batch("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'; SELECT pg_reload_conf();")
+    // ALTER SYSTEM cannot run in the implicit transaction of a batch.
+    ctx.batch("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
         .await;
+    ctx.batch("SELECT pg_reload_conf()").await;
     slot_lost_while_stopped(ctx, |ctx| async move {
         // Write and switch WAL segments until a checkpoint invalidates the
         // slot, which nobody reads.
         wait_until("the slot is invalidated", Duration::from_secs(60), || async {
             ctx.batch(
-                "INSERT INTO users (id) SELECT 'filler-' || g || '-' || random() FROM generate_series(1, 2000) g;
-                 SELECT pg_switch_wal(); CHECKPOINT;",
+                "INSERT INTO users (id) SELECT 'filler-' || g || '-' || random() FROM generate_series(1, 2000) g",
             )
             .await;
+            ctx.batch("SELECT pg_switch_wal()").await;
+            ctx.batch("CHECKPOINT").await;
             let status: Option<String> = ctx
                 .query(
                     "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
