@@ -11,6 +11,9 @@
 //! - [`change`] and [`router`]: row changes → event drafts, by the routing config.
 //! - [`session`]: one replication session: decode, route, publish, acknowledge.
 //! - [`heartbeat`]: WAL heartbeats and slot metrics.
+//! - [`slot`]: creates the slot, and notices a lost one (missing,
+//!   invalidated, another cluster) before every session: `data.sync`
+//!   `slot_lost` to every organization.
 //! - [`trace`]: OpenTelemetry spans per transaction and `traceparent` in events.
 //!
 //! [`Ingestor::build`] does everything that can fail fast (config, routes,
@@ -29,6 +32,7 @@ pub mod replication;
 pub mod router;
 pub mod session;
 pub mod setup;
+pub mod slot;
 pub mod trace;
 pub mod value;
 
@@ -202,7 +206,10 @@ impl Ingestor {
                         tracing::warn!(error = %e, "replication session ended; reconnecting");
                         ::metrics::counter!(metrics::RECONNECTS).increment(1);
                     }
-                    if matches!(e, SessionError::Publish(_)) {
+                    if matches!(
+                        e,
+                        SessionError::Publish(_) | SessionError::Slot(slot::SlotError::Redis(_))
+                    ) {
                         self.publisher = None;
                     }
                     let delay = backoff.next_delay();
@@ -235,6 +242,11 @@ impl Ingestor {
                 .await?,
             ),
         };
+        // Before every session: a slot lost since the last one is recovered
+        // (and announced) before anything new is streamed.
+        let sql = setup::connect(&self.config.database_url, self.config.io_timeout).await?;
+        let record = slot::reconcile(&sql, publisher, &self.config.slot).await?;
+        drop(sql);
         let mut client = ReplicationClient::connect(self.replication.clone()).await?;
         client.wait_started().await?;
         tracing::info!(slot = %self.config.slot, "streaming");
@@ -245,6 +257,7 @@ impl Ingestor {
             &self.router,
             &self.identity,
             self.config.publish_batch as usize,
+            record,
         )
         .run(token)
         .await

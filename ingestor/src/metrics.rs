@@ -21,6 +21,10 @@ pub const REPLICA_IDENTITY_NOT_FULL: &str = "realtime_ingestor_replica_identity_
 /// as a broadcast `member.leave` with a null member (gateways re-check).
 pub const UNKNOWN_MEMBER_LEAVES: &str = "realtime_ingestor_unknown_member_leaves_total";
 
+/// Lost replication slots recovered: each one sent a `data.sync`
+/// `{"reason":"slot_lost"}` to every organization (see [`crate::slot`]).
+pub const SLOT_RECREATED: &str = "realtime_ingestor_slot_recreated_total";
+
 /// Registers descriptions so `/metrics` shows every series from the start.
 pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
@@ -59,6 +63,11 @@ pub fn describe() {
         UNKNOWN_MEMBER_LEAVES,
         "Membership changes without their old row, published as a broadcast member.leave with a null member."
     );
+    describe_counter!(
+        SLOT_RECREATED,
+        "Replication slots found lost (missing, invalidated or on another cluster) and recreated; each sent data.sync slot_lost to every organization."
+    );
+    metrics::counter!(SLOT_RECREATED).increment(0);
     metrics::counter!(UNKNOWN_MEMBER_LEAVES).increment(0);
     metrics::counter!(DUPLICATES_SKIPPED).increment(0);
     metrics::counter!(RECONNECTS).increment(0);

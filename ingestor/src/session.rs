@@ -24,7 +24,7 @@
 //!   `traceparent` in each event's envelope.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::FutureExt;
 use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationEvent};
@@ -39,6 +39,7 @@ use crate::identity::{self, IdentityWatch};
 use crate::metrics as m;
 use crate::pgoutput::{self, Message, OldTuple, Relation};
 use crate::router::{self, Draft, RouteError, Router, Side};
+use crate::slot::{SlotError, SlotRecord};
 use crate::trace::{self, TxnTrace};
 use crate::value::{self, TypeRegistry};
 
@@ -58,12 +59,20 @@ pub enum SessionError {
     Publish(#[from] PublishError),
     #[error("change for relation {0} arrived before its Relation message")]
     UnknownRelation(u32),
+    #[error("checking the replication slot: {0}")]
+    Slot(#[from] SlotError),
+    #[error(transparent)]
+    Setup(#[from] crate::setup::SetupError),
 }
 
 impl SessionError {
     /// Another ingestor holds the slot: this one is a hot standby.
     pub fn is_slot_busy(&self) -> bool {
-        matches!(self, SessionError::Replication(PgWireError::Server(msg)) if msg.contains("55006"))
+        match self {
+            SessionError::Replication(PgWireError::Server(msg)) => msg.contains("55006"),
+            SessionError::Slot(SlotError::Busy(_)) => true,
+            _ => false,
+        }
     }
 }
 
@@ -105,7 +114,16 @@ pub struct Session<'a> {
     /// already in Redis, with their change counts: ended after the next
     /// successful flush, like `ack_after_flush`.
     committed_traces: Vec<(TxnTrace, u64)>,
+    /// Event ids are `<commit LSN + slot.id_offset>-<index>` (see
+    /// [`crate::slot`]); the acknowledged LSN is written to `slot.key`.
+    slot: SlotRecord,
+    /// When the acknowledged LSN was last written to the slot record: at
+    /// most once per [`RECORD_INTERVAL`], it only says up to where we got.
+    recorded_at: Option<Instant>,
 }
+
+/// How often the acknowledged LSN is written into the slot record.
+const RECORD_INTERVAL: Duration = Duration::from_secs(1);
 
 impl<'a> Session<'a> {
     pub fn new(
@@ -114,6 +132,7 @@ impl<'a> Session<'a> {
         router: &'a Router,
         identity: &'a IdentityWatch,
         max_batch: usize,
+        slot: SlotRecord,
     ) -> Self {
         Self {
             client,
@@ -128,6 +147,8 @@ impl<'a> Session<'a> {
             sent: Vec::with_capacity(max_batch),
             ack_after_flush: None,
             committed_traces: Vec::new(),
+            slot,
+            recorded_at: None,
         }
     }
 
@@ -372,12 +393,12 @@ impl<'a> Session<'a> {
             Ok(Some(draft)) => {
                 let (id, traceparent) = match &mut self.txn {
                     Some(txn) if transactional => (
-                        EventId::new(txn.final_lsn, index),
+                        EventId::new(txn.final_lsn.saturating_add(self.slot.id_offset), index),
                         txn.trace.as_mut().map(TxnTrace::event),
                     ),
                     // A non-transactional message is decoded at its own WAL
                     // position, between transactions: its LSN orders it.
-                    _ => (EventId::new(lsn, 0), None),
+                    _ => (self.event_id(lsn, 0), None),
                 };
                 self.push_with(draft, id, commit_ms, traceparent);
                 if !transactional && self.txn.is_none() {
@@ -409,7 +430,7 @@ impl<'a> Session<'a> {
             metrics::counter!(m::SKIPPED, "reason" => "no_transaction").increment(1);
             return;
         };
-        let id = EventId::new(txn.final_lsn, index);
+        let id = EventId::new(txn.final_lsn.saturating_add(self.slot.id_offset), index);
         let commit_ms = txn.commit_ms;
         let traceparent = txn.trace.as_mut().map(TxnTrace::event);
         self.push_with(draft, id, commit_ms, traceparent);
@@ -475,6 +496,7 @@ impl<'a> Session<'a> {
         }
         if let Some(lsn) = self.ack_after_flush.take() {
             self.acknowledge(lsn);
+            self.record(lsn).await?;
         }
         for (trace, changes) in self.committed_traces.drain(..) {
             trace.finish(changes);
@@ -536,6 +558,31 @@ impl<'a> Session<'a> {
         if self.txn.is_none() && self.batch.is_empty() && self.ack_after_flush.is_none() {
             self.acknowledge(lsn);
         }
+    }
+
+    /// `<lsn + id_offset>-<index>`.
+    fn event_id(&self, lsn: u64, index: u64) -> EventId {
+        EventId::new(lsn.saturating_add(self.slot.id_offset), index)
+    }
+
+    /// Writes an acknowledged commit position into the slot record (at most
+    /// once per [`RECORD_INTERVAL`]), so a lost slot's log line can say up to
+    /// where we streamed.
+    async fn record(&mut self, lsn: u64) -> Result<(), SessionError> {
+        if self
+            .recorded_at
+            .is_some_and(|at| at.elapsed() < RECORD_INTERVAL)
+        {
+            return Ok(());
+        }
+        self.publisher
+            .query::<()>(
+                "writing the slot record",
+                redis::cmd("HSET").arg(&self.slot.key).arg("lsn").arg(lsn),
+            )
+            .await?;
+        self.recorded_at = Some(Instant::now());
+        Ok(())
     }
 
     fn acknowledge(&self, lsn: u64) {

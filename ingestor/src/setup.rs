@@ -3,8 +3,9 @@
 //! Checks that logical decoding is on, that every routed table exists with
 //! every column its route reads, and that it has REPLICA IDENTITY FULL (so
 //! deletes carry the organization column and updates carry the old row);
-//! creates the publication and the persistent `pgoutput` slot when missing,
-//! and keeps the publication's table list equal to the routed tables.
+//! creates the publication when missing and keeps its table list equal to the
+//! routed tables; refuses a slot of our name that is not ours (the slot
+//! itself is created by [`crate::slot`]).
 //!
 //! A publication this role does not own (an admin created it, because adding
 //! a table to a publication needs ownership of the table, which a
@@ -439,6 +440,10 @@ async fn check_foreign_publication(
     Ok(())
 }
 
+/// Refuses a slot of the right name that we cannot stream (physical, another
+/// plugin, another database). Creating a missing slot, and noticing one that
+/// was lost, is [`crate::slot::reconcile`]'s job: it runs before every
+/// session, knows whether we streamed the slot before, and tells clients.
 async fn ensure_slot(client: &Client, slot: &str) -> Result<(), SetupError> {
     let row = client
         .query_opt(
@@ -448,39 +453,24 @@ async fn ensure_slot(client: &Client, slot: &str) -> Result<(), SetupError> {
         )
         .await
         .map_err(SetupError::sql("looking up the replication slot"))?;
-    if let Some(row) = row {
-        let plugin: String = row.get(0);
-        let kind: String = row.get(1);
-        let same_db: bool = row.get(2);
-        let why = if kind != "logical" {
-            Some(format!("is a {kind} slot"))
-        } else if plugin != "pgoutput" {
-            Some(format!("uses the {plugin} plugin, not pgoutput"))
-        } else if !same_db {
-            Some("belongs to another database".to_owned())
-        } else {
-            None
-        };
-        return match why {
-            Some(why) => Err(SetupError::ForeignSlot {
-                slot: slot.to_owned(),
-                why,
-            }),
-            None => Ok(()),
-        };
-    }
-    match client
-        .execute(
-            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-            &[&slot],
-        )
-        .await
-    {
-        Ok(_) => {
-            tracing::info!(slot, "created replication slot");
-            Ok(())
-        }
-        Err(e) if e.code() == Some(&SqlState::DUPLICATE_OBJECT) => Ok(()),
-        Err(e) => Err(SetupError::sql("creating the replication slot")(e)),
+    let Some(row) = row else { return Ok(()) };
+    let plugin: String = row.get(0);
+    let kind: String = row.get(1);
+    let same_db: bool = row.get(2);
+    let why = if kind != "logical" {
+        Some(format!("is a {kind} slot"))
+    } else if plugin != "pgoutput" {
+        Some(format!("uses the {plugin} plugin, not pgoutput"))
+    } else if !same_db {
+        Some("belongs to another database".to_owned())
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(SetupError::ForeignSlot {
+            slot: slot.to_owned(),
+            why,
+        }),
+        None => Ok(()),
     }
 }

@@ -54,6 +54,12 @@ pub enum PublishError {
     LoadFunction(#[source] redis::RedisError),
     #[error("Redis did not accept a publish batch: {0}")]
     Publish(#[source] redis::RedisError),
+    #[error("Redis refused {what}: {source}")]
+    Command {
+        what: &'static str,
+        #[source]
+        source: redis::RedisError,
+    },
     #[error("Redis answered a publish batch of {sent} with {got} replies")]
     ShortReply { sent: usize, got: usize },
     #[error("Redis did not answer within {0:?}")]
@@ -116,6 +122,21 @@ impl Publisher {
 
     pub fn keys(&self) -> &Keys {
         &self.keys
+    }
+
+    /// Runs one other command on the publishing connection, with the same
+    /// timeout: the ingestor's slot record and its history scan
+    /// (`ingestor::slot`) go through here so they use the connection (and
+    /// its TLS and credentials) events use.
+    pub async fn query<T: redis::FromRedisValue>(
+        &mut self,
+        what: &'static str,
+        cmd: &redis::Cmd,
+    ) -> Result<T, PublishError> {
+        tokio::time::timeout(self.timeout, cmd.query_async(&mut self.conn))
+            .await
+            .map_err(|_| PublishError::Timeout(self.timeout))?
+            .map_err(|source| PublishError::Command { what, source })
     }
 
     /// Publishes `batch` in one pipeline, in order. Returns, per event,
