@@ -69,6 +69,10 @@ pub enum StartError {
     Redis(#[from] PublishError),
     #[error(transparent)]
     RedisConfig(#[from] RedisConfigError),
+    /// The role may not create or use the replication slot: no retry can
+    /// fix that, so start-up stops with Postgres's reason.
+    #[error("DATABASE_URL: {0}")]
+    SlotPrivilege(String),
     #[error("REALTIME_ADMIN_LISTEN: cannot listen on {addr}: {source}")]
     AdminListen {
         addr: SocketAddr,
@@ -124,7 +128,7 @@ impl Ingestor {
             config.manage_replica_identity,
         )
         .await?;
-        let publisher = Publisher::connect(
+        let mut publisher = Publisher::connect(
             &redis,
             config.redis_ca.as_deref(),
             Keys::new(config.key_prefix.clone()),
@@ -132,6 +136,22 @@ impl Ingestor {
             config.io_timeout,
         )
         .await?;
+        // The slot once at start-up (it is checked again before every
+        // session): a role that may not create or use it is refused here
+        // with the reason, rather than retried forever. Anything else (a
+        // standby finding the lock taken, a passing failure) is left to the
+        // session loop.
+        if let Err(slot::SlotError::Sql { what, source }) =
+            slot::reconcile(&client, &mut publisher, &config.slot).await
+            && source.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+        {
+            let reason = source
+                .as_db_error()
+                .map_or_else(|| source.to_string(), |db| db.message().to_owned());
+            return Err(StartError::SlotPrivilege(format!(
+                "Postgres refused {what}: {reason} (the role needs REPLICATION, see README \"Least privilege\")"
+            )));
+        }
         let readiness = Readiness::default();
         let admin = AdminServer::bind(config.admin_listen, readiness.clone())
             .await
