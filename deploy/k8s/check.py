@@ -22,6 +22,9 @@ Prometheus/Grafana would read, with zero tolerance.
    panel, the expected panels, and every PromQL expression compiled by
    promtool (as a throw-away recording rule).
 6. The Dockerfile: multi-stage, non-root, both binaries, the two ports.
+7. deploy/postgres/postgres_exporter-queries.yaml: postgres_exporter's
+   queries.yaml structure, the slot query's columns, and every `pg_…` metric
+   the alerts take from it really defined there.
 
 Whether the metric names in the dashboard and the alerts are really exported
 is checked against running processes by tests/tests/ops_metrics.rs.
@@ -55,6 +58,9 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 GRAFANA = DEPLOY / "grafana"
+EXPORTER_QUERIES = DEPLOY / "postgres" / "postgres_exporter-queries.yaml"
+# Column usages postgres_exporter knows (pkg queries.yaml, ColumnUsage).
+EXPORTER_USAGES = {"DISCARD", "LABEL", "COUNTER", "GAUGE", "MAPPEDMETRIC", "DURATION", "HISTOGRAM"}
 LEVELS = {"base": K8S / "base", "production": K8S / "overlays" / "production"}
 # The oldest Kubernetes still commonly run by managed offerings, and the
 # newest the schema package knows.
@@ -473,6 +479,68 @@ def check_dockerfile(c: Checks) -> None:
     c.ok("Dockerfile and .dockerignore")
 
 
+def check_exporter_queries(c: Checks) -> None:
+    """The postgres_exporter custom queries file: the structure the exporter
+    reads (`<metric prefix>: {query, metrics: [{column: {usage, description}}]}`),
+    each column selected by the query, and the alerts' pg_ metrics defined."""
+    name = EXPORTER_QUERIES.relative_to(DEPLOY).as_posix()
+    try:
+        doc = yaml.safe_load(EXPORTER_QUERIES.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        c.check(False, f"{name} is readable YAML: {e}")
+        return
+    if not c.check(isinstance(doc, dict) and bool(doc), f"{name} is a mapping of metric prefix to query"):
+        return
+    defined: set[str] = set()
+    for prefix, spec in doc.items():
+        what = f"{name}: {prefix}"
+        c.check(re.fullmatch(r"[a-z_][a-z0-9_]*", str(prefix)) is not None, f"{what}: a valid metric prefix")
+        if not c.check(isinstance(spec, dict), f"{what}: a mapping"):
+            continue
+        c.check(set(spec) <= {"query", "metrics", "master", "cache_seconds", "runonserver"},
+                f"{what}: known fields only (got {sorted(spec)})")
+        query = spec.get("query")
+        if not c.check(isinstance(query, str) and query.strip() != "", f"{what}: has a query"):
+            continue
+        metrics = spec.get("metrics")
+        if not c.check(isinstance(metrics, list) and bool(metrics), f"{what}: has a metrics list"):
+            continue
+        usages: dict[str, str] = {}
+        for m in metrics:
+            if not c.check(isinstance(m, dict) and len(m) == 1, f"{what}: each metrics item is one column: {m!r}"):
+                continue
+            (col, col_spec), = m.items()
+            ok = c.check(
+                isinstance(col_spec, dict) and col_spec.get("usage") in EXPORTER_USAGES
+                and isinstance(col_spec.get("description"), str),
+                f"{what}.{col}: usage one of {sorted(EXPORTER_USAGES)} and a description",
+            )
+            c.check(re.search(rf"\b{re.escape(str(col))}\b", query) is not None, f"{what}.{col}: a column the query selects")
+            if ok:
+                usages[col] = col_spec["usage"]
+        c.check("LABEL" in usages.values() and "GAUGE" in usages.values(), f"{what}: at least one LABEL and one GAUGE column")
+        defined |= {f"{prefix}_{col}" for col, u in usages.items() if u in ("GAUGE", "COUNTER")}
+    slot = doc.get("pg_realtime_slot", {})
+    query = slot.get("query", "") if isinstance(slot, dict) else ""
+    columns = {col for m in (slot.get("metrics") or [] if isinstance(slot, dict) else []) if isinstance(m, dict) for col in m}
+    c.check(
+        all(t in query for t in ("pg_replication_slots", "pg_wal_lsn_diff", "restart_lsn", "wal_status", "active")),
+        f"{name}: pg_realtime_slot reads retained WAL, active and wal_status from pg_replication_slots",
+    )
+    c.check(
+        {"slot_name", "retained_wal_bytes", "active", "lost"} <= columns,
+        f"{name}: pg_realtime_slot has slot_name, retained_wal_bytes, active, lost (got {sorted(columns)})",
+    )
+    with (GRAFANA / "alerts.yaml").open() as f:
+        groups = yaml.safe_load(f)["groups"]
+    used = {
+        m for g in groups for r in g["rules"]
+        for m in re.findall(r"\b(pg_realtime_[a-z0-9_]+)", r.get("expr", ""))
+    }
+    c.check(bool(used) and used <= defined, f"alerts.yaml: pg_realtime_ metrics {sorted(used)} defined by {name} (missing: {sorted(used - defined)})")
+    c.ok(f"{name}: {len(doc)} queries, {len(defined)} metrics, those of the alerts defined")
+
+
 PROMETHEUSRULE_HEAD = """# The alerting rules of deploy/grafana/alerts.yaml for the Prometheus
 # Operator. The groups must stay identical to that file (`make test-deploy`
 # compares them); regenerate with `python3 deploy/k8s/check.py --write-rule`.
@@ -533,6 +601,7 @@ def main() -> int:
     check_alerts(c)
     check_dashboard(c)
     check_dockerfile(c)
+    check_exporter_queries(c)
     print(f"deploy checks: {c.passed} passed, {len(c.failures)} failed")
     return 1 if c.failures else 0
 
