@@ -11,8 +11,9 @@ Prometheus/Grafana would read, with zero tolerance.
    Prometheus Operator objects (ServiceMonitor, PrometheusRule) have no
    schema there and are checked structurally here instead.
 3. Checks the operational contract of the manifests: probes on the admin
-   port, grace period above preStop + REALTIME_DRAIN, one ingestor with
-   `Recreate`, non-root read-only containers, resources set, selectors that
+   port, grace period above preStop + REALTIME_DRAIN, an ingestor and its hot
+   standby whose rollouts and evictions never wait for the standby to be
+   Ready, non-root read-only containers, resources set, selectors that
    select, the Ingress's SSE annotations, secrets referenced but not shipped.
 4. Alerts: `promtool check rules` and `promtool test rules` (unit tests of the
    alert logic, deploy/grafana/alerts_test.yaml) on deploy/grafana/alerts.yaml,
@@ -257,8 +258,43 @@ def check_contract(c: Checks, level: str, objects: list[dict]) -> None:
     )
     ing = check_workload(c, level, objects, "realtime-ingestor")
     if ing:
-        c.check(ing["spec"].get("replicas") == 1, f"{level}: exactly one ingestor replica")
-        c.check(ing["spec"].get("strategy", {}).get("type") == "Recreate", f"{level}: ingestor rollouts never run two (Recreate)")
+        # Two pods: one streams the slot, the other waits on it (hot standby)
+        # and is never Ready (/readyz 503). Whatever counts Ready pods must
+        # therefore not wait for a second one: a rollout with maxUnavailable
+        # below the replica count never stops the old active pod (its
+        # successor cannot be Ready before), and a PDB protecting anything
+        # allows 0 evictions (1 Ready of 2) and blocks drains.
+        replicas = ing["spec"].get("replicas")
+        c.check(replicas == 2, f"{level}: two ingestor replicas (one streams, one hot standby)")
+        strategy = ing["spec"].get("strategy", {})
+        rolling = strategy.get("rollingUpdate", {})
+        max_unavailable = rolling.get("maxUnavailable")
+        c.check(
+            strategy.get("type") == "Recreate"
+            or (strategy.get("type") == "RollingUpdate"
+                and (max_unavailable == "100%" or (isinstance(max_unavailable, int) and max_unavailable >= (replicas or 0)))),
+            f"{level}: ingestor rollouts do not wait for a Ready standby (Recreate, or RollingUpdate maxUnavailable 100%; got {strategy})",
+        )
+        ing_labels = ing["spec"]["template"]["metadata"]["labels"]
+        for pdb in (o for o in objects if o.get("kind") == "PodDisruptionBudget"):
+            if not selects(pdb["spec"].get("selector", {}).get("matchLabels", {}), ing_labels):
+                continue
+            budget = pdb["spec"]
+            c.check(
+                budget.get("minAvailable") in (0, "0%") or budget.get("maxUnavailable") == "100%"
+                or (isinstance(budget.get("maxUnavailable"), int) and budget["maxUnavailable"] >= (replicas or 0)),
+                f"{level}: PodDisruptionBudget {pdb['metadata']['name']} would block drains of the active ingestor "
+                f"(one Ready pod of {replicas}: {budget})",
+            )
+        anti = (
+            ing["spec"]["template"]["spec"].get("affinity", {}).get("podAntiAffinity", {})
+            .get("preferredDuringSchedulingIgnoredDuringExecution", [])
+        )
+        c.check(
+            any(t["podAffinityTerm"].get("topologyKey") == "kubernetes.io/hostname"
+                and selects(t["podAffinityTerm"].get("labelSelector", {}).get("matchLabels", {}), ing_labels) for t in anti),
+            f"{level}: ingestor pods spread over nodes (pod anti-affinity on kubernetes.io/hostname)",
+        )
         c.check(
             find(objects, "HorizontalPodAutoscaler", "realtime-ingestor") is None,
             f"{level}: nothing autoscales the ingestor",
