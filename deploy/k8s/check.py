@@ -11,8 +11,9 @@ Prometheus/Grafana would read, with zero tolerance.
    Prometheus Operator objects (ServiceMonitor, PrometheusRule) have no
    schema there and are checked structurally here instead.
 3. Checks the operational contract of the manifests: probes on the admin
-   port, grace period above preStop + REALTIME_DRAIN, one ingestor with
-   `Recreate`, non-root read-only containers, resources set, selectors that
+   port, grace period above preStop + REALTIME_DRAIN, an ingestor and its hot
+   standby whose rollouts and evictions never wait for the standby to be
+   Ready, non-root read-only containers, resources set, selectors that
    select, the Ingress's SSE annotations, secrets referenced but not shipped.
 4. Alerts: `promtool check rules` and `promtool test rules` (unit tests of the
    alert logic, deploy/grafana/alerts_test.yaml) on deploy/grafana/alerts.yaml,
@@ -22,6 +23,9 @@ Prometheus/Grafana would read, with zero tolerance.
    panel, the expected panels, and every PromQL expression compiled by
    promtool (as a throw-away recording rule).
 6. The Dockerfile: multi-stage, non-root, both binaries, the two ports.
+7. deploy/postgres/postgres_exporter-queries.yaml: postgres_exporter's
+   queries.yaml structure, the slot query's columns, and every `pg_…` metric
+   the alerts take from it really defined there.
 
 Whether the metric names in the dashboard and the alerts are really exported
 is checked against running processes by tests/tests/ops_metrics.rs.
@@ -55,6 +59,9 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 GRAFANA = DEPLOY / "grafana"
+EXPORTER_QUERIES = DEPLOY / "postgres" / "postgres_exporter-queries.yaml"
+# Column usages postgres_exporter knows (pkg queries.yaml, ColumnUsage).
+EXPORTER_USAGES = {"DISCARD", "LABEL", "COUNTER", "GAUGE", "MAPPEDMETRIC", "DURATION", "HISTOGRAM"}
 LEVELS = {"base": K8S / "base", "production": K8S / "overlays" / "production"}
 # The oldest Kubernetes still commonly run by managed offerings, and the
 # newest the schema package knows.
@@ -211,7 +218,11 @@ def check_workload(c: Checks, level: str, objects: list[dict], name: str) -> dic
             c.check({"cpu", "memory"} <= set(res.get(part, {})), f"{level}: {name}/{ctr['name']} sets cpu and memory {part}")
         ports = {p["name"]: p["containerPort"] for p in ctr.get("ports", [])}
         c.check(ports.get("admin") == ADMIN_PORT, f"{level}: {name}/{ctr['name']} exposes admin on {ADMIN_PORT}")
-        for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        # The ingestor's standby is ready for its role while it waits on the
+        # slot (see ingestor.yaml): readiness on /healthz, /readyz says
+        # whether it streams.
+        ready_path = "/healthz" if name == "realtime-ingestor" else "/readyz"
+        for probe, path in (("readinessProbe", ready_path), ("livenessProbe", "/healthz")):
             get = ctr.get(probe, {}).get("httpGet", {})
             c.check(
                 get.get("path") == path and get.get("port") in ("admin", ADMIN_PORT),
@@ -251,8 +262,38 @@ def check_contract(c: Checks, level: str, objects: list[dict]) -> None:
     )
     ing = check_workload(c, level, objects, "realtime-ingestor")
     if ing:
-        c.check(ing["spec"].get("replicas") == 1, f"{level}: exactly one ingestor replica")
-        c.check(ing["spec"].get("strategy", {}).get("type") == "Recreate", f"{level}: ingestor rollouts never run two (Recreate)")
+        # Two pods: one streams the slot, the other waits on it (hot standby);
+        # both are Ready (readiness /healthz), so a rollout starts a new pod
+        # before stopping an old one and the PDB lets one go at a time.
+        replicas = ing["spec"].get("replicas")
+        c.check(replicas == 2, f"{level}: two ingestor replicas (one streams, one hot standby)")
+        strategy = ing["spec"].get("strategy", {})
+        rolling = strategy.get("rollingUpdate", {})
+        c.check(
+            strategy.get("type") == "RollingUpdate"
+            and rolling.get("maxUnavailable") in (0, "0%")
+            and rolling.get("maxSurge") in (1, "50%"),
+            f"{level}: ingestor rollouts start a new pod before stopping an old one (got {strategy})",
+        )
+        ing_labels = ing["spec"]["template"]["metadata"]["labels"]
+        pdbs = [
+            o for o in objects
+            if o.get("kind") == "PodDisruptionBudget"
+            and selects(o["spec"].get("selector", {}).get("matchLabels", {}), ing_labels)
+        ]
+        c.check(
+            len(pdbs) == 1 and pdbs[0]["spec"].get("maxUnavailable") == 1,
+            f"{level}: one PodDisruptionBudget lets one ingestor pod go at a time (got {[p['spec'] for p in pdbs]})",
+        )
+        anti = (
+            ing["spec"]["template"]["spec"].get("affinity", {}).get("podAntiAffinity", {})
+            .get("preferredDuringSchedulingIgnoredDuringExecution", [])
+        )
+        c.check(
+            any(t["podAffinityTerm"].get("topologyKey") == "kubernetes.io/hostname"
+                and selects(t["podAffinityTerm"].get("labelSelector", {}).get("matchLabels", {}), ing_labels) for t in anti),
+            f"{level}: ingestor pods spread over nodes (pod anti-affinity on kubernetes.io/hostname)",
+        )
         c.check(
             find(objects, "HorizontalPodAutoscaler", "realtime-ingestor") is None,
             f"{level}: nothing autoscales the ingestor",
@@ -473,6 +514,68 @@ def check_dockerfile(c: Checks) -> None:
     c.ok("Dockerfile and .dockerignore")
 
 
+def check_exporter_queries(c: Checks) -> None:
+    """The postgres_exporter custom queries file: the structure the exporter
+    reads (`<metric prefix>: {query, metrics: [{column: {usage, description}}]}`),
+    each column selected by the query, and the alerts' pg_ metrics defined."""
+    name = EXPORTER_QUERIES.relative_to(DEPLOY).as_posix()
+    try:
+        doc = yaml.safe_load(EXPORTER_QUERIES.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        c.check(False, f"{name} is readable YAML: {e}")
+        return
+    if not c.check(isinstance(doc, dict) and bool(doc), f"{name} is a mapping of metric prefix to query"):
+        return
+    defined: set[str] = set()
+    for prefix, spec in doc.items():
+        what = f"{name}: {prefix}"
+        c.check(re.fullmatch(r"[a-z_][a-z0-9_]*", str(prefix)) is not None, f"{what}: a valid metric prefix")
+        if not c.check(isinstance(spec, dict), f"{what}: a mapping"):
+            continue
+        c.check(set(spec) <= {"query", "metrics", "master", "cache_seconds", "runonserver"},
+                f"{what}: known fields only (got {sorted(spec)})")
+        query = spec.get("query")
+        if not c.check(isinstance(query, str) and query.strip() != "", f"{what}: has a query"):
+            continue
+        metrics = spec.get("metrics")
+        if not c.check(isinstance(metrics, list) and bool(metrics), f"{what}: has a metrics list"):
+            continue
+        usages: dict[str, str] = {}
+        for m in metrics:
+            if not c.check(isinstance(m, dict) and len(m) == 1, f"{what}: each metrics item is one column: {m!r}"):
+                continue
+            (col, col_spec), = m.items()
+            ok = c.check(
+                isinstance(col_spec, dict) and col_spec.get("usage") in EXPORTER_USAGES
+                and isinstance(col_spec.get("description"), str),
+                f"{what}.{col}: usage one of {sorted(EXPORTER_USAGES)} and a description",
+            )
+            c.check(re.search(rf"\b{re.escape(str(col))}\b", query) is not None, f"{what}.{col}: a column the query selects")
+            if ok:
+                usages[col] = col_spec["usage"]
+        c.check("LABEL" in usages.values() and "GAUGE" in usages.values(), f"{what}: at least one LABEL and one GAUGE column")
+        defined |= {f"{prefix}_{col}" for col, u in usages.items() if u in ("GAUGE", "COUNTER")}
+    slot = doc.get("pg_realtime_slot", {})
+    query = slot.get("query", "") if isinstance(slot, dict) else ""
+    columns = {col for m in (slot.get("metrics") or [] if isinstance(slot, dict) else []) if isinstance(m, dict) for col in m}
+    c.check(
+        all(t in query for t in ("pg_replication_slots", "pg_wal_lsn_diff", "restart_lsn", "wal_status", "active")),
+        f"{name}: pg_realtime_slot reads retained WAL, active and wal_status from pg_replication_slots",
+    )
+    c.check(
+        {"slot_name", "retained_wal_bytes", "active", "lost"} <= columns,
+        f"{name}: pg_realtime_slot has slot_name, retained_wal_bytes, active, lost (got {sorted(columns)})",
+    )
+    with (GRAFANA / "alerts.yaml").open() as f:
+        groups = yaml.safe_load(f)["groups"]
+    used = {
+        m for g in groups for r in g["rules"]
+        for m in re.findall(r"\b(pg_realtime_[a-z0-9_]+)", r.get("expr", ""))
+    }
+    c.check(bool(used) and used <= defined, f"alerts.yaml: pg_realtime_ metrics {sorted(used)} defined by {name} (missing: {sorted(used - defined)})")
+    c.ok(f"{name}: {len(doc)} queries, {len(defined)} metrics, those of the alerts defined")
+
+
 PROMETHEUSRULE_HEAD = """# The alerting rules of deploy/grafana/alerts.yaml for the Prometheus
 # Operator. The groups must stay identical to that file (`make test-deploy`
 # compares them); regenerate with `python3 deploy/k8s/check.py --write-rule`.
@@ -533,6 +636,7 @@ def main() -> int:
     check_alerts(c)
     check_dashboard(c)
     check_dockerfile(c)
+    check_exporter_queries(c)
     print(f"deploy checks: {c.passed} passed, {len(c.failures)} failed")
     return 1 if c.failures else 0
 
