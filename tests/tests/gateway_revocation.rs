@@ -401,7 +401,8 @@ async fn a_member_removed_while_her_stream_is_being_opened_gets_nothing_after() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaves_and_rejoins_with_stalls_never_leak_an_event() {
     const ROUNDS: usize = 14;
-    let b = binaries("600", &[]).await;
+    // Heartbeats every second: live readers look at `last` at least that often.
+    let b = binaries("600", &[("REALTIME_HEARTBEAT", "1s")]).await;
     let ctx = &b.ctx;
     let users = ["r1", "r2", "r3", "r4"];
     let mut sql = String::new();
@@ -434,6 +435,13 @@ async fn leaves_and_rejoins_with_stalls_never_leak_an_event() {
         s
     };
     let mut next_n = 1i64;
+    // The number of the last event, once every event is emitted: a live
+    // reader stops when it has it (or its stream ended).
+    let last = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX));
+    let served_to = |s: &RawStream, last: &std::sync::atomic::AtomicI64| {
+        let last = last.load(std::sync::atomic::Ordering::Acquire);
+        s.seen.iter().any(|m| m.n.is_some_and(|n| n >= last))
+    };
     for round in 0..ROUNDS {
         // Streams for every current member.
         for u in users {
@@ -441,19 +449,23 @@ async fn leaves_and_rejoins_with_stalls_never_leak_an_event() {
                 let s = open(u).await;
                 let reader = match rng.random_range(0..3) {
                     0 => Reader::Stalled(s),
-                    1 => Reader::Live(tokio::spawn(async move {
-                        let mut s = s;
-                        s.read_until(WAIT * 6, |_| false).await;
-                        s
-                    })),
+                    1 => {
+                        let last = last.clone();
+                        Reader::Live(tokio::spawn(async move {
+                            let mut s = s;
+                            s.read_until(WAIT * 6, |s| served_to(s, &last)).await;
+                            s
+                        }))
+                    }
                     _ => {
                         let pause = Duration::from_millis(rng.random_range(50..800));
+                        let last = last.clone();
                         Reader::Live(tokio::spawn(async move {
                             let mut s = s;
                             // Read a little, stall, read on.
                             s.read_until(Duration::from_millis(100), |_| false).await;
                             tokio::time::sleep(pause).await;
-                            s.read_until(WAIT * 6, |_| false).await;
+                            s.read_until(WAIT * 6, |s| served_to(s, &last)).await;
                             s
                         }))
                     }
@@ -489,6 +501,7 @@ async fn leaves_and_rejoins_with_stalls_never_leak_an_event() {
         next_n += count;
     }
     spell_at.push((next_n, spell.clone()));
+    last.store(next_n - 1, std::sync::atomic::Ordering::Release);
     let spell_of = |user: &str, n: i64| -> Option<usize> {
         let i = spell_at.partition_point(|(from, _)| *from <= n) - 1;
         spell_at[i].1[user]
