@@ -28,10 +28,11 @@ use std::time::Duration;
 
 use realtime_gateway::channels::ChannelFilter;
 use realtime_shared::event::{EventId, EventType};
-use realtime_tests::{ChildProcess, TestContext, binary_path, free_port, wait_until};
+use realtime_tests::{TestContext, free_port};
 use serde_json::{Value, json};
 use support::gateway::{RunningGateway, gateway_config, token};
 use support::sse::SseClient;
+use support::start_ready;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
@@ -432,19 +433,6 @@ async fn insert_properties(ctx: &TestContext, ids: &[String]) {
         )
         .await;
     }
-}
-
-/// A real binary, ready: its admin address logged and `/readyz` 200.
-async fn start_ready(name: &str, env: &[(&str, String)]) -> ChildProcess {
-    let child = ChildProcess::spawn(&binary_path(name), env);
-    let admin = child.admin_addr(WAIT).await;
-    wait_until(&format!("{name} is ready"), WAIT, || async move {
-        support::http_get(&format!("http://{admin}/readyz"))
-            .await
-            .filter(|(status, _)| *status == 200)
-    })
-    .await;
-    child
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,11 +18,12 @@ use std::time::Duration;
 
 use rand::Rng as _;
 use rand::seq::IndexedRandom as _;
-use realtime_tests::{ChildProcess, TestContext, binary_path, free_port, wait_until};
+use realtime_tests::{ChildProcess, TestContext, free_port, wait_until};
 use serde_json::Value;
 use support::gateway::{JWT_SECRET, token};
 use support::http_get;
 use support::sse::SseClient;
+use support::start_ready;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -39,18 +40,6 @@ struct Binaries {
     ingestor: ChildProcess,
     gateway: ChildProcess,
     addr: SocketAddr,
-}
-
-async fn start_ready(name: &str, env: &[(&str, String)]) -> ChildProcess {
-    let child = ChildProcess::spawn(&binary_path(name), env);
-    let admin = child.admin_addr(WAIT).await;
-    wait_until(&format!("{name} is ready"), WAIT, || async move {
-        http_get(&format!("http://{admin}/readyz"))
-            .await
-            .filter(|(status, _)| *status == 200)
-    })
-    .await;
-    child
 }
 
 async fn binaries(history_len: &str, gateway_extra: &[(&str, &str)]) -> Binaries {

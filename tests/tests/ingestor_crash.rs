@@ -15,12 +15,11 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use realtime_tests::{
-    ChildProcess, PostgresServer, TestContext, binary_path, free_port, wait_until,
-};
+use realtime_tests::{PostgresServer, TestContext, free_port, wait_until};
 use support::gateway::{JWT_SECRET, token};
 use support::http_get;
 use support::sse::SseClient;
+use support::start_ready;
 use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -32,18 +31,6 @@ const RECONNECT_EVERY: usize = 400;
 const SEED: &str = "INSERT INTO organizations (id, name) VALUES ('org1', 'Acme');
      INSERT INTO users (id) VALUES ('u1');
      INSERT INTO organization_members (id, \"userId\", \"organizationId\") VALUES ('m1', 'u1', 'org1');";
-
-async fn start_ready(name: &str, env: &[(&str, String)]) -> ChildProcess {
-    let child = ChildProcess::spawn(&binary_path(name), env);
-    let admin = child.admin_addr(WAIT).await;
-    wait_until(&format!("{name} is ready"), WAIT, || async move {
-        http_get(&format!("http://{admin}/readyz"))
-            .await
-            .filter(|(status, _)| *status == 200)
-    })
-    .await;
-    child
-}
 
 /// What became of one insert, as its writer saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

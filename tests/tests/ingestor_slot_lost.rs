@@ -13,12 +13,11 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use realtime_tests::{
-    ChildProcess, PostgresServer, TestContext, binary_path, free_port, wait_until,
-};
+use realtime_tests::{ChildProcess, PostgresServer, TestContext, free_port, wait_until};
 use serde_json::Value;
 use support::gateway::{JWT_SECRET, token};
 use support::sse::{Message, SseClient};
+use support::start_ready;
 use support::{history, http_get, metric_value, wait_for_history};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -27,18 +26,6 @@ const SEED: &str = "INSERT INTO organizations (id, name) VALUES ('orgA', 'Acme')
      INSERT INTO users (id) VALUES ('ua'), ('ub');
      INSERT INTO organization_members (id, \"userId\", \"organizationId\") VALUES
        ('m1', 'ua', 'orgA'), ('m2', 'ub', 'orgB');";
-
-async fn start_ready(name: &str, env: &[(&str, String)]) -> ChildProcess {
-    let child = ChildProcess::spawn(&binary_path(name), env);
-    let admin = child.admin_addr(WAIT).await;
-    wait_until(&format!("{name} is ready"), WAIT, || async move {
-        http_get(&format!("http://{admin}/readyz"))
-            .await
-            .filter(|(status, _)| *status == 200)
-    })
-    .await;
-    child
-}
 
 async fn start_ingestor(ctx: &TestContext) -> ChildProcess {
     start_ready(

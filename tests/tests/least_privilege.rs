@@ -16,12 +16,10 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use realtime_tests::{
-    ChildProcess, PostgresServer, TestContext, binary_path, free_port, wait_until,
-};
+use realtime_tests::{ChildProcess, PostgresServer, TestContext, binary_path, free_port};
 use support::gateway::{JWT_SECRET, token};
-use support::http_get;
 use support::sse::SseClient;
+use support::start_ready;
 
 const WAIT: Duration = Duration::from_secs(30);
 const ROLES_SQL_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/postgres/roles.sql");
@@ -55,18 +53,6 @@ fn url_as(pg: &PostgresServer, ctx: &TestContext, role: &str, password: &str) ->
         pg.port(),
         ctx.database()
     )
-}
-
-async fn start_ready(name: &str, env: &[(&str, String)]) -> ChildProcess {
-    let child = ChildProcess::spawn(&binary_path(name), env);
-    let admin = child.admin_addr(WAIT).await;
-    wait_until(&format!("{name} is ready"), WAIT, || async move {
-        http_get(&format!("http://{admin}/readyz"))
-            .await
-            .filter(|(status, _)| *status == 200)
-    })
-    .await;
-    child
 }
 
 fn ingestor_env(pg: &PostgresServer, ctx: &TestContext) -> Vec<(&'static str, String)> {

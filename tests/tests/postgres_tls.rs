@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use realtime_tests::{
     ChildProcess, PostgresServer, TestCa, TestContext, TlsOptions, binary_path, free_port,
-    wait_until,
 };
 use support::gateway::{JWT_SECRET, token};
 use support::sse::SseClient;
+use support::start_ready;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -77,18 +77,6 @@ fn with_url(
     env.push(("DATABASE_URL", database_url.to_owned()));
     env.push(("REALTIME_IO_TIMEOUT", "5s".to_owned()));
     env
-}
-
-async fn start_ready(name: &str, env: &[(&'static str, String)]) -> ChildProcess {
-    let child = ChildProcess::spawn(&binary_path(name), env);
-    let admin = child.admin_addr(WAIT).await;
-    wait_until(&format!("{name} is ready"), WAIT, || async move {
-        support::http_get(&format!("http://{admin}/readyz"))
-            .await
-            .filter(|(status, _)| *status == 200)
-    })
-    .await;
-    child
 }
 
 /// Runs binary `name` with `env` until it exits; asserts a non-zero exit,

@@ -18,8 +18,8 @@ use realtime_tests::{
     ChildProcess, RedisServer, TestCerts, TestContext, binary_path, free_port, wait_until,
 };
 use support::gateway::{JWT_SECRET, token};
-use support::http_get;
 use support::sse::SseClient;
+use support::start_ready;
 
 const WAIT: Duration = Duration::from_secs(30);
 const USER: &str = "realtime_app";
@@ -41,18 +41,6 @@ async fn tls_context() -> (RedisServer, TestContext) {
     let ctx = TestContext::new().await.with_redis(&redis);
     ctx.batch(SEED).await;
     (redis, ctx)
-}
-
-async fn start_ready(name: &str, env: &[(&str, String)]) -> ChildProcess {
-    let child = ChildProcess::spawn(&binary_path(name), env);
-    let admin = child.admin_addr(WAIT).await;
-    wait_until(&format!("{name} is ready"), WAIT, || async move {
-        http_get(&format!("http://{admin}/readyz"))
-            .await
-            .filter(|(status, _)| *status == 200)
-    })
-    .await;
-    child
 }
 
 /// Runs binary `name` with `env` until it exits; checks it failed with one

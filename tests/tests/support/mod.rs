@@ -8,7 +8,7 @@ pub mod sse;
 use std::time::Duration;
 
 use realtime_ingestor::{Config, Ingestor};
-use realtime_tests::{TestContext, wait_until};
+use realtime_tests::{ChildProcess, TestContext, binary_path, wait_until};
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -265,4 +265,19 @@ pub async fn wait_until_published(ctx: &TestContext, org: &str, n: u64) {
         },
     )
     .await;
+}
+
+/// Runs the binary `name` (a real process) with `env` and waits, 30 s at
+/// most, until its `/readyz` answers 200.
+pub async fn start_ready(name: &str, env: &[(&str, String)]) -> ChildProcess {
+    let child = ChildProcess::spawn(&binary_path(name), env);
+    let deadline = Duration::from_secs(30);
+    let admin = child.admin_addr(deadline).await;
+    wait_until(&format!("{name} is ready"), deadline, || async move {
+        http_get(&format!("http://{admin}/readyz"))
+            .await
+            .filter(|(status, _)| *status == 200)
+    })
+    .await;
+    child
 }
