@@ -114,6 +114,10 @@ impl History {
     /// could have produced (above both streams' last id, e.g. after Redis
     /// lost its data). At the exact trim boundary this answers "gap" where
     /// none was: the client refetches, which is safe.
+    ///
+    /// Only Redis's `ERR no such key` counts as a missing stream; any other
+    /// error is returned, and callers retry or refuse transiently, never
+    /// send `data.sync` on it.
     pub async fn has_gap(&self, org: &str, last: EventId) -> redis::RedisResult<bool> {
         let mut newest: Option<EventId> = None;
         for scope in [Scope::Organization(org.to_owned()), Scope::Broadcast] {
@@ -124,8 +128,17 @@ impl History {
                 .arg(&key)
                 .query_async(&mut conn)
                 .await;
-            let Ok(info) = info else {
-                continue; // no such stream
+            let info = match info {
+                Ok(info) => info,
+                // Nothing was ever written there (or Redis lost it): no
+                // history of this scope, which the last-id check below
+                // answers.
+                Err(e) if is_no_such_key(&e) => continue,
+                // Redis did not answer (reconnecting, `-LOADING` its AOF, a
+                // timeout, an ACL refusal): not an empty history. Read as
+                // one, a still-covered id would look above both streams and
+                // the client would be told to refetch for nothing.
+                Err(e) => return Err(e),
             };
             let fields = StreamInfo::new(&info);
             let trimmed = fields.number("entries-added") > fields.number("length");
@@ -146,6 +159,15 @@ impl History {
         }
         Ok(newest.is_none_or(|newest| last > newest))
     }
+}
+
+/// Whether `e` is Redis's answer to `XINFO STREAM` on a key that does not
+/// exist (`ERR no such key`): the one error that means "no history here".
+fn is_no_such_key(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+        && e
+            .detail()
+            .is_some_and(|d| d.trim().eq_ignore_ascii_case("no such key"))
 }
 
 /// The flat key/value reply of `XINFO STREAM` (RESP2 array or RESP3 map).
@@ -221,5 +243,42 @@ impl History {
             .chain(b.iter())
             .filter_map(|(id, _)| id.parse::<EventId>().ok())
             .max())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::{ErrorKind, ServerErrorKind};
+
+    fn server_error(kind: ServerErrorKind, detail: &str) -> redis::RedisError {
+        redis::RedisError::from((ErrorKind::Server(kind), "server error", detail.to_owned()))
+    }
+
+    #[test]
+    fn only_no_such_key_means_no_stream() {
+        assert!(is_no_such_key(&server_error(
+            ServerErrorKind::ResponseError,
+            "no such key"
+        )));
+        // Redis loading its AOF, an ACL refusal, a dropped connection, a
+        // timeout, another ERR: Redis did not say the stream is missing.
+        assert!(!is_no_such_key(&server_error(
+            ServerErrorKind::BusyLoading,
+            "Redis is loading the dataset in memory"
+        )));
+        assert!(!is_no_such_key(&server_error(
+            ServerErrorKind::NoPerm,
+            "this user has no permissions to run the 'xinfo|stream' command"
+        )));
+        assert!(!is_no_such_key(&server_error(
+            ServerErrorKind::ResponseError,
+            "unknown subcommand"
+        )));
+        let io = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(!is_no_such_key(&io));
+        let timeout =
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        assert!(!is_no_such_key(&timeout));
     }
 }

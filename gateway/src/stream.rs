@@ -60,6 +60,10 @@ pub struct Connection {
     pub last_seen: Option<EventId>,
     /// `Some(after)` while catching up from history.
     pub replay_after: Option<Option<EventId>>,
+    /// Set when the stream must catch up from history (a resubscription, a
+    /// lag) and has not yet learnt whether history still reaches back to
+    /// `last_seen`; nothing live is taken meanwhile.
+    pub resync: bool,
     /// Set when the connection must end once `pending` is sent (its user's
     /// `member.leave`, a drain). Nothing is offered after it.
     pub closing: bool,
@@ -93,6 +97,19 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// First wait before asking Redis again after an error while catching up.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+/// Longest wait between two attempts.
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Waiting out a Redis failure during a catch-up.
+struct RedisRetry {
+    at: Pin<Box<Sleep>>,
+    backoff: Duration,
+    /// The wait is over: ask Redis again.
+    due: bool,
+}
+
 /// A stream's loop state. The close and expiry futures live here, made
 /// once per connection: a fresh `cancelled()` or `sleep_until` on every
 /// poll would register (and drop) a waiter and a timer per event per
@@ -102,6 +119,9 @@ struct Running {
     heartbeat: Interval,
     expiry: Option<Pin<Box<Sleep>>>,
     closed: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// While Redis fails during a catch-up: when to try again, and the
+    /// current backoff. `None` (no allocation) otherwise.
+    redis_retry: Option<Box<RedisRetry>>,
     _guard: m::ConnectionGuard,
     _registration: Registration,
     _lease: Lease,
@@ -142,8 +162,10 @@ pub fn jittered_retry(retry: Duration) -> Bytes {
 }
 
 impl Connection {
-    /// The response body. Ends on shutdown, expiry, revocation, or a Redis
-    /// failure while catching up (the client resumes with Last-Event-ID).
+    /// The response body. Ends on shutdown, expiry or revocation. A Redis
+    /// failure while catching up is waited out (bounded backoff, heartbeats
+    /// still sent, close and expiry still honoured), never read as "no
+    /// history".
     pub fn into_body(
         self,
         guard: m::ConnectionGuard,
@@ -163,6 +185,7 @@ impl Connection {
             heartbeat,
             expiry,
             closed,
+            redis_retry: None,
             _guard: guard,
             _registration: registration,
             _lease: lease,
@@ -251,27 +274,33 @@ impl Connection {
         Some(jittered_retry(self.retry))
     }
 
-    /// Starts catching up from history after the last event seen, or sends
-    /// `data.sync` when history no longer reaches back that far.
-    /// The membership is checked again first: a leave may lie in what is
-    /// skipped.
-    async fn start_catch_up(&mut self) -> bool {
+    /// Asks for a catch-up from history (the live feed may have missed
+    /// something). The membership is checked again first: a leave may lie
+    /// in what is skipped. Nothing live is taken until [`Self::start_catch_up`]
+    /// has run.
+    fn ask_catch_up(&mut self) {
         self.recheck = true;
+        self.resync = true;
+    }
+
+    /// Starts catching up from history after the last event seen, or sends
+    /// `data.sync` when history no longer reaches back that far. A Redis
+    /// error leaves `resync` set and is returned: the caller waits and asks
+    /// again (an error is never a gap).
+    async fn start_catch_up(&mut self) -> redis::RedisResult<()> {
         if let Some(last) = self.last_seen {
-            match self.history.has_gap(&self.org, last).await {
-                Ok(false) => {}
-                Ok(true) => {
-                    self.pending.push_back(gap_message(&self.org, Some(last)));
-                    match self.history.newest(&self.org).await {
-                        Ok(newest) => self.last_seen = newest.max(self.last_seen),
-                        Err(_) => return false,
-                    }
-                }
-                Err(_) => return false,
+            if self.history.has_gap(&self.org, last).await? {
+                // Where to go on from, read before the data.sync is queued:
+                // if this fails, nothing has been sent and the whole check
+                // is done again.
+                let newest = self.history.newest(&self.org).await?;
+                self.pending.push_back(gap_message(&self.org, Some(last)));
+                self.last_seen = newest.max(self.last_seen);
             }
         }
+        self.resync = false;
         self.replay_after = Some(self.last_seen);
-        true
+        Ok(())
     }
 }
 
@@ -319,10 +348,33 @@ impl Running {
             if conn.closing {
                 return None;
             }
-            if let Some(after) = conn.replay_after {
-                // Boxed, like the catch-up below: rare paths whose futures
+            if self.redis_retry.as_ref().is_some_and(|r| !r.due) {
+                match self.wait_to_retry().await {
+                    Some(out) => return out,
+                    None => continue,
+                }
+            }
+            let conn = &mut self.conn;
+            if conn.resync {
+                // Boxed, like the page below: rare paths whose futures
                 // would otherwise be part of every idle stream's state.
-                let page = Box::pin(conn.history.page(&conn.org, after)).await.ok()?;
+                if let Err(e) = Box::pin(conn.start_catch_up()).await {
+                    self.redis_failed(&e);
+                } else {
+                    self.redis_retry = None;
+                }
+                continue;
+            }
+            if let Some(after) = conn.replay_after {
+                let page = match Box::pin(conn.history.page(&conn.org, after)).await {
+                    Ok(page) => page,
+                    Err(e) => {
+                        self.redis_failed(&e);
+                        continue;
+                    }
+                };
+                self.redis_retry = None;
+                let conn = &mut self.conn;
                 metrics::counter!(m::REPLAYED).increment(page.frames.len() as u64);
                 let mut stopped_at = None;
                 for frame in &page.frames {
@@ -369,11 +421,7 @@ impl Running {
                 biased;
                 message = rx.recv() => match message {
                     Ok(HubMessage::Frame(frame)) => conn.offer(&frame, true),
-                    Ok(HubMessage::Resync) | Err(RecvError::Lagged(_)) => {
-                        if !Box::pin(conn.start_catch_up()).await {
-                            return None;
-                        }
-                    }
+                    Ok(HubMessage::Resync) | Err(RecvError::Lagged(_)) => conn.ask_catch_up(),
                     Err(RecvError::Closed) => return None,
                 },
                 _ = self.closed.as_mut() => return conn.close(),
@@ -381,6 +429,54 @@ impl Running {
                 _ = self.heartbeat.tick() => return Some(heartbeat_frame()),
                 _ = listener_idle => {}
             }
+        }
+    }
+
+    /// Redis failed while catching up: try again after a backoff (doubled
+    /// per failure up to [`RETRY_MAX`], jittered so the streams of a
+    /// replica do not all ask again at once).
+    fn redis_failed(&mut self, e: &redis::RedisError) {
+        let backoff = match &self.redis_retry {
+            Some(retry) => (retry.backoff * 2).min(RETRY_MAX),
+            None => RETRY_FIRST,
+        };
+        tracing::debug!(error = %e, org = %self.conn.org, ?backoff, "history unavailable while catching up; retrying");
+        let ms = backoff.as_millis() as u64;
+        let wait = Duration::from_millis(ms / 2 + rand::random_range(0..ms.max(1)));
+        let at = Instant::now() + wait;
+        match &mut self.redis_retry {
+            Some(retry) => {
+                retry.at.as_mut().reset(at);
+                retry.backoff = backoff;
+                retry.due = false;
+            }
+            None => {
+                self.redis_retry = Some(Box::new(RedisRetry {
+                    at: Box::pin(tokio::time::sleep_until(at)),
+                    backoff,
+                    due: false,
+                }));
+            }
+        }
+    }
+
+    /// Waiting to ask Redis again: the stream still ends on a close
+    /// (shutdown, drain, revocation) or expiry and still sends heartbeats;
+    /// nothing live is taken (the catch-up must come first). `Some(out)`:
+    /// what [`Running::next`] returns; `None`: try again now.
+    async fn wait_to_retry(&mut self) -> Option<Option<Bytes>> {
+        let retry = self.redis_retry.as_mut()?;
+        let expiry = expired(&mut self.expiry);
+        tokio::select! {
+            biased;
+            _ = self.closed.as_mut() => Some(self.conn.close()),
+            _ = expiry => Some(None),
+            _ = retry.at.as_mut() => {
+                // Ask again; the backoff stays until an attempt succeeds.
+                retry.due = true;
+                None
+            }
+            _ = self.heartbeat.tick() => Some(Some(heartbeat_frame())),
         }
     }
 
@@ -404,9 +500,7 @@ impl Running {
             // Not expected (see `OrgFeed::unpark`): catch up from history
             // rather than risk a gap.
             tracing::error!(org = %conn.org, "a parked stream lost its place; catching up");
-            if !Box::pin(conn.start_catch_up()).await {
-                return Some(None);
-            }
+            conn.ask_catch_up();
         } else {
             conn.last_seen = last_seen;
         }

@@ -81,6 +81,8 @@ pub enum SlotError {
         field: &'static str,
         value: String,
     },
+    #[error("the history stream {key} in Redis reports an unreadable last-generated-id: {value:?}")]
+    BadHistory { key: String, value: String },
     #[error("Postgres reported an unreadable LSN for replication slot {0:?}")]
     BadLsn(String),
 }
@@ -469,12 +471,21 @@ async fn last_history_id(publisher: &mut Publisher) -> Result<EventId, SlotError
                 redis::cmd("XINFO").arg("STREAM").arg(&key),
             )
             .await?;
-        let id = info
+        // An unreadable id is an error, not "nothing here": read as none,
+        // the offset could stay below ids this stream holds, and the
+        // streams would then refuse the new cluster's events as replays.
+        let raw = info
             .get("last-generated-id")
-            .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
-            .and_then(|s| s.parse::<EventId>().ok());
-        if let Some(id) = id {
-            last = last.max(id);
+            .and_then(|v| redis::from_redis_value_ref::<String>(v).ok());
+        let id = raw.as_deref().and_then(|s| s.parse::<EventId>().ok());
+        match id {
+            Some(id) => last = last.max(id),
+            None => {
+                return Err(SlotError::BadHistory {
+                    key,
+                    value: raw.unwrap_or_default(),
+                });
+            }
         }
     }
     Ok(last)

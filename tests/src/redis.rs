@@ -1,6 +1,7 @@
 //! A throwaway `redis-server` on a free loopback port, without persistence;
 //! optionally TLS-only with an ACL user ([`RedisServer::start_tls`]), as
-//! managed Redis services run.
+//! managed Redis services run, or with an append-only file kept across
+//! restarts ([`RedisServer::start_with_aof`]), as production Redis runs.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -24,7 +25,8 @@ const READY_DEADLINE: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(20);
 
 /// A Redis 7 server owned by the test process: `--save "" --appendonly no`,
-/// so a restart loses every key (that is the point of restart tests).
+/// so a restart loses every key (that is the point of restart tests), unless
+/// started with [`start_with_aof`](Self::start_with_aof).
 ///
 /// Dropping it kills the server and removes its dir; a watchdog does the
 /// same if the test process dies first (see `watchdog.rs`).
@@ -38,6 +40,9 @@ pub struct RedisServer {
     watchdog: Mutex<Watchdog>,
     /// TLS-only with an ACL user, when started by [`RedisServer::start_tls`].
     tls: Option<TlsAcl>,
+    /// `--appendonly yes --appendfsync always`: every write acknowledged
+    /// is in the AOF in the server's dir, which a restart loads back.
+    aof: bool,
     /// The server's working dir and `redis.log`.
     dir: TempDir,
 }
@@ -53,7 +58,17 @@ struct TlsAcl {
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers `PING`.
     pub fn start() -> anyhow::Result<Self> {
-        Self::start_with(None)
+        Self::start_with(None, false)
+    }
+
+    /// Starts a server with an append-only file (`--appendonly yes
+    /// --appendfsync always`, so even a SIGKILL loses no acknowledged
+    /// write) in its dir, kept across [`stop`](Self::stop) /
+    /// [`start_again`](Self::start_again) / [`restart`](Self::restart):
+    /// the restarted server loads every key back (answering `-LOADING`
+    /// while it does).
+    pub fn start_with_aof() -> anyhow::Result<Self> {
+        Self::start_with(None, true)
     }
 
     /// Starts a TLS-only server (`--port 0 --tls-port P`, no client
@@ -62,10 +77,10 @@ impl RedisServer {
     /// only user is the ACL user `user` with `password` (`default` is off).
     /// [`url`](Self::url) is then `rediss://user:password@127.0.0.1:P`.
     pub fn start_tls(user: &str, password: &str) -> anyhow::Result<Self> {
-        Self::start_with(Some((user, password)))
+        Self::start_with(Some((user, password)), false)
     }
 
-    fn start_with(tls: Option<(&str, &str)>) -> anyhow::Result<Self> {
+    fn start_with(tls: Option<(&str, &str)>, aof: bool) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("realtime-redis-")
             .tempdir()
@@ -87,6 +102,7 @@ impl RedisServer {
             server: Mutex::new(None),
             watchdog: Mutex::new(watchdog),
             tls,
+            aof,
             dir,
         };
         let mut attempts = 0;
@@ -147,8 +163,8 @@ impl RedisServer {
         Ok(())
     }
 
-    /// Starts the stopped server again on the same port (empty). A no-op
-    /// when it is running.
+    /// Starts the stopped server again on the same port (empty, or with its
+    /// AOF loaded back). A no-op when it is running.
     pub fn start_again(&self) -> anyhow::Result<()> {
         if self.lock().is_some() {
             return Ok(());
@@ -157,7 +173,7 @@ impl RedisServer {
     }
 
     /// [`stop`](Self::stop), then [`start_again`](Self::start_again): same
-    /// port, no data (there is no persistence), ready when this returns.
+    /// port, no data unless started with an AOF, ready when this returns.
     pub fn restart(&self) -> anyhow::Result<()> {
         self.stop()?;
         self.launch()
@@ -197,6 +213,7 @@ impl RedisServer {
                 .arg(format!(">{}", tls.password))
                 .args(["~*", "&*", "+@all"]),
         };
+        let appendonly = if self.aof { "yes" } else { "no" };
         let mut child = command
             .args([
                 "--bind",
@@ -204,7 +221,9 @@ impl RedisServer {
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                appendonly,
+                "--appendfsync",
+                "always",
                 "--daemonize",
                 "no",
             ])
@@ -270,6 +289,7 @@ impl std::fmt::Debug for RedisServer {
         f.debug_struct("RedisServer")
             .field("port", &self.port)
             .field("tls", &self.tls.is_some())
+            .field("aof", &self.aof)
             .field("dir", &self.dir.path())
             .finish_non_exhaustive()
     }
