@@ -716,7 +716,12 @@ async fn open_stream(app: Arc<AppState>, headers: HeaderMap, raw: Option<String>
                     }
                 }
             }
-            Err(_) => {
+            // Redis did not answer (restarting, loading its AOF, …): that
+            // says nothing about a gap, so the client is refused transiently
+            // (an EventSource gets 200 + `retry:`) and resumes with the same
+            // id, never told to refetch for it.
+            Err(e) => {
+                tracing::debug!(error = %e, "history unavailable for a resume");
                 return reject(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
@@ -760,6 +765,7 @@ async fn open_stream(app: Arc<AppState>, headers: HeaderMap, raw: Option<String>
         pending,
         last_seen,
         replay_after,
+        resync: false,
         closing: false,
         recheck: false,
         membership: app.membership.clone(),

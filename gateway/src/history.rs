@@ -165,8 +165,7 @@ impl History {
 /// exist (`ERR no such key`): the one error that means "no history here".
 fn is_no_such_key(e: &redis::RedisError) -> bool {
     e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
-        && e
-            .detail()
+        && e.detail()
             .is_some_and(|d| d.trim().eq_ignore_ascii_case("no such key"))
 }
 
@@ -277,8 +276,7 @@ mod tests {
         )));
         let io = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
         assert!(!is_no_such_key(&io));
-        let timeout =
-            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        let timeout = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
         assert!(!is_no_such_key(&timeout));
     }
 }

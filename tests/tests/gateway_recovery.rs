@@ -75,14 +75,21 @@ async fn client(
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         }
-        let hop_at = hop.map(|h| tokio::time::Instant::now() + h);
+        let mut hop_at = None;
         loop {
             if stop.load(Ordering::Relaxed) {
                 return;
             }
             let now = tokio::time::Instant::now();
+            // Hops only once it has an id to resume from: a reconnection
+            // without one is a fresh live stream (as for an EventSource)
+            // and would rightly miss what is committed in between.
+            if hop_at.is_none() && last.is_some() {
+                hop_at = hop.map(|h| now + h);
+            }
             let left = hop_at.map_or(Duration::from_millis(200), |h| {
-                h.saturating_duration_since(now).min(Duration::from_millis(200))
+                h.saturating_duration_since(now)
+                    .min(Duration::from_millis(200))
             });
             if left.is_zero() {
                 at += 1;
@@ -181,7 +188,10 @@ fn check(name: &str, org: &str, seen: &Seen, want: &BTreeSet<String>) {
         );
     }
     for (id, property, event_org) in &seen.events {
-        assert_eq!(event_org, org, "{name}: event {id:?} ({property}) of another organization");
+        assert_eq!(
+            event_org, org,
+            "{name}: event {id:?} ({property}) of another organization"
+        );
     }
     let got: Vec<&String> = seen.events.iter().map(|(_, p, _)| p).collect();
     let distinct: BTreeSet<String> = got.iter().map(|p| (*p).clone()).collect();
@@ -241,14 +251,12 @@ async fn redis_restart_with_aof_under_connected_and_resuming_clients_loses_and_r
             clients.push((format!("{kind}-{org}-{first}"), org, seen, task));
         }
     }
-    wait_until(
-        "every client has a stream",
-        Duration::from_secs(30),
-        || {
-            let ready = clients.iter().all(|(_, _, s, _)| s.lock().unwrap().streams > 0);
-            async move { ready.then_some(()) }
-        },
-    )
+    wait_until("every client has a stream", Duration::from_secs(30), || {
+        let ready = clients
+            .iter()
+            .all(|(_, _, s, _)| s.lock().unwrap().streams > 0);
+        async move { ready.then_some(()) }
+    })
     .await;
     let mut n = 0;
 
@@ -315,7 +323,11 @@ async fn redis_restart_with_aof_under_connected_and_resuming_clients_loses_and_r
         let seen = seen.lock().unwrap();
         check(&name, org, &seen, &want[usize::from(org == "orgB")]);
         if name.starts_with("hopper") {
-            assert!(seen.streams >= 4, "{name} resumed only {} times", seen.streams);
+            assert!(
+                seen.streams >= 4,
+                "{name} resumed only {} times",
+                seen.streams
+            );
         }
     }
     drop(ing);
@@ -347,7 +359,9 @@ async fn a_redis_error_during_resume_or_catch_up_is_never_a_gap() {
 
     let mut live = SseClient::connect(&url, Some(&tok), &[]).await;
     assert_eq!(live.status, 200);
-    live.next(Duration::from_secs(10)).await.expect("connection message");
+    live.next(Duration::from_secs(10))
+        .await
+        .expect("connection message");
     for i in 0..5 {
         insert(&ctx, "orgA", &format!("p{i}")).await;
     }
@@ -361,7 +375,10 @@ async fn a_redis_error_during_resume_or_catch_up_is_never_a_gap() {
     acl(&mut admin, &["-xinfo"]).await;
     let refused = SseClient::connect(&url, Some(&tok), &[("last-event-id", &covered)]).await;
     assert_eq!(
-        (refused.status, refused.body_text.contains("history unavailable")),
+        (
+            refused.status,
+            refused.body_text.contains("history unavailable")
+        ),
         (503, true),
         "a resume while Redis fails is refused transiently: {} {}",
         refused.status,
@@ -377,6 +394,10 @@ async fn a_redis_error_during_resume_or_catch_up_is_never_a_gap() {
     let mut answer = Vec::new();
     while let Ok(Some(m)) = as_event_source.next(Duration::from_secs(10)).await {
         answer.push(m);
+        assert!(
+            answer.len() < 10,
+            "an EventSource gets only a retry hint: {answer:?}"
+        );
     }
     assert!(
         answer.iter().any(|m| m.retry.is_some()) && answer.iter().all(|m| m.data.is_none()),
@@ -437,7 +458,12 @@ async fn a_redis_error_during_resume_or_catch_up_is_never_a_gap() {
     )
     .await;
     let mut waited = Vec::new();
-    while waited.iter().filter(|m: &&support::sse::Message| m.comment.is_some()).count() < 2 {
+    while waited
+        .iter()
+        .filter(|m: &&support::sse::Message| m.comment.is_some())
+        .count()
+        < 2
+    {
         match live.next(Duration::from_secs(10)).await {
             Ok(Some(m)) => waited.push(m),
             other => panic!("the stream ended or went silent while waiting: {other:?}"),
@@ -453,14 +479,23 @@ async fn a_redis_error_during_resume_or_catch_up_is_never_a_gap() {
     let rest = live.events(3, Duration::from_secs(30)).await;
     let got: Vec<String> = rest
         .iter()
-        .map(|m| m.json()["payload"]["propertyId"].as_str().unwrap().to_owned())
+        .map(|m| {
+            m.json()["payload"]["propertyId"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     assert_eq!(got, ["p5", "p6", "p7"], "the connected stream catches up");
     let mut resumed = SseClient::connect(&url, Some(&tok), &[("last-event-id", &covered)]).await;
     assert_eq!(resumed.status, 200);
+    // Read until 2 s after the sixth event (or 30 s): heartbeats come
+    // every second, so silence is not the end.
     let mut after = Vec::new();
+    let mut until = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        match resumed.next(Duration::from_secs(3)).await {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        match resumed.next(left).await {
             Ok(Some(m)) => {
                 assert!(
                     !m.data.as_deref().is_some_and(|d| d.contains("data.sync")),
@@ -468,18 +503,34 @@ async fn a_redis_error_during_resume_or_catch_up_is_never_a_gap() {
                 );
                 if m.id.is_some() {
                     after.push(m);
+                    if after.len() == 6 {
+                        until = tokio::time::Instant::now() + Duration::from_secs(2);
+                    }
                 }
             }
             Ok(None) => panic!("the resumed stream ended"),
-            Err(()) => break, // quiet: everything sent
+            Err(()) => break,
         }
     }
     let got: Vec<String> = after
         .iter()
-        .map(|m| m.json()["payload"]["propertyId"].as_str().unwrap().to_owned())
+        .map(|m| {
+            m.json()["payload"]["propertyId"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
-    assert_eq!(got, ["p2", "p3", "p4", "p5", "p6", "p7"], "exactly the events after {covered}");
-    assert!(after.iter().all(|m| parse_id(m.id.as_deref().unwrap()) > covered_id));
+    assert_eq!(
+        got,
+        ["p2", "p3", "p4", "p5", "p6", "p7"],
+        "exactly the events after {covered}"
+    );
+    assert!(
+        after
+            .iter()
+            .all(|m| parse_id(m.id.as_deref().unwrap()) > covered_id)
+    );
     // And the live stream got nothing twice meanwhile.
     assert!(
         live.next_event(Duration::from_secs(2)).await.is_none(),
