@@ -60,6 +60,8 @@ impl Control {
         if done_here {
             return Ok(());
         }
+        // Cannot fail (strings and a number); an empty payload would only be
+        // skipped as malformed by the replicas, never misapplied.
         let payload = serde_json::to_vec(&command).unwrap_or_default();
         let mut redis = self.redis.clone();
         redis::cmd("PUBLISH")

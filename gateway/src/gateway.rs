@@ -393,6 +393,7 @@ async fn watch_readiness(
                 return;
             }
             _ = tick.tick() => {
+                // Any error is "not ready", the safe reading.
                 let redis_ok = redis::cmd("PING").query_async::<String>(&mut redis).await.is_ok();
                 let pg = membership.ping().await;
                 let pg_ok = pg.is_ok();

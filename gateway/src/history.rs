@@ -80,6 +80,8 @@ impl History {
         let mut last = None;
         let mut unreadable = 0usize;
         for (id, fields) in a.iter().chain(b.iter()) {
+            // Data, not an error: Redis stream ids always parse as event ids;
+            // anything else could not be resumed from anyway.
             let Ok(id) = id.parse::<EventId>() else {
                 continue;
             };
@@ -155,6 +157,8 @@ impl History {
             {
                 return Ok(true);
             }
+            // Unreadable: `None`, so the answer leans to "gap" (a refetch),
+            // never to a resume that could skip events.
             newest = newest.max(fields.id("last-generated-id"));
         }
         Ok(newest.is_none_or(|newest| last > newest))
@@ -200,6 +204,8 @@ impl<'a> StreamInfo<'a> {
         value_str(self.get(name)?)?.parse().ok()
     }
 
+    /// 0 when absent: `entries-added` and the id fields exist from Redis
+    /// 7.0, which the ingestor already requires (its Redis function).
     fn number(&self, name: &str) -> u64 {
         match self.get(name) {
             Some(redis::Value::Int(n)) => u64::try_from(*n).unwrap_or(0),

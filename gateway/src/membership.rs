@@ -341,6 +341,8 @@ impl Membership {
         // timestamp without time zone, which `now()` would read in the
         // connection's time zone.
         let now = SystemTime::now();
+        // An unreadable token or expiry counts as not live: the stream is
+        // closed (fail closed), never kept open on a value we cannot read.
         Ok(rows
             .iter()
             .filter(|row| {

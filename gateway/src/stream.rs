@@ -288,15 +288,15 @@ impl Connection {
     /// error leaves `resync` set and is returned: the caller waits and asks
     /// again (an error is never a gap).
     async fn start_catch_up(&mut self) -> redis::RedisResult<()> {
-        if let Some(last) = self.last_seen {
-            if self.history.has_gap(&self.org, last).await? {
-                // Where to go on from, read before the data.sync is queued:
-                // if this fails, nothing has been sent and the whole check
-                // is done again.
-                let newest = self.history.newest(&self.org).await?;
-                self.pending.push_back(gap_message(&self.org, Some(last)));
-                self.last_seen = newest.max(self.last_seen);
-            }
+        if let Some(last) = self.last_seen
+            && self.history.has_gap(&self.org, last).await?
+        {
+            // Where to go on from, read before the data.sync is queued: if
+            // this fails, nothing has been sent and the whole check is done
+            // again.
+            let newest = self.history.newest(&self.org).await?;
+            self.pending.push_back(gap_message(&self.org, Some(last)));
+            self.last_seen = newest.max(self.last_seen);
         }
         self.resync = false;
         self.replay_after = Some(self.last_seen);
