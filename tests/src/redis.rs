@@ -1,6 +1,7 @@
 //! A throwaway `redis-server` on a free loopback port, without persistence;
 //! optionally TLS-only with an ACL user ([`RedisServer::start_tls`]), as
-//! managed Redis services run.
+//! managed Redis services run, or durable with an append-only file
+//! ([`RedisServer::start_durable`]), as production Redis runs.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -24,7 +25,10 @@ const READY_DEADLINE: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(20);
 
 /// A Redis 7 server owned by the test process: `--save "" --appendonly no`,
-/// so a restart loses every key (that is the point of restart tests).
+/// so a restart loses every key (that is the point of restart tests);
+/// or, started with [`start_durable`](Self::start_durable), with an
+/// append-only file fsynced on every write, so a restart (even a SIGKILL)
+/// keeps every acknowledged write.
 ///
 /// Dropping it kills the server and removes its dir; a watchdog does the
 /// same if the test process dies first (see `watchdog.rs`).
@@ -38,6 +42,8 @@ pub struct RedisServer {
     watchdog: Mutex<Watchdog>,
     /// TLS-only with an ACL user, when started by [`RedisServer::start_tls`].
     tls: Option<TlsAcl>,
+    /// `--appendonly yes --appendfsync always` (see [`RedisServer::start_durable`]).
+    durable: bool,
     /// The server's working dir and `redis.log`.
     dir: TempDir,
 }
@@ -53,7 +59,15 @@ struct TlsAcl {
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers `PING`.
     pub fn start() -> anyhow::Result<Self> {
-        Self::start_with(None)
+        Self::start_with(None, false)
+    }
+
+    /// Starts a server with an append-only file in its dir (kept across
+    /// [`restart`](Self::restart)s) and `appendfsync always`: every write
+    /// Redis acknowledged is on disk before the reply, so it survives a
+    /// SIGKILL and the restarted server loads it before it answers `PING`.
+    pub fn start_durable() -> anyhow::Result<Self> {
+        Self::start_with(None, true)
     }
 
     /// Starts a TLS-only server (`--port 0 --tls-port P`, no client
@@ -62,10 +76,10 @@ impl RedisServer {
     /// only user is the ACL user `user` with `password` (`default` is off).
     /// [`url`](Self::url) is then `rediss://user:password@127.0.0.1:P`.
     pub fn start_tls(user: &str, password: &str) -> anyhow::Result<Self> {
-        Self::start_with(Some((user, password)))
+        Self::start_with(Some((user, password)), false)
     }
 
-    fn start_with(tls: Option<(&str, &str)>) -> anyhow::Result<Self> {
+    fn start_with(tls: Option<(&str, &str)>, durable: bool) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("realtime-redis-")
             .tempdir()
@@ -87,6 +101,7 @@ impl RedisServer {
             server: Mutex::new(None),
             watchdog: Mutex::new(watchdog),
             tls,
+            durable,
             dir,
         };
         let mut attempts = 0;
@@ -147,8 +162,8 @@ impl RedisServer {
         Ok(())
     }
 
-    /// Starts the stopped server again on the same port (empty). A no-op
-    /// when it is running.
+    /// Starts the stopped server again on the same port (empty, unless
+    /// durable). A no-op when it is running.
     pub fn start_again(&self) -> anyhow::Result<()> {
         if self.lock().is_some() {
             return Ok(());
@@ -157,7 +172,8 @@ impl RedisServer {
     }
 
     /// [`stop`](Self::stop), then [`start_again`](Self::start_again): same
-    /// port, no data (there is no persistence), ready when this returns.
+    /// port, no data (unless durable: then every acknowledged write), ready
+    /// when this returns.
     pub fn restart(&self) -> anyhow::Result<()> {
         self.stop()?;
         self.launch()
@@ -197,17 +213,15 @@ impl RedisServer {
                 .arg(format!(">{}", tls.password))
                 .args(["~*", "&*", "+@all"]),
         };
+        let persistence: &[&str] = if self.durable {
+            &["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            &["--appendonly", "no"]
+        };
         let mut child = command
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-            ])
+            .args(["--bind", "127.0.0.1", "--save", ""])
+            .args(persistence)
+            .args(["--daemonize", "no"])
             .arg("--dir")
             .arg(self.dir.path())
             .current_dir(self.dir.path())
