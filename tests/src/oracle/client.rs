@@ -92,8 +92,8 @@ pub struct Session {
 pub struct ClientLog {
     pub events: Vec<Received>,
     pub sessions: Vec<Session>,
-    /// `data` of every `data.sync` received.
-    pub syncs: Vec<String>,
+    /// Every `data.sync` received: when, in which session, its `data`.
+    pub syncs: Vec<(Instant, usize, String)>,
     /// Every non-200 answer: `"<status> from <replica>: <body>"`.
     pub refusals: Vec<String>,
     /// 200 answers that closed without a `connection` message (transient
@@ -260,7 +260,7 @@ fn record(log: &SharedLog, session: usize, id: Option<&str>, data: &str) {
         return;
     }
     if kind == "data.sync" {
-        log.syncs.push(data.to_owned());
+        log.syncs.push((Instant::now(), session, data.to_owned()));
         return;
     }
     let Some(parsed) = id.and_then(|id| id.parse::<EventId>().ok()) else {

@@ -314,11 +314,16 @@ pub async fn run(plan: &Plan) -> Report {
             )
             .await;
     }
-    crate::wait_until("every client has its first event", SETTLE, || {
-        let all = logs.iter().all(|log| !client::lock(log).events.is_empty());
-        async move { all.then_some(()) }
+    let warmed = wait_quietly(SETTLE, || {
+        logs.iter().all(|log| !client::lock(log).events.is_empty())
     })
     .await;
+    assert!(
+        warmed,
+        "seed {}: not every client got its organization's first event within {SETTLE:?}:\n{}",
+        plan.seed,
+        client_states(&specs, &logs)
+    );
 
     let write_log = Arc::new(WriteLog::default());
     let orgs_arc = Arc::new(orgs.clone());
@@ -436,7 +441,7 @@ pub async fn run(plan: &Plan) -> Report {
     let windows = churn.windows();
     let mut failed = Vec::new();
     for (spec, log) in specs.iter().zip(&taken) {
-        let findings = verdict::judge(spec, log, &truth, &leave_ids, &windows);
+        let findings = verdict::judge(spec, log, &truth, &leave_ids, &windows, writing);
         if !findings.passed() {
             failed.push((spec.index, spec.user.clone(), spec.org.clone(), spec.behaviour, findings));
         }
@@ -461,6 +466,29 @@ pub async fn run(plan: &Plan) -> Report {
         report.logs = cluster.save_logs(plan.seed);
     }
     report
+}
+
+/// One line per client: sessions, events, refusals, syncs, malformed.
+fn client_states(specs: &[ClientSpec], logs: &[SharedLog]) -> String {
+    let mut out = String::new();
+    for (spec, log) in specs.iter().zip(logs) {
+        let log = client::lock(log);
+        let _ = writeln!(
+            out,
+            "  client {} ({} in {}): {} sessions (last ended {:?}), {} events, refusals {:?}, syncs {:?}, malformed {:?}, {} connect errors",
+            spec.index,
+            spec.user,
+            spec.org,
+            log.sessions.len(),
+            log.sessions.last().and_then(|s| s.end),
+            log.events.len(),
+            log.refusals.iter().take(3).collect::<Vec<_>>(),
+            log.syncs.iter().take(3).collect::<Vec<_>>(),
+            log.malformed.iter().take(3).collect::<Vec<_>>(),
+            log.connect_errors
+        );
+    }
+    out
 }
 
 /// Polls `done` every 20 ms until it holds or `deadline` passes; whether

@@ -81,7 +81,8 @@ impl ClientFindings {
     }
 }
 
-/// Judges one client. `leave_ids`: the id of every `member.leave` as some
+/// Judges one client. `origin`: the time offsets are from it (when the
+/// writers started, as in the fault timeline). `leave_ids`: the id of every `member.leave` as some
 /// client received it, per (org, user).
 pub fn judge(
     spec: &ClientSpec,
@@ -89,6 +90,7 @@ pub fn judge(
     truth: &Truth,
     leave_ids: &BTreeMap<(String, String), BTreeSet<EventId>>,
     windows: &[Window],
+    origin: tokio::time::Instant,
 ) -> ClientFindings {
     let mut f = ClientFindings::default();
     let mut seen_ids: HashMap<EventId, usize> = HashMap::new();
@@ -148,7 +150,19 @@ pub fn judge(
                 .push(format!("{kind} of {}: {got} received, {want} committed", key.1));
         }
     }
-    f.syncs = log.syncs.clone();
+    f.syncs = log
+        .syncs
+        .iter()
+        .map(|(at, session, data)| {
+            let s = &log.sessions[*session];
+            format!(
+                "at +{:.3} s in session {session} on {} (resumed from {:?}): {data}",
+                at.duration_since(origin).as_secs_f64(),
+                s.replica,
+                s.resumed_from.map(|r| r.to_string())
+            )
+        })
+        .collect();
     f.malformed = log.malformed.clone();
     f.refusals = log
         .refusals
