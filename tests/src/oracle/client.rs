@@ -169,8 +169,12 @@ pub async fn run(
                     });
                     log.sessions.len() - 1
                 };
+                // Not before it has an id to resume from: a stream without
+                // one is live-only, and leaving it would skip events.
                 let leave_after = match spec.behaviour {
-                    Behaviour::Restless => Some(Duration::from_millis(rng.random_range(100..2500))),
+                    Behaviour::Restless if last.is_some() => {
+                        Some(Duration::from_millis(rng.random_range(100..2500)))
+                    }
                     _ => None,
                 };
                 let outcome = read_stream(response, session, &log, &mut retry, leave_after, &mut stop).await;
