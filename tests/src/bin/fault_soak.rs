@@ -45,8 +45,15 @@ fn main() -> anyhow::Result<()> {
             *by_kind.entry(kind).or_default() += n;
         }
     }
-    let failed: Vec<u64> = results.iter().filter(|r| !r.passed()).map(|r| r.plan.seed).collect();
-    println!("\nfault soak: {seeds} seeds in {:.1} s", started.elapsed().as_secs_f64());
+    let failed: Vec<u64> = results
+        .iter()
+        .filter(|r| !r.passed())
+        .map(|r| r.plan.seed)
+        .collect();
+    println!(
+        "\nfault soak: {seeds} seeds in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     println!(
         "  events committed: {} ({} rows, {} membership changes); deliveries checked: {}",
         results.iter().map(oracle::Report::events).sum::<usize>(),
@@ -54,7 +61,10 @@ fn main() -> anyhow::Result<()> {
         results.iter().map(|r| r.member_events).sum::<usize>(),
         results.iter().map(|r| r.deliveries).sum::<usize>()
     );
-    println!("  faults: {}", results.iter().map(|r| r.timeline.len()).sum::<usize>());
+    println!(
+        "  faults: {}",
+        results.iter().map(|r| r.timeline.len()).sum::<usize>()
+    );
     for (kind, n) in &by_kind {
         println!("    {kind}: {n}");
     }

@@ -177,7 +177,8 @@ pub async fn run(
                     }
                     _ => None,
                 };
-                let outcome = read_stream(response, session, &log, &mut retry, leave_after, &mut stop).await;
+                let outcome =
+                    read_stream(response, session, &log, &mut retry, leave_after, &mut stop).await;
                 let mut log = lock(&log);
                 if log.sessions[session].connected_at.is_none() {
                     log.transient += 1;
@@ -273,7 +274,9 @@ fn record(log: &SharedLog, session: usize, id: Option<&str>, data: &str) {
     };
     let payload = &json["payload"];
     let key = match kind {
-        "property.update" => EventKey::Property(payload["propertyId"].as_str().unwrap_or("?").to_owned()),
+        "property.update" => {
+            EventKey::Property(payload["propertyId"].as_str().unwrap_or("?").to_owned())
+        }
         "member.join" | "member.leave" => EventKey::Member {
             leave: kind == "member.leave",
             user: payload["memberId"].as_str().unwrap_or("?").to_owned(),
@@ -364,7 +367,8 @@ mod tests {
     #[test]
     fn parses_split_frames_comments_and_retry() {
         let mut p = Parser::default();
-        let wire = b"retry: 300\ndata: {\"a\":1}\n\n: heartbeat 1\n\nid: 5-0\r\ndata: x\r\ndata:y\r\n\r\n";
+        let wire =
+            b"retry: 300\ndata: {\"a\":1}\n\n: heartbeat 1\n\nid: 5-0\r\ndata: x\r\ndata:y\r\n\r\n";
         let mut all = Vec::new();
         for chunk in wire.chunks(3) {
             all.extend(p.feed(chunk));
@@ -372,8 +376,16 @@ mod tests {
         assert_eq!(
             all,
             vec![
-                Message { id: None, data: Some("{\"a\":1}".into()), retry: Some(300) },
-                Message { id: Some("5-0".into()), data: Some("x\ny".into()), retry: None },
+                Message {
+                    id: None,
+                    data: Some("{\"a\":1}".into()),
+                    retry: Some(300)
+                },
+                Message {
+                    id: Some("5-0".into()),
+                    data: Some("x\ny".into()),
+                    retry: None
+                },
             ]
         );
     }

@@ -180,7 +180,11 @@ impl Cluster {
                     .enumerate()
                     .filter_map(|(n, g)| g.as_ref().map(|g| (format!("zz-gateway{n}"), g))),
             );
-        let children = self.retired.iter().map(|(n, c)| (n.clone(), c)).chain(running);
+        let children = self
+            .retired
+            .iter()
+            .map(|(n, c)| (n.clone(), c))
+            .chain(running);
         for (name, child) in children {
             let _ = std::fs::copy(child.log_path(), dir.join(format!("{name}.log")));
         }

@@ -43,12 +43,15 @@ impl Churn {
 
     /// Every window so far.
     pub fn windows(&self) -> Vec<Window> {
-        self.windows.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.windows
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Removes churn user `n` from its organization.
     pub async fn remove(&self, ctx: &TestContext, n: usize) {
-        let (user, org) = &self.users[n];
+        let user = &self.users[n].0;
         self.change(
             ctx,
             "DELETE FROM organization_members WHERE \"userId\" = $1 AND \"organizationId\" = $2",
@@ -56,7 +59,6 @@ impl Churn {
             true,
         )
         .await;
-        let _ = org;
         self.windows
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -196,16 +196,28 @@ impl Report {
     pub fn diff(&self) -> String {
         let mut out = format!(
             "fault oracle FAILED, seed {} (rerun: ORACLE_SEED={} ORACLE_EVENTS={} ORACLE_FAULTS={})\n{}",
-            self.plan.seed, self.plan.seed, self.plan.events, self.plan.faults, self.summary()
+            self.plan.seed,
+            self.plan.seed,
+            self.plan.events,
+            self.plan.faults,
+            self.summary()
         );
         if let Some(why) = &self.catch_up_timeout {
             let _ = write!(out, "\n  catch-up: {why}");
         }
         if !self.lost_commits.is_empty() {
-            let _ = write!(out, "\n  acknowledged rows not in the table: {:?}", self.lost_commits);
+            let _ = write!(
+                out,
+                "\n  acknowledged rows not in the table: {:?}",
+                self.lost_commits
+            );
         }
         for (n, user, org, behaviour, findings) in &self.failed {
-            let _ = write!(out, "\n  client {n} ({user} in {org}, {behaviour:?}):{}", findings.describe(8));
+            let _ = write!(
+                out,
+                "\n  client {n} ({user} in {org}, {behaviour:?}):{}",
+                findings.describe(8)
+            );
         }
         out.push_str("\n  fault timeline:");
         out.push_str(&self.timeline_text());
@@ -242,8 +254,11 @@ pub async fn run(plan: &Plan) -> Report {
         plan.seed, plan.events, plan.faults, plan.clients, plan.gateways, plan.orgs, plan.seed
     );
     let orgs: Vec<String> = (0..plan.orgs).map(|n| format!("org{n}")).collect();
-    let churn_users: Vec<(String, String)> =
-        orgs.iter().enumerate().map(|(n, org)| (format!("churn{n}"), org.clone())).collect();
+    let churn_users: Vec<(String, String)> = orgs
+        .iter()
+        .enumerate()
+        .map(|(n, org)| (format!("churn{n}"), org.clone()))
+        .collect();
     let specs: Vec<ClientSpec> = (0..plan.clients)
         .map(|index| {
             let org = orgs[index % orgs.len()].clone();
@@ -260,14 +275,23 @@ pub async fn run(plan: &Plan) -> Report {
                 user,
                 org,
                 behaviour,
-                seed: plan.seed.wrapping_add((index as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D)),
+                seed: plan
+                    .seed
+                    .wrapping_add((index as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D)),
             }
         })
         .collect();
     let mut seed_sql = String::from(membership::LOG_TABLE_SQL);
-    let _ = write!(seed_sql, "INSERT INTO users (id) VALUES ('{}');", writer::WRITER_USER);
+    let _ = write!(
+        seed_sql,
+        "INSERT INTO users (id) VALUES ('{}');",
+        writer::WRITER_USER
+    );
     for org in &orgs {
-        let _ = write!(seed_sql, "INSERT INTO organizations (id, name) VALUES ('{org}', 'Org {org}');");
+        let _ = write!(
+            seed_sql,
+            "INSERT INTO organizations (id, name) VALUES ('{org}', 'Org {org}');"
+        );
     }
     for spec in &specs {
         let _ = write!(
@@ -297,9 +321,12 @@ pub async fn run(plan: &Plan) -> Report {
         })
         .collect();
     crate::wait_until("every client is connected", SETTLE, || {
-        let all = logs
-            .iter()
-            .all(|log| client::lock(log).sessions.iter().any(|s| s.connected_at.is_some()));
+        let all = logs.iter().all(|log| {
+            client::lock(log)
+                .sessions
+                .iter()
+                .any(|s| s.connected_at.is_some())
+        });
         async move { all.then_some(()) }
     })
     .await;
@@ -341,8 +368,13 @@ pub async fn run(plan: &Plan) -> Report {
         })
         .collect();
     let writing = Instant::now();
-    let steps: Vec<Step> =
-        schedule::generate(plan.seed, plan.events, plan.faults, plan.gateways, plan.orgs);
+    let steps: Vec<Step> = schedule::generate(
+        plan.seed,
+        plan.events,
+        plan.faults,
+        plan.gateways,
+        plan.orgs,
+    );
     let mut timeline = Vec::with_capacity(steps.len());
     for step in steps {
         let what = format!("the writers reach row {} for {}", step.at_event, step.fault);
@@ -424,8 +456,11 @@ pub async fn run(plan: &Plan) -> Report {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
-    let lost_commits: Vec<String> =
-        acked.into_iter().filter(|id| !truth.rows.contains_key(id)).take(20).collect();
+    let lost_commits: Vec<String> = acked
+        .into_iter()
+        .filter(|id| !truth.rows.contains_key(id))
+        .take(20)
+        .collect();
     let taken: Vec<ClientLog> = logs
         .iter()
         .map(|log| std::mem::take(&mut *client::lock(log)))
@@ -434,7 +469,10 @@ pub async fn run(plan: &Plan) -> Report {
     for log in &taken {
         for event in &log.events {
             if let (EventKey::Member { leave: true, user }, Some(org)) = (&event.key, &event.org) {
-                leave_ids.entry((org.clone(), user.clone())).or_default().insert(event.id);
+                leave_ids
+                    .entry((org.clone(), user.clone()))
+                    .or_default()
+                    .insert(event.id);
             }
         }
     }
@@ -443,7 +481,13 @@ pub async fn run(plan: &Plan) -> Report {
     for (spec, log) in specs.iter().zip(&taken) {
         let findings = verdict::judge(spec, log, &truth, &leave_ids, &windows, writing);
         if !findings.passed() {
-            failed.push((spec.index, spec.user.clone(), spec.org.clone(), spec.behaviour, findings));
+            failed.push((
+                spec.index,
+                spec.user.clone(),
+                spec.org.clone(),
+                spec.behaviour,
+                findings,
+            ));
         }
     }
     let mut report = Report {
@@ -517,7 +561,10 @@ async fn read_truth(pg: &tokio_postgres::Client) -> Truth {
         truth.rows.insert(row.get(0), row.get(1));
     }
     for row in pg
-        .query("SELECT \"organizationId\", \"userId\", leave FROM oracle_membership_log", &[])
+        .query(
+            "SELECT \"organizationId\", \"userId\", leave FROM oracle_membership_log",
+            &[],
+        )
         .await
         .expect("reading the membership log")
     {

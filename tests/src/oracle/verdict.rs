@@ -100,16 +100,22 @@ pub fn judge(
     for event in &log.events {
         *seen_ids.entry(event.id).or_default() += 1;
         if event.org.as_deref() != Some(spec.org.as_str()) {
-            f.misrouted.push(format!("{} ({:?} of {:?})", event.id, event.key, event.org));
+            f.misrouted
+                .push(format!("{} ({:?} of {:?})", event.id, event.key, event.org));
         }
         if previous.is_some_and(|p| event.id <= p) {
-            f.out_of_order
-                .push(format!("{} after {}", event.id, previous.unwrap_or(event.id)));
+            f.out_of_order.push(format!(
+                "{} after {}",
+                event.id,
+                previous.unwrap_or(event.id)
+            ));
         }
         previous = Some(event.id);
         match &event.key {
             EventKey::Property(id) => *seen_rows.entry(id.as_str()).or_default() += 1,
-            EventKey::Member { leave, user } => *members.entry((*leave, user.clone())).or_default() += 1,
+            EventKey::Member { leave, user } => {
+                *members.entry((*leave, user.clone())).or_default() += 1
+            }
             EventKey::Other(kind) => f.phantom.push(format!("{} ({kind})", event.id)),
         }
     }
@@ -139,15 +145,21 @@ pub fn judge(
         .collect();
     let empty = BTreeMap::new();
     let want_members = truth.members.get(&spec.org).unwrap_or(&empty);
-    for key in want_members.keys().chain(members.keys()).collect::<BTreeSet<_>>() {
+    for key in want_members
+        .keys()
+        .chain(members.keys())
+        .collect::<BTreeSet<_>>()
+    {
         let (want, got) = (
             want_members.get(key).copied().unwrap_or(0),
             members.get(key).copied().unwrap_or(0),
         );
         if want != got {
             let kind = if key.0 { "member.leave" } else { "member.join" };
-            f.member_counts
-                .push(format!("{kind} of {}: {got} received, {want} committed", key.1));
+            f.member_counts.push(format!(
+                "{kind} of {}: {got} received, {want} committed",
+                key.1
+            ));
         }
     }
     f.syncs = log

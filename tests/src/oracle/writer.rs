@@ -44,20 +44,30 @@ pub async fn run(
     seed: u64,
     log: Arc<WriteLog>,
 ) {
-    let mut rng = StdRng::seed_from_u64(seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut rng =
+        StdRng::seed_from_u64(seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / per_second));
     pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pg: Option<Client> = None;
     loop {
         pace.tick().await;
         // Mostly single rows; one transaction in eight has 2 to 5.
-        let size = if rng.random_ratio(1, 8) { rng.random_range(2..=5) } else { 1 };
+        let size = if rng.random_ratio(1, 8) {
+            rng.random_range(2..=5)
+        } else {
+            1
+        };
         let first = log.attempted.fetch_add(size, Ordering::SeqCst);
         if first >= total {
             return;
         }
         let rows: Vec<(String, &str)> = (first..(first + size).min(total))
-            .map(|seq| (format!("p{seq}"), orgs[rng.random_range(0..orgs.len())].as_str()))
+            .map(|seq| {
+                (
+                    format!("p{seq}"),
+                    orgs[rng.random_range(0..orgs.len())].as_str(),
+                )
+            })
             .collect();
         let client = match pg.take() {
             Some(client) if !client.is_closed() => client,
