@@ -77,7 +77,7 @@ bench-fanout:
 	$(CARGO) run --release -p realtime-tests --bin bench_fanout
 
 ## soak: the fault oracle (tests/src/oracle) over ORACLE_SEEDS seeds (default
-## 20) of ORACLE_EVENTS rows each (default 5,000): kill -9 and SIGTERM drains
+## 20) of ORACLE_EVENTS rows each (default 5,200): kill -9 and SIGTERM drains
 ## of the real ingestor and gateways, Redis (AOF) and Postgres restarts,
 ## membership churn, resuming SSE clients, the database as the truth. Prints
 ## events, faults by kind, each seed's result and the wall time; exits 1 if a

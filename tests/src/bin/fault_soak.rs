@@ -5,7 +5,7 @@
 //!
 //! Knobs: `ORACLE_SEEDS` (default 20), `ORACLE_SEED` (the first seed; the
 //! others follow it; default from the clock), `ORACLE_EVENTS` (rows per
-//! seed, default 5,000), and the rest of `Plan::with_env`.
+//! seed, default 5,200), and the rest of `Plan::with_env`.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -19,7 +19,7 @@ fn main() -> anyhow::Result<()> {
         .transpose()?
         .unwrap_or(20);
     let mut base = Plan::small();
-    base.events = 5000;
+    base.events = 5200;
     base.faults = 10;
     base.rate = 600.0;
     let base = base.with_env();

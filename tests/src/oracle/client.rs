@@ -169,12 +169,8 @@ pub async fn run(
                     });
                     log.sessions.len() - 1
                 };
-                // Not before it has an id to resume from: a stream without
-                // one is live-only, and leaving it would skip events.
                 let leave_after = match spec.behaviour {
-                    Behaviour::Restless if last.is_some() => {
-                        Some(Duration::from_millis(rng.random_range(100..2500)))
-                    }
+                    Behaviour::Restless => Some(Duration::from_millis(rng.random_range(100..2500))),
                     _ => None,
                 };
                 let outcome =
@@ -223,9 +219,9 @@ async fn read_stream(
 ) -> &'static str {
     let mut body = response.bytes_stream();
     let mut parser = Parser::default();
-    let leave_at = leave_after.map(|d| Instant::now() + d);
+    let mut leave_at = leave_after.map(|d| Instant::now() + d);
     loop {
-        let leave = async {
+        let leave = async move {
             match leave_at {
                 Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
@@ -233,7 +229,15 @@ async fn read_stream(
         };
         let chunk = tokio::select! {
             c = tokio::time::timeout(IDLE, body.next()) => c,
-            _ = leave => return "left on purpose",
+            _ = leave => {
+                // Not before it has an id to resume from: a stream without
+                // one is live-only, and leaving it would skip events.
+                if lock(log).last_id().is_some() {
+                    return "left on purpose";
+                }
+                leave_at = leave_after.map(|d| Instant::now() + d);
+                continue;
+            }
             _ = stop.changed() => return "stopped",
         };
         let bytes = match chunk {
