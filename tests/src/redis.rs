@@ -1,7 +1,7 @@
 //! A throwaway `redis-server` on a free loopback port, without persistence;
 //! optionally TLS-only with an ACL user ([`RedisServer::start_tls`]), as
 //! managed Redis services run, or durable with an append-only file
-//! ([`RedisServer::start_durable`]), as production Redis runs.
+//! ([`RedisServer::start_with_aof`]), as production Redis runs.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -26,7 +26,7 @@ const POLL: Duration = Duration::from_millis(20);
 
 /// A Redis 7 server owned by the test process: `--save "" --appendonly no`,
 /// so a restart loses every key (that is the point of restart tests);
-/// or, started with [`start_durable`](Self::start_durable), with an
+/// or, started with [`start_with_aof`](Self::start_with_aof), with an
 /// append-only file fsynced on every write, so a restart (even a SIGKILL)
 /// keeps every acknowledged write.
 ///
@@ -42,8 +42,8 @@ pub struct RedisServer {
     watchdog: Mutex<Watchdog>,
     /// TLS-only with an ACL user, when started by [`RedisServer::start_tls`].
     tls: Option<TlsAcl>,
-    /// `--appendonly yes --appendfsync always` (see [`RedisServer::start_durable`]).
-    durable: bool,
+    /// `--appendonly yes --appendfsync always` (see [`RedisServer::start_with_aof`]).
+    aof: bool,
     /// The server's working dir and `redis.log`.
     dir: TempDir,
 }
@@ -66,7 +66,7 @@ impl RedisServer {
     /// [`restart`](Self::restart)s) and `appendfsync always`: every write
     /// Redis acknowledged is on disk before the reply, so it survives a
     /// SIGKILL and the restarted server loads it before it answers `PING`.
-    pub fn start_durable() -> anyhow::Result<Self> {
+    pub fn start_with_aof() -> anyhow::Result<Self> {
         Self::start_with(None, true)
     }
 
@@ -79,7 +79,7 @@ impl RedisServer {
         Self::start_with(Some((user, password)), false)
     }
 
-    fn start_with(tls: Option<(&str, &str)>, durable: bool) -> anyhow::Result<Self> {
+    fn start_with(tls: Option<(&str, &str)>, aof: bool) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("realtime-redis-")
             .tempdir()
@@ -101,7 +101,7 @@ impl RedisServer {
             server: Mutex::new(None),
             watchdog: Mutex::new(watchdog),
             tls,
-            durable,
+            aof,
             dir,
         };
         let mut attempts = 0;
@@ -213,7 +213,7 @@ impl RedisServer {
                 .arg(format!(">{}", tls.password))
                 .args(["~*", "&*", "+@all"]),
         };
-        let persistence: &[&str] = if self.durable {
+        let persistence: &[&str] = if self.aof {
             &["--appendonly", "yes", "--appendfsync", "always"]
         } else {
             &["--appendonly", "no"]

@@ -59,7 +59,7 @@ impl Cluster {
     /// replicas and waits until each is ready.
     pub async fn start(gateways: usize, seed_sql: &str) -> anyhow::Result<Self> {
         let postgres = tokio::task::spawn_blocking(PostgresServer::start).await??;
-        let redis = tokio::task::spawn_blocking(RedisServer::start_durable).await??;
+        let redis = tokio::task::spawn_blocking(RedisServer::start_with_aof).await??;
         let ctx = TestContext::on(&postgres).await.with_redis(&redis);
         ctx.batch(seed_sql).await;
         let mut cluster = Self {
