@@ -195,11 +195,15 @@ impl Report {
     /// duplicated, misrouted…, and the fault timeline.
     pub fn diff(&self) -> String {
         let mut out = format!(
-            "fault oracle FAILED, seed {} (rerun: ORACLE_SEED={} ORACLE_EVENTS={} ORACLE_FAULTS={})\n{}",
+            "fault oracle FAILED, seed {} (rerun: ORACLE_SEED={} ORACLE_EVENTS={} ORACLE_FAULTS={} ORACLE_RATE={} ORACLE_CLIENTS={} ORACLE_GATEWAYS={} ORACLE_WRITERS={})\n{}",
             self.plan.seed,
             self.plan.seed,
             self.plan.events,
             self.plan.faults,
+            self.plan.rate,
+            self.plan.clients,
+            self.plan.gateways,
+            self.plan.writers,
             self.summary()
         );
         if let Some(why) = &self.catch_up_timeout {
