@@ -7,7 +7,7 @@
 CARGO ?= cargo
 PYTHON ?= python3
 
-.PHONY: all build test test-deploy test-js lint fmt up down logs bench-ingest bench-fanout
+.PHONY: all build test test-deploy test-js lint fmt up down logs bench-ingest bench-fanout soak
 
 all: build
 
@@ -75,3 +75,15 @@ bench-fanout:
 	$(CARGO) build --release -p realtime-ingestor -p realtime-gateway
 	$(CARGO) build --release -p realtime-tests --bin sse_load
 	$(CARGO) run --release -p realtime-tests --bin bench_fanout
+
+## soak: the fault oracle (tests/src/oracle) over ORACLE_SEEDS seeds (default
+## 20) of ORACLE_EVENTS rows each (default 5,200): kill -9 and SIGTERM drains
+## of the real ingestor and gateways, Redis (AOF) and Postgres restarts,
+## membership churn, resuming SSE clients, the database as the truth. Prints
+## events, faults by kind, each seed's result and the wall time; exits 1 if a
+## seed failed. ORACLE_SEED=<n> starts at seed n. SOAK_PROFILE=dev uses the
+## debug build instead of a release one.
+SOAK_PROFILE ?= release
+soak:
+	$(CARGO) build --profile $(SOAK_PROFILE) -p realtime-ingestor -p realtime-gateway --bins
+	$(CARGO) run --profile $(SOAK_PROFILE) -p realtime-tests --bin fault_soak

@@ -19,6 +19,9 @@
 //!   `realtime-ingestor` / `realtime-gateway` for real (crash tests).
 //! - [`wait`]: [`wait_until`], the only way tests wait: a polled condition
 //!   with a deadline, never a bare sleep.
+//! - [`oracle`]: the fault oracle (seeded faults on the real processes,
+//!   resuming SSE clients, the database as the truth), shared by
+//!   `tests/fault_oracle.rs` and `make soak`.
 //! - `watchdog` (private): how servers die with the test process even though
 //!   statics are never dropped.
 //!
@@ -40,6 +43,7 @@
 pub mod certs;
 pub mod context;
 mod logfile;
+pub mod oracle;
 mod ports;
 pub mod postgres;
 pub mod process;
