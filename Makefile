@@ -15,25 +15,34 @@ all: build
 build:
 	$(CARGO) build --workspace --bins
 
-## test: every unit, integration and doc test. The binaries are built first
-## because crash tests run them as real processes (realtime_tests::binary_path).
-## `cargo test` rather than nextest: each test binary then shares one Postgres
-## and one Redis between its tests; nextest's process per test would start a
-## pair per test. test-deploy first: it takes seconds.
-test: build test-deploy test-js
+## deps: install what the tests need and the machine lacks (apt: PostgreSQL,
+## Redis, Python, promtool, nginx, Chromium; pip: kubernetes-validate;
+## Node.js >= 20.19), with sudo when not root. Looks only, when all is there.
+## See scripts/install-test-deps.
+.PHONY: deps
+deps:
+	PYTHON=$(PYTHON) scripts/install-test-deps
+
+## test: every unit, integration and doc test, after `deps`. The binaries are
+## built first because crash tests run them as real processes
+## (realtime_tests::binary_path). `cargo test` rather than nextest: each test
+## binary then shares one Postgres and one Redis between its tests; nextest's
+## process per test would start a pair per test. test-deploy first: it takes
+## seconds.
+test: deps build test-deploy test-js
 	$(CARGO) test --workspace
 
 ## test-js: the TypeScript client (clients/js): npm ci, build to dist/, type
 ## check, Vitest. Before `cargo test`: its client_js test runs the built
 ## package in headless Chromium against the real services.
-test-js:
+test-js: deps
 	cd clients/js && npm ci --no-audit --no-fund && npm run build && npm run typecheck && npm test
 
 ## test-deploy: render deploy/k8s (base and production overlay) and validate
 ## every object against the Kubernetes schemas; promtool check and unit tests
 ## of deploy/grafana/alerts.yaml; the dashboard's JSON and PromQL; the
-## Dockerfile (deploy/k8s/check.py; .ci/run installs its tools)
-test-deploy:
+## Dockerfile (deploy/k8s/check.py; `deps` installs its tools)
+test-deploy: deps
 	$(PYTHON) deploy/k8s/check.py
 
 ## lint: formatting and clippy, warnings are errors

@@ -18,8 +18,62 @@ pub const SOCKETS_SERVED: &str = "realtime_gateway_sockets_served_total";
 /// it (`/readyz` stays 200 then, so this is what alerts watch).
 pub const POSTGRES_UP: &str = "realtime_gateway_postgres_up";
 
+/// The `reason` of a refused stream request (`app.rs`: `reject` and
+/// `too_many`), counted in both [`REJECTED`] and [`CONNECTIONS_TOTAL`]
+/// (`result`).
+pub const STREAM_REFUSALS: [&str; 10] = [
+    "unauthenticated",
+    "forbidden",
+    "bad_request",
+    "unavailable",
+    "shutting_down",
+    "rate_limited",
+    "user_limit",
+    "org_limit",
+    "activity_rate_limited",
+    "error",
+];
+/// The other `reason`s of [`REJECTED`] (requests that are not streams).
+pub const OTHER_REJECTIONS: [&str; 3] = [
+    "request_rate_limited",
+    "cross_origin",
+    "publish_key_failures",
+];
+/// The `reason`s of [`REVOKED`].
+pub const REVOKE_REASONS: [&str; 3] = ["member_left", "recheck", "session"];
+/// The `reason`s of [`SOCKETS_CLOSED`] (`serve.rs`).
+pub const SOCKET_CLOSE_REASONS: [&str; 3] = ["head_timeout", "idle", "evicted"];
+/// The `by` values of [`SOCKETS_SERVED`].
+pub const SERVED_BY: [&str; 2] = ["direct", "hyper"];
+
+/// Registers descriptions, and exports every series the dashboard and the
+/// alerts read from start-up (counters at 0 for each known label value,
+/// gauges at 0, empty histograms): a series that appears only at its first
+/// increment shows as "no data" in panels and has no `rate()` until then.
 pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    metrics::gauge!(CONNECTIONS).increment(0.0);
+    metrics::counter!(CONNECTIONS_TOTAL, "result" => "accepted").increment(0);
+    for reason in STREAM_REFUSALS {
+        metrics::counter!(REJECTED, "reason" => reason).increment(0);
+        metrics::counter!(CONNECTIONS_TOTAL, "result" => reason).increment(0);
+    }
+    for reason in OTHER_REJECTIONS {
+        metrics::counter!(REJECTED, "reason" => reason).increment(0);
+    }
+    for reason in REVOKE_REASONS {
+        metrics::counter!(REVOKED, "reason" => reason).increment(0);
+    }
+    for reason in SOCKET_CLOSE_REASONS {
+        metrics::counter!(SOCKETS_CLOSED, "reason" => reason).increment(0);
+    }
+    for by in SERVED_BY {
+        metrics::counter!(SOCKETS_SERVED, "by" => by).increment(0);
+    }
+    metrics::counter!(EVENTS_DELIVERED).increment(0);
+    metrics::counter!(REPLAYED).increment(0);
+    // A registered histogram is exported with zero counts.
+    let _ = metrics::histogram!(COMMIT_TO_SEND);
     describe_gauge!(CONNECTIONS, "Open SSE streams on this replica.");
     describe_gauge!(
         POSTGRES_UP,

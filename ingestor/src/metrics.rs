@@ -25,7 +25,20 @@ pub const UNKNOWN_MEMBER_LEAVES: &str = "realtime_ingestor_unknown_member_leaves
 /// `{"reason":"slot_lost"}` to every organization (see [`crate::slot`]).
 pub const SLOT_RECREATED: &str = "realtime_ingestor_slot_recreated_total";
 
-/// Registers descriptions so `/metrics` shows every series from the start.
+/// The reasons of [`SKIPPED`], every one `session.rs` counts: exported at 0
+/// from start-up.
+pub const SKIP_REASONS: [&str; 5] = [
+    "decode",
+    "replica_identity",
+    "route",
+    "message",
+    "no_transaction",
+];
+
+/// Registers descriptions, and exports every series the dashboard and the
+/// alerts read from start-up (counters at 0, each known label value, empty
+/// histograms): a series that appears only at its first increment shows as
+/// "no data" in panels and has no `rate()` until then.
 pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
@@ -71,4 +84,12 @@ pub fn describe() {
     metrics::counter!(UNKNOWN_MEMBER_LEAVES).increment(0);
     metrics::counter!(DUPLICATES_SKIPPED).increment(0);
     metrics::counter!(RECONNECTS).increment(0);
+    for event_type in realtime_shared::event::EventType::ALL {
+        metrics::counter!(EVENTS_PUBLISHED, "type" => event_type.as_str()).increment(0);
+    }
+    for reason in SKIP_REASONS {
+        metrics::counter!(SKIPPED, "reason" => reason).increment(0);
+    }
+    // A registered histogram is exported with zero counts.
+    let _ = metrics::histogram!(COMMIT_TO_PUBLISH);
 }

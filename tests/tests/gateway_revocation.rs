@@ -104,15 +104,23 @@ struct RawStream {
     seen: Vec<Seen>,
     status: Option<u16>,
     ended: bool,
+    /// The last `id:` line read.
+    last_id: Option<String>,
 }
 
 impl RawStream {
     async fn open(addr: SocketAddr, query: &str, tok: &str) -> RawStream {
+        RawStream::open_with(addr, query, tok, "").await
+    }
+
+    /// As [`open`](Self::open), with `extra` (whole `Name: value\r\n`
+    /// lines) in the request head.
+    async fn open_with(addr: SocketAddr, query: &str, tok: &str, extra: &str) -> RawStream {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(4096).unwrap();
         let mut socket = socket.connect(addr).await.unwrap();
         let req = format!(
-            "GET /api/realtime/stream?{query} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {tok}\r\nAccept: text/event-stream\r\n\r\n"
+            "GET /api/realtime/stream?{query} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {tok}\r\nAccept: text/event-stream\r\n{extra}\r\n"
         );
         socket.write_all(req.as_bytes()).await.unwrap();
         RawStream {
@@ -122,6 +130,7 @@ impl RawStream {
             seen: Vec::new(),
             status: None,
             ended: false,
+            last_id: None,
         }
     }
 
@@ -135,6 +144,9 @@ impl RawStream {
                 self.status = std::str::from_utf8(&rest[..3.min(rest.len())])
                     .ok()
                     .and_then(|s| s.parse().ok());
+            }
+            if let Some(id) = line.strip_prefix(b"id: ") {
+                self.last_id = Some(String::from_utf8_lossy(id).into_owned());
             }
             if let Some(data) = line.strip_prefix(b"data: ")
                 && let Ok(j) = serde_json::from_slice::<Value>(data)
@@ -200,6 +212,92 @@ async fn remove_member(ctx: &TestContext, user: &str, org: &str) {
         &[&user, &org],
     )
     .await;
+}
+
+/// Events committed after a revocation took effect are numbered from here.
+const LATER: i64 = 5_000_000;
+
+/// After `user`'s removal from orgA took effect on `revoked` (her stream):
+/// events keep being committed to orgA for two seconds, and while they are,
+/// she tries to come back (a new stream; a resume with her last id, as the
+/// `Last-Event-ID` header and as the `lastEventId` parameter). The member who
+/// stays (`watcher`) receives them, so they were published and served; none
+/// reaches her: her revoked stream has ended with nothing of them, and every
+/// attempt is refused (403) with no event.
+async fn nothing_reaches_her_later(
+    ctx: &TestContext,
+    addr: SocketAddr,
+    watcher: &mut SseClient,
+    user: &str,
+    revoked: &mut RawStream,
+) {
+    const BATCHES: i64 = 10;
+    const PER_BATCH: i64 = 20;
+    let committer = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            for k in 0..BATCHES {
+                emit(&ctx, "orgA", LATER + k * PER_BATCH, PER_BATCH).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let tok = token(user, 600);
+    let last = revoked.last_id.clone().unwrap_or_else(|| "0-0".to_owned());
+    let mut attempts = Vec::new();
+    for (what, query, extra) in [
+        (
+            "a new stream",
+            "organizationId=orgA".to_owned(),
+            String::new(),
+        ),
+        (
+            "a resume (Last-Event-ID)",
+            "organizationId=orgA".to_owned(),
+            format!("Last-Event-ID: {last}\r\n"),
+        ),
+        (
+            "a resume (lastEventId)",
+            format!("organizationId=orgA&lastEventId={last}"),
+            String::new(),
+        ),
+    ] {
+        let mut a = RawStream::open_with(addr, &query, &tok, &extra).await;
+        let ended = a.ends_within(WAIT).await;
+        attempts.push((what, a, ended));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    committer.await.unwrap();
+    let last_n = LATER + BATCHES * PER_BATCH - 1;
+    let mut served = false;
+    while let Some(m) = watcher.next_event(WAIT).await {
+        if m.json()["payload"]["n"].as_i64() >= Some(last_n) {
+            served = true;
+            break;
+        }
+    }
+    assert!(
+        served,
+        "the member who stays gets the events committed later"
+    );
+    let ended = revoked.ends_within(WAIT).await;
+    let later = revoked.received_above(LATER - 1);
+    assert!(
+        later.is_empty(),
+        "her revoked stream gets nothing committed later; got {} (first {:?})",
+        later.len(),
+        later.first()
+    );
+    assert!(ended, "her revoked stream has ended");
+    for (what, a, ended) in attempts {
+        assert_eq!(a.status, Some(403), "{what}: refused");
+        let events: Vec<&Seen> = a.seen.iter().filter(|m| m.kind != "connection").collect();
+        assert!(
+            events.is_empty() && !a.connected(),
+            "{what}: no stream, no event: {events:?}"
+        );
+        assert!(ended, "{what}: the refusal ends");
+    }
 }
 
 /// How a lagging member is removed, and how her stream must take it.
@@ -271,14 +369,8 @@ async fn removed_while_lagging(history_len: &str, stall: bool) {
     );
     assert!(ended, "her stream ends");
     assert!(carol.foreign("orgA").is_empty(), "nothing of another org");
-    // And she cannot come back.
-    let again = SseClient::connect(
-        &format!("http://{}/api/realtime/stream?{q}", b.addr),
-        Some(&token("uc", 600)),
-        &[],
-    )
-    .await;
-    assert_eq!(again.status, 403);
+    // And she cannot come back, while events go on.
+    nothing_reaches_her_later(ctx, b.addr, &mut watcher, "uc", &mut carol).await;
 }
 
 /// The review's scenario: history of 100, her stream stalled far past it,
@@ -380,6 +472,16 @@ async fn a_member_removed_while_her_stream_is_being_opened_gets_nothing_after() 
         carol.received_above(10)
     );
     assert!(ended, "her stream ends (status {:?})", carol.status);
+    // A member who stays, connected only now: an earlier stream would
+    // change how her stream opens (the organization already subscribed).
+    let mut watcher = SseClient::connect(
+        &format!("http://{addr}/api/realtime/stream?organizationId=orgA"),
+        Some(&token("ua", 600)),
+        &[],
+    )
+    .await;
+    assert_eq!(watcher.status, 200);
+    nothing_reaches_her_later(&ctx, addr, &mut watcher, "uc", &mut carol).await;
 }
 
 /// Randomized: members leave and re-join orgA while events flow; some of
@@ -708,6 +810,7 @@ async fn a_replica_identity_reset_never_lets_a_removed_member_keep_a_stream() {
     emit(ctx, "orgA", 1, 600).await;
     remove_member(ctx, "uc", "orgA").await;
     emit(ctx, "orgA", 1_001, 600).await;
+    let mut revoked = Vec::new();
     for (name, mut s) in [("stalled", stalled), ("parked", parked.await.unwrap())] {
         let ended = s.ends_within(WAIT).await;
         let after = s.received_above(1_000);
@@ -722,6 +825,7 @@ async fn a_replica_identity_reset_never_lets_a_removed_member_keep_a_stream() {
             !s.seen.iter().any(|m| m.kind == "member.leave"),
             "{name}: the leave naming nobody is not forwarded"
         );
+        revoked.push(s);
     }
     // The member who stays gets everything after, and no internal leave.
     let mut last = 0;
@@ -733,5 +837,8 @@ async fn a_replica_identity_reset_never_lets_a_removed_member_keep_a_stream() {
             "the leave naming nobody is never forwarded"
         );
         last = j["payload"]["n"].as_i64().unwrap_or(last);
+    }
+    for mut s in revoked {
+        nothing_reaches_her_later(ctx, b.addr, &mut watcher, "uc", &mut s).await;
     }
 }

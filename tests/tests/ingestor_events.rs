@@ -6,6 +6,7 @@ mod support;
 
 use std::time::Duration;
 
+use realtime_tests::wait_until;
 use serde_json::{Value, json};
 use support::{RunningIngestor, history, wait_for_history};
 
@@ -310,5 +311,43 @@ async fn events_of_one_transaction_keep_their_order_and_ids() {
             "event id = stream id"
         );
     }
-    let _ = history(ctx, Some("a")).await;
+    // Nothing else lands in either history: a later transaction's events
+    // are the marker (once they are there, everything committed before was
+    // published), and each history then holds exactly what is above, then
+    // its marker. The unrouted `users` insert added nothing, nothing was
+    // published twice.
+    ctx.batch(
+        "INSERT INTO properties (id, \"organizationId\", \"createdBy\", price) VALUES ('ma', 'a', 'u1', 6);
+         INSERT INTO properties (id, \"organizationId\", \"createdBy\", price) VALUES ('mb', 'b', 'u1', 7);",
+    )
+    .await;
+    for (org, before) in [("a", &a[..4]), ("b", &b[..1])] {
+        let all = wait_until(&format!("the marker in {org}"), DEADLINE, || async move {
+            let all = history(ctx, Some(org)).await;
+            all.iter()
+                .any(|e| e.event["payload"]["propertyId"] == format!("m{org}"))
+                .then_some(all)
+        })
+        .await;
+        let got: Vec<(u64, u64, String)> = all
+            .iter()
+            .map(|e| {
+                let p = e.event["payload"]["propertyId"].as_str().unwrap_or("?");
+                (e.id.0, e.id.1, p.to_owned())
+            })
+            .collect();
+        let mut expected: Vec<(u64, u64, String)> = before
+            .iter()
+            .map(|e| {
+                let p = e.event["payload"]["propertyId"].as_str().unwrap_or("?");
+                (e.id.0, e.id.1, p.to_owned())
+            })
+            .collect();
+        let marker = all.last().unwrap();
+        expected.push((marker.id.0, marker.id.1, format!("m{org}")));
+        assert_eq!(
+            got, expected,
+            "history of {org}: these events once each, then the marker"
+        );
+    }
 }

@@ -32,6 +32,9 @@ use support::sse::SseClient;
 
 const DASHBOARD: &str = include_str!("../../deploy/grafana/dashboard.json");
 const ALERTS: &str = include_str!("../../deploy/grafana/alerts.yaml");
+/// The same rules as the Kubernetes PrometheusRule (deploy/k8s/check.py
+/// keeps them identical); read too, so a drift cannot hide a name.
+const PROMETHEUS_RULE: &str = include_str!("../../deploy/k8s/base/prometheusrule.yaml");
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Every PromQL expression of a Grafana dashboard: the `expr` of each
@@ -42,6 +45,8 @@ fn dashboard_expressions(dashboard: &Value) -> Vec<String> {
     let mut stack = vec![dashboard];
     while let Some(node) = stack.pop() {
         match node {
+            // A datasource variable's `query` is a plugin id ("prometheus").
+            Value::Object(map) if map.get("type") == Some(&Value::from("datasource")) => {}
             Value::Object(map) => {
                 for (key, value) in map {
                     match (key.as_str(), value) {
@@ -200,6 +205,262 @@ fn missing(
             (!exported).then(|| format!("{name} (not exported by {owner})"))
         })
         .collect()
+}
+
+/// One vector selector of a PromQL expression: the metric name and its
+/// equality label matchers (`reason="unavailable"`; negative and regex
+/// matchers select no particular series and are left out).
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Selector {
+    name: String,
+    equal: Vec<(String, String)>,
+}
+
+/// Words of PromQL that are not metric names when not followed by `(`.
+const KEYWORDS: &[&str] = &[
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "inf",
+    "nan",
+];
+
+/// Every vector selector of a PromQL expression (Grafana's `$variables`
+/// included): what is neither a function (a word followed by `(`), nor a
+/// keyword, nor a label list (`by (le, job)`), nor inside `{…}` or `[…]`.
+fn selectors(expr: &str) -> Vec<Selector> {
+    let b = expr.as_bytes();
+    let mut out: Vec<Selector> = Vec::new();
+    let mut i = 0;
+    let word = |i: usize| {
+        let mut j = i;
+        while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_' || b[j] == b':') {
+            j += 1;
+        }
+        j
+    };
+    let skip_space = |mut i: usize| {
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        i
+    };
+    while i < b.len() {
+        let c = b[i];
+        if c == b'"' || c == b'\'' || c == b'`' {
+            i += 1;
+            while i < b.len() && b[i] != c {
+                i += if b[i] == b'\\' { 2 } else { 1 };
+            }
+            i += 1;
+        } else if c == b'[' {
+            while i < b.len() && b[i] != b']' {
+                i += 1;
+            }
+        } else if c == b'{' {
+            // Matchers of a selector without a name (`{__name__=~"…"}`):
+            // nothing of ours; skip them.
+            while i < b.len() && b[i] != b'}' {
+                i += 1;
+            }
+        } else if c == b'$' {
+            i = word(i + 1);
+        } else if c.is_ascii_digit() || (c == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit))
+        {
+            // A number or a duration (`5m`, `1e6`, `0.99`).
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_') {
+                i += 1;
+            }
+        } else if c.is_ascii_alphabetic() || c == b'_' || c == b':' {
+            let end = word(i);
+            let ident = &expr[i..end];
+            let next = skip_space(end);
+            i = end;
+            // An aggregation with its label list first: `sum by (le) (…)`.
+            let next_word = &expr[next..word(next)];
+            if matches!(next_word, "by" | "without") && !KEYWORDS.contains(&ident) {
+                continue;
+            }
+            if b.get(next) == Some(&b'(') {
+                if matches!(
+                    ident,
+                    "by" | "without" | "on" | "ignoring" | "group_left" | "group_right"
+                ) {
+                    // A label list.
+                    while i < b.len() && b[i] != b')' {
+                        i += 1;
+                    }
+                }
+                continue;
+            }
+            if KEYWORDS.contains(&ident) {
+                continue;
+            }
+            let mut selector = Selector {
+                name: ident.to_owned(),
+                equal: Vec::new(),
+            };
+            if b.get(next) == Some(&b'{') {
+                let close = expr[next..].find('}').map_or(b.len(), |k| next + k);
+                for matcher in expr[next + 1..close].split(',') {
+                    let matcher = matcher.trim();
+                    if let Some((label, value)) = matcher.split_once('=')
+                        && !label.ends_with('!')
+                        && !value.starts_with('~')
+                    {
+                        let value = value.trim().trim_matches(['"', '\'', '`']);
+                        selector
+                            .equal
+                            .push((label.trim().to_owned(), value.to_owned()));
+                    }
+                }
+                i = close + 1;
+            }
+            out.push(selector);
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Metrics the dashboard and the alerts read that neither binary exports,
+/// and who does.
+const OTHER_EXPORTERS: &[(&str, &str)] = &[
+    ("up", "Prometheus itself (scrape health)"),
+    (
+        "pg_realtime_slot_retained_wal_bytes",
+        "postgres_exporter (deploy/postgres/postgres_exporter-queries.yaml)",
+    ),
+    (
+        "pg_realtime_slot_active",
+        "postgres_exporter (deploy/postgres/postgres_exporter-queries.yaml)",
+    ),
+    (
+        "pg_realtime_slot_lost",
+        "postgres_exporter (deploy/postgres/postgres_exporter-queries.yaml)",
+    ),
+];
+
+/// Labels Prometheus adds at scrape time: a selector's matcher on them is
+/// no demand on the exporter.
+const TARGET_LABELS: &[&str] = &["job", "instance", "namespace", "pod", "service"];
+
+/// Every selector of the dashboard and the rules.
+fn all_selectors(dashboard: &str, rules: &[&str]) -> BTreeSet<Selector> {
+    let dashboard: Value = serde_json::from_str(dashboard).expect("dashboard.json is JSON");
+    dashboard_expressions(&dashboard)
+        .into_iter()
+        .chain(rules.iter().flat_map(|r| rule_expressions(r)))
+        .flat_map(|e| selectors(&e))
+        .collect()
+}
+
+/// Whether an exposition holds a sample line of `family` (histograms by
+/// their `_bucket`/`_sum`/`_count` lines) whose labels include every
+/// `label="value"` of `equal`.
+fn has_series(exposition: &str, family_name: &str, equal: &[(String, String)]) -> bool {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.split(['{', ' '])
+                .next()
+                .is_some_and(|n| family(n) == family_name)
+        })
+        .any(|l| {
+            equal
+                .iter()
+                .all(|(label, value)| l.contains(&format!("{label}=\"{value}\"")))
+        })
+}
+
+/// What the dashboard and the rules read that the scrapes do not show:
+/// each `realtime_ingestor_…`/`realtime_gateway_…` family from its own
+/// process, with a series for every label value a selector names; names of
+/// other exporters are passed over when listed in [`OTHER_EXPORTERS`], and
+/// any other name is reported.
+fn unserved(selectors: &BTreeSet<Selector>, ingestor: &str, gateway: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in selectors {
+        let name = family(&s.name);
+        let exposition = if name.starts_with("realtime_ingestor_") {
+            ingestor
+        } else if name.starts_with("realtime_gateway_") {
+            gateway
+        } else {
+            if !OTHER_EXPORTERS.iter().any(|(n, _)| *n == s.name) {
+                out.push(format!(
+                    "{} (neither binary's, nor listed in OTHER_EXPORTERS)",
+                    s.name
+                ));
+            }
+            continue;
+        };
+        let equal: Vec<(String, String)> = s
+            .equal
+            .iter()
+            .filter(|(label, _)| !TARGET_LABELS.contains(&label.as_str()))
+            .cloned()
+            .collect();
+        if !has_series(exposition, name, &equal) {
+            out.push(format!("{}{equal:?}", s.name));
+        }
+    }
+    out
+}
+
+#[test]
+fn selectors_are_names_with_their_equality_matchers() {
+    let got = selectors(
+        "sum by (le, job) (rate(realtime_gateway_commit_to_send_seconds_bucket{job=\"g\"}[$__rate_interval])) \
+         / on() group_left sum(rate(realtime_gateway_rejected_total{job=\"g\", reason!=\"x\", a=~\"y\", reason=\"unavailable\"}[5m] offset 1h)) > bool 0.5 \
+         and on(instance) absent(up{job=\"realtime-gateway\"} == 1) or vector(0) * 1e6 + pg_realtime_slot_lost",
+    );
+    let sel = |name: &str, equal: &[(&str, &str)]| Selector {
+        name: name.to_owned(),
+        equal: equal
+            .iter()
+            .map(|(l, v)| ((*l).to_owned(), (*v).to_owned()))
+            .collect(),
+    };
+    assert_eq!(
+        got,
+        vec![
+            sel(
+                "realtime_gateway_commit_to_send_seconds_bucket",
+                &[("job", "g")]
+            ),
+            sel(
+                "realtime_gateway_rejected_total",
+                &[("job", "g"), ("reason", "unavailable")]
+            ),
+            sel("up", &[("job", "realtime-gateway")]),
+            sel("pg_realtime_slot_lost", &[]),
+        ]
+    );
+    let all: BTreeSet<Selector> = got.into_iter().collect();
+    let gateway = "realtime_gateway_commit_to_send_seconds_bucket{le=\"0.1\"} 0\n\
+                   realtime_gateway_rejected_total{reason=\"user_limit\"} 0\n";
+    assert_eq!(
+        unserved(&all, "", gateway),
+        vec!["realtime_gateway_rejected_total[(\"reason\", \"unavailable\")]".to_owned()],
+        "a label value no series has is reported; job is Prometheus's"
+    );
+    let unknown: BTreeSet<Selector> = [sel("node_load1", &[])].into_iter().collect();
+    assert_eq!(
+        unserved(&unknown, "", "").len(),
+        1,
+        "an unlisted exporter's metric"
+    );
 }
 
 #[test]
@@ -384,4 +645,56 @@ async fn every_metric_of_the_dashboard_and_the_alerts_is_exported() {
     );
     drop(live);
     drop(resumed);
+}
+
+/// Start-up, before any event: every series the dashboard and the alerts
+/// read is already exported (counters at 0, labelled counters with each
+/// label value a query names, histograms empty), so panels and `rate()`
+/// show zeros instead of "no data", and `absent()`-style alerts and ratios
+/// have their operands. Both real binaries, each with its own registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_of_the_dashboard_and_the_alerts_is_exported_from_start_up() {
+    let selectors = all_selectors(DASHBOARD, &[ALERTS, PROMETHEUS_RULE]);
+    let ctx = TestContext::new().await;
+    let ingestor = ChildProcess::spawn(&binary_path("realtime-ingestor"), &ctx.ingestor_env());
+    let ingestor_admin = ingestor.admin_addr(WAIT).await;
+    wait_ready("the ingestor is ready", ingestor_admin).await;
+    let port = free_port();
+    let gateway = ChildProcess::spawn(
+        &binary_path("realtime-gateway"),
+        &ctx.gateway_env(([127, 0, 0, 1], port).into(), JWT_SECRET),
+    );
+    let gateway_admin = gateway.admin_addr(WAIT).await;
+    wait_ready("the gateway is ready", gateway_admin).await;
+
+    // The first scrapes once ready: nothing has happened yet.
+    let ingestor_text = scrape(ingestor_admin).await;
+    let gateway_text = scrape(gateway_admin).await;
+    let published: f64 = ingestor_text
+        .lines()
+        .filter(|l| l.starts_with("realtime_ingestor_events_published_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(published, 0.0, "no event before the check");
+    let absent = unserved(&selectors, &ingestor_text, &gateway_text);
+    assert!(
+        absent.is_empty(),
+        "at start-up, dashboard.json / alerts.yaml read series that are not exported yet:\n  {}\n\
+         ingestor:\n{ingestor_text}\ngateway:\n{gateway_text}",
+        absent.join("\n  ")
+    );
+    let ours = selectors
+        .iter()
+        .filter(|s| s.name.starts_with("realtime_"))
+        .count();
+    assert!(
+        ours >= 10,
+        "the files read at least ten realtime series: {selectors:?}"
+    );
+    eprintln!(
+        "{ours} selectors of realtime series checked; other exporters' names passed over: {:?}",
+        OTHER_EXPORTERS.iter().map(|(n, _)| *n).collect::<Vec<_>>()
+    );
+    drop(gateway);
+    drop(ingestor);
 }
