@@ -1165,9 +1165,20 @@ mod tests {
         kept
     }
 
+    /// The statuses answered, in order.
+    fn statuses(answer: &[u8]) -> Vec<String> {
+        answer
+            .split(|&b| b == b'\n')
+            .filter_map(|line| line.strip_prefix(b"HTTP/1.1 "))
+            .map(|rest| String::from_utf8_lossy(&rest[..3.min(rest.len())]).into_owned())
+            .collect()
+    }
+
     /// The real listener ([`serve`]) over loopback TCP: every request in
     /// [`split_cases`], written in two writes at every split point, is
-    /// answered byte for byte as when written whole.
+    /// answered byte for byte as when written whole; and whole, each is
+    /// answered as HTTP says (a refused stream does not swallow what was
+    /// pipelined behind it; a stream ends the connection).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_head_split_at_every_byte_is_answered_as_the_whole() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
