@@ -15,9 +15,12 @@ pub mod publish;
 pub mod request_head;
 pub mod routes;
 
+/// A target's check: panics when a property is broken.
+pub type Check = fn(&[u8]);
+
 /// Every fuzz target: its name (the `fuzz/fuzz_targets/<name>.rs` binary
 /// and the `fuzz/corpus/<name>` directory) and its check.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Check)] = &[
     ("pgoutput", pgoutput::check),
     ("request_head", request_head::check),
     ("auth", auth::check),

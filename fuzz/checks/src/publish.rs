@@ -16,9 +16,9 @@ pub fn check(data: &[u8]) {
     } else {
         activity_message("org_fuzz", "user_fuzz", body)
     };
-    if let Ok(content) = content {
-        if let Err(e) = Draft::from_message(content.as_bytes()) {
-            panic!("accepted body refused by the ingestor: {e}: {content}");
-        }
+    if let Ok(content) = content
+        && let Err(e) = Draft::from_message(content.as_bytes())
+    {
+        panic!("accepted body refused by the ingestor: {e}: {content}");
     }
 }
