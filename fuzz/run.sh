@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make fuzz`: lints and builds the fuzz crate, then runs each target with
-# libFuzzer for FUZZ_SECONDS (default 120) and prints, per target, the
+# libFuzzer for FUZZ_SECONDS (default 180) and prints, per target, the
 # inputs run, inputs/s and the corpus size. Stable toolchain: cargo-fuzz
 # with `-s none` (coverage instrumentation only, no sanitizer, so no -Z
 # flag); installs cargo-fuzz if missing.
@@ -17,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 CARGO="${CARGO:-cargo}"
-seconds="${FUZZ_SECONDS:-120}"
+seconds="${FUZZ_SECONDS:-180}"
 timeout_s="${FUZZ_TIMEOUT:-10}"
 rss_mb="${FUZZ_RSS_MB:-2048}"
 targets="${FUZZ_TARGETS:-pgoutput request_head auth routes publish}"
