@@ -96,3 +96,14 @@ SOAK_PROFILE ?= release
 soak:
 	$(CARGO) build --profile $(SOAK_PROFILE) -p realtime-ingestor -p realtime-gateway --bins
 	$(CARGO) run --profile $(SOAK_PROFILE) -p realtime-tests --bin fault_soak
+
+.PHONY: fuzz
+## fuzz: every fuzz target (pgoutput decoder, request-head reader, cookies
+## and JWT/JWE, routes config, publish bodies) under libFuzzer on the stable
+## toolchain (cargo fuzz -s none; installed if missing), FUZZ_SECONDS each
+## (default 180), with a per-input timeout, an RSS cap and an allocation
+## bound; prints inputs and inputs/s per target; lints and builds the fuzz
+## crate (outside the workspace) first (fuzz/run.sh). `make test` replays the
+## committed corpora and regression inputs (fuzz/checks/tests/corpora.rs).
+fuzz:
+	bash fuzz/run.sh

@@ -12,15 +12,23 @@
 //! encoding: frames ready together leave in one chunk and one `writev`.
 //!
 //! Only a plain `GET /api/realtime/stream` HTTP/1.1 request whose head fits
-//! [`FAST_HEAD_LIMIT`], with no body, no upgrade, no `Expect` and nothing
-//! pipelined behind it, takes this path, however many pieces its head
-//! arrives in. Anything else, including every malformed or oversized
-//! request, goes to hyper with the bytes already read put back in front,
-//! so hyper's checks and statuses apply unchanged; it goes as soon as its
-//! first bytes show it is not a stream request. The head is read into a
-//! buffer that starts at 1 KiB, doubles up to [`FAST_HEAD_LIMIT`] as
-//! needed and is freed once the head is parsed. The stream's connection
-//! closes when the stream ends (`Connection: close`).
+//! [`FAST_HEAD_LIMIT`], with no body, no upgrade and no `Expect`, takes
+//! this path, and only when the router answers it with a stream. Anything
+//! else, including every malformed or oversized request, goes to hyper with
+//! the bytes already read put back in front, so hyper's checks and statuses
+//! apply unchanged; it goes as soon as its first bytes show it is not a
+//! stream request. A stream request the router refuses (401, 403, 429…)
+//! goes to hyper too, with the router's answer: hyper writes it as it
+//! would have, keeps the connection alive and answers what was pipelined
+//! behind it. The head is read into a buffer that starts at 1 KiB, doubles
+//! up to [`FAST_HEAD_LIMIT`] as needed and is freed once the head is
+//! parsed. A stream's connection closes when the stream ends
+//! (`Connection: close`): requests pipelined behind a stream are not
+//! answered (RFC 9112 §9.3.2: the client retries them).
+//!
+//! Which path a connection takes, and what it is answered, depends only on
+//! its bytes, never on how they were split into reads (tested by splitting
+//! heads at every byte, and fuzzed through [`read_head_in_pieces`]).
 //!
 //! Deadlines and the cap (`REALTIME_HEAD_TIMEOUT`, `REALTIME_MAX_CONNECTIONS`):
 //! every connection holds a [`Slot`] (see [`crate::slots`]) and must have
@@ -79,8 +87,6 @@ const MAX_HEADERS: usize = 64;
 /// Frames (and bytes) coalesced into one chunk and one `writev`.
 const MAX_BATCH_FRAMES: usize = 64;
 const MAX_BATCH_BYTES: usize = 64 * 1024;
-/// Largest non-stream body (a refusal) written on the fast path.
-const MAX_REFUSAL_BYTES: usize = 64 * 1024;
 
 /// The listener's protections.
 #[derive(Debug, Clone, Copy)]
@@ -159,8 +165,13 @@ pub async fn serve(
 /// What the first bytes of a connection turned out to be.
 enum Head {
     /// A plain stream request, for the fast path (boxed: it is the rare
-    /// large variant, and the head is read once per connection).
-    Stream(Box<Request<Body>>),
+    /// large variant, and the head is read once per connection); `read`
+    /// is every byte read so far (the head, then whatever was pipelined
+    /// behind it), which hyper gets if the router refuses the stream.
+    Stream {
+        request: Box<Request<Body>>,
+        read: Bytes,
+    },
     /// Anything else: hyper gets these bytes first.
     Other(Bytes),
     /// The client went away before sending a request.
@@ -189,18 +200,32 @@ async fn connection(
         },
     };
     match head {
-        Head::Stream(request) => {
+        Head::Stream { request, read } => {
             if !slot.busy() {
                 return;
             }
-            metrics::counter!(m::SOCKETS_SERVED, "by" => "direct").increment(1);
-            let response = match router.oneshot(*request).await {
+            let response = match router.clone().oneshot(*request).await {
                 Ok(r) => r,
                 Err(never) => match never {},
             };
-            if let Err(e) = respond(socket, response).await {
-                tracing::debug!(error = %e, "stream connection ended");
+            if is_stream(&response) {
+                metrics::counter!(m::SOCKETS_SERVED, "by" => "direct").increment(1);
+                if let Err(e) = respond(socket, response).await {
+                    tracing::debug!(error = %e, "stream connection ended");
+                }
+                return;
             }
+            // A refusal: hyper parses the same head again, answers it with
+            // this response, and serves whatever follows on the connection,
+            // exactly as if the head had gone to hyper in the first place.
+            metrics::counter!(m::SOCKETS_SERVED, "by" => "hyper").increment(1);
+            let deadlines = Deadlines {
+                head_timeout,
+                first: Instant::now(),
+                slot,
+            };
+            let answered = Answered(Arc::new(Mutex::new(Some(response))));
+            hand_to_hyper(socket, read, peer, router, draining, deadlines, answered).await;
         }
         Head::Other(prefix) => {
             metrics::counter!(m::SOCKETS_SERVED, "by" => "hyper").increment(1);
@@ -209,7 +234,8 @@ async fn connection(
                 first: accepted_at,
                 slot,
             };
-            hand_to_hyper(socket, prefix, peer, router, draining, deadlines).await;
+            let answered = Answered(Arc::default());
+            hand_to_hyper(socket, prefix, peer, router, draining, deadlines, answered).await;
         }
         Head::Gone => {}
     }
@@ -217,8 +243,9 @@ async fn connection(
 
 /// Reads until the end of the request head, or until the bytes show that
 /// this is not a fast-path request (then hyper gets them), into a buffer
-/// grown as the head arrives, at most [`FAST_HEAD_LIMIT`].
-async fn read_head(socket: &mut TcpStream, peer: SocketAddr) -> Head {
+/// grown as the head arrives, at most [`FAST_HEAD_LIMIT`]. The outcome
+/// depends only on the bytes, not on how they are split into reads.
+async fn read_head<R: AsyncRead + Unpin>(socket: &mut R, peer: SocketAddr) -> Head {
     let mut buf: Vec<u8> = Vec::new();
     loop {
         if buf.len() == buf.capacity() {
@@ -243,11 +270,76 @@ async fn read_head(socket: &mut TcpStream, peer: SocketAddr) -> Head {
         // Only the new bytes (and the three before them) can complete the
         // blank line: a head dribbled a byte at a time is scanned once.
         if let Some(end) = find_head_end(&buf, before.saturating_sub(3)) {
-            return match stream_request(&buf, end, peer) {
-                Some(request) => Head::Stream(Box::new(request)),
+            return match stream_request(&buf[..end], peer) {
+                Some(request) => Head::Stream {
+                    request: Box::new(request),
+                    read: buf.into(),
+                },
                 None => Head::Other(buf.into()),
             };
         }
+    }
+}
+
+/// What the listener makes of a connection's first bytes (see
+/// [`read_head_in_pieces`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeadOutcome {
+    /// A fast-path stream request: its `head` (through the blank line) and
+    /// every byte `read` (the head and what was pipelined behind it).
+    Stream { head: Bytes, read: Bytes },
+    /// Handed to hyper with these bytes put back in front.
+    Hyper(Bytes),
+    /// The connection closed before sending a byte.
+    Gone,
+}
+
+/// The listener's head reader over a connection whose bytes arrive in
+/// `pieces`, one read each (then end of file): the pure entry point the
+/// fuzzer and the split-head tests drive. `None` never happens (the
+/// pieces are all there, so no read waits).
+pub fn read_head_in_pieces(pieces: &[&[u8]]) -> Option<HeadOutcome> {
+    let mut io = Pieces {
+        rest: pieces.iter(),
+        current: &[],
+    };
+    let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+    Some(match read_head(&mut io, peer).now_or_never()? {
+        Head::Stream { read, .. } => {
+            let end = find_head_end(&read, 0)?;
+            HeadOutcome::Stream {
+                head: read.slice(..end),
+                read,
+            }
+        }
+        Head::Other(prefix) => HeadOutcome::Hyper(prefix),
+        Head::Gone => HeadOutcome::Gone,
+    })
+}
+
+/// An in-memory connection that returns its bytes in the given pieces,
+/// one (or less, if the buffer is smaller) per read, then end of file.
+struct Pieces<'a> {
+    rest: std::slice::Iter<'a, &'a [u8]>,
+    current: &'a [u8],
+}
+
+impl AsyncRead for Pieces<'_> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        while self.current.is_empty() {
+            match self.rest.next() {
+                Some(piece) => self.current = piece,
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+        let n = self.current.len().min(buf.remaining());
+        buf.put_slice(&self.current[..n]);
+        self.current = &self.current[n..];
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -271,16 +363,14 @@ fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
         .map(|p| from + p + 4)
 }
 
-/// The request, when `buf[..end]` is a fast-path stream request and
-/// nothing follows it.
-fn stream_request(buf: &[u8], end: usize, peer: SocketAddr) -> Option<Request<Body>> {
-    if end != buf.len() {
-        return None; // pipelined bytes: hyper handles sequencing
-    }
+/// The request, when `head` (a whole head, through its blank line) is a
+/// fast-path stream request. What follows it on the connection does not
+/// matter here: it is hyper's if the router refuses the stream.
+fn stream_request(head: &[u8], peer: SocketAddr) -> Option<Request<Body>> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
-    match parsed.parse(buf) {
-        Ok(httparse::Status::Complete(n)) if n == end => {}
+    match parsed.parse(head) {
+        Ok(httparse::Status::Complete(n)) if n == head.len() => {}
         _ => return None,
     }
     if parsed.method != Some("GET") || parsed.version != Some(1) {
@@ -311,14 +401,18 @@ fn stream_request(buf: &[u8], end: usize, peer: SocketAddr) -> Option<Request<Bo
     Some(request)
 }
 
-/// Writes the router's answer: an SSE body as chunks until it ends, any
-/// other body whole; then closes.
-async fn respond(mut socket: TcpStream, response: Response<Body>) -> std::io::Result<()> {
-    let is_stream = response.status().is_success()
+/// Whether the router's answer is a stream (the fast path writes it);
+/// anything else is a refusal, which hyper writes.
+fn is_stream(response: &Response<Body>) -> bool {
+    response.status().is_success()
         && response
             .headers()
             .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+}
+
+/// Writes the router's stream as chunks until it ends; then closes.
+async fn respond(mut socket: TcpStream, response: Response<Body>) -> std::io::Result<()> {
     let (mut parts, body) = response.into_parts();
     let mut head = Vec::with_capacity(512);
     head.extend_from_slice(b"HTTP/1.1 ");
@@ -347,15 +441,6 @@ async fn respond(mut socket: TcpStream, response: Response<Body>) -> std::io::Re
     head.extend_from_slice(b"date: ");
     head.extend_from_slice(httpdate::fmt_http_date(SystemTime::now()).as_bytes());
     head.extend_from_slice(b"\r\nconnection: close\r\n");
-    if !is_stream {
-        let body = axum::body::to_bytes(body, MAX_REFUSAL_BYTES)
-            .await
-            .unwrap_or_default();
-        head.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
-        head.extend_from_slice(&body);
-        socket.write_all(&head).await?;
-        return socket.shutdown().await;
-    }
     head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
     socket.write_all(&head).await?;
     drop(head);
@@ -653,6 +738,19 @@ impl HttpBody for Tracked {
     }
 }
 
+/// The router's answer to the connection's first request, when the fast
+/// path asked the router already (a refused stream): hyper's service gives
+/// it for the first request hyper parses (that same head) instead of
+/// asking the router twice.
+#[derive(Clone)]
+struct Answered(Arc<Mutex<Option<Response<Body>>>>);
+
+impl Answered {
+    fn take(&self) -> Option<Response<Body>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
 async fn hand_to_hyper(
     socket: TcpStream,
     prefix: Bytes,
@@ -660,6 +758,7 @@ async fn hand_to_hyper(
     router: Router,
     draining: CancellationToken,
     deadlines: Deadlines,
+    answered: Answered,
 ) {
     let Deadlines {
         head_timeout,
@@ -680,11 +779,15 @@ async fn hand_to_hyper(
         tower::service_fn(move |mut req: Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
             let in_flight = activity.start();
-            let response = router.clone().oneshot(req.map(Body::new));
+            let ready = answered.take();
+            let router = router.clone();
             async move {
-                let response = match response.await {
-                    Ok(r) => r,
-                    Err(never) => match never {},
+                let response = match ready {
+                    Some(r) => r,
+                    None => match router.oneshot(req.map(Body::new)).await {
+                        Ok(r) => r,
+                        Err(never) => match never {},
+                    },
                 };
                 Ok::<_, Infallible>(response.map(|body| {
                     Body::new(Tracked {
@@ -800,7 +903,7 @@ mod tests {
     #[test]
     fn plain_stream_requests_take_the_fast_path() {
         let raw = b"GET /api/realtime/stream?organizationId=o HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n\r\n";
-        let req = stream_request(raw, raw.len(), peer()).unwrap();
+        let req = stream_request(raw, peer()).unwrap();
         assert_eq!(req.uri().query(), Some("organizationId=o"));
         assert_eq!(req.headers()["authorization"], "Bearer t");
         assert!(req.extensions().get::<ConnectInfo<SocketAddr>>().is_some());
@@ -821,14 +924,11 @@ mod tests {
             b"GET /api/realtime/stream\xff HTTP/1.1\r\n\r\n",
         ] {
             assert!(
-                stream_request(raw, raw.len(), peer()).is_none(),
+                stream_request(raw, peer()).is_none(),
                 "{}",
                 String::from_utf8_lossy(raw)
             );
         }
-        let pipelined = b"GET /api/realtime/stream HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n";
-        let end = find_head_end(pipelined, 0).unwrap();
-        assert!(stream_request(pipelined, end, peer()).is_none());
     }
 
     /// A browser-like stream request carrying `cookie_bytes` of cookies.
@@ -874,7 +974,7 @@ mod tests {
         assert!(raw.len() > 3 * 1024 && raw.len() < FAST_HEAD_LIMIT);
         for piece in [raw.len(), 1024, 7, 1] {
             match read_written(raw.clone(), piece).await {
-                Head::Stream(req) => {
+                Head::Stream { request: req, .. } => {
                     assert!(req.headers()["cookie"].len() >= 3 * 1024, "piece {piece}");
                 }
                 Head::Other(_) => panic!(
@@ -901,6 +1001,261 @@ mod tests {
             Head::Other(prefix) => assert_eq!(&prefix[..], b"GET /h"),
             _ => panic!("another path goes to hyper"),
         }
+    }
+
+    /// Requests whose answer must not depend on how their bytes are split
+    /// into reads: (name, bytes). The last request of each asks hyper to
+    /// close, so every answer ends.
+    fn split_cases() -> Vec<(&'static str, Vec<u8>)> {
+        let stream = "GET /api/realtime/stream?organizationId=o HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n";
+        let refused = "GET /api/realtime/stream?organizationId=o HTTP/1.1\r\nHost: x\r\n";
+        let health = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let mut oversized = browser_head(FAST_HEAD_LIMIT + 4 * 1024);
+        oversized.truncate(oversized.len() - 2);
+        oversized.extend_from_slice(b"Authorization: Bearer t\r\nConnection: close\r\n\r\n");
+        vec![
+            (
+                "stream",
+                format!("{stream}Connection: close\r\n\r\n").into_bytes(),
+            ),
+            (
+                "refused stream",
+                format!("{refused}Connection: close\r\n\r\n").into_bytes(),
+            ),
+            ("health", health.as_bytes().to_vec()),
+            (
+                "404",
+                b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+            ),
+            (
+                "bad request",
+                b"GET /api/realtime/stream HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n".to_vec(),
+            ),
+            ("oversized", oversized),
+            (
+                "pipelined stream, health",
+                format!("{stream}\r\n{health}").into_bytes(),
+            ),
+            (
+                "pipelined refused stream, health",
+                format!("{refused}\r\n{health}").into_bytes(),
+            ),
+            (
+                "pipelined health, health",
+                format!("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n{health}").into_bytes(),
+            ),
+        ]
+    }
+
+    /// Where a split is tried: every byte of short heads; of long ones,
+    /// every 61st byte and around every buffer size and the fast path's
+    /// limit.
+    fn split_points(len: usize) -> Vec<usize> {
+        if len <= 512 {
+            return (1..len).collect();
+        }
+        let mut at: Vec<usize> = (1..len).step_by(61).collect();
+        for edge in [
+            FIRST_HEAD_BUF,
+            2 * FIRST_HEAD_BUF,
+            4 * FIRST_HEAD_BUF,
+            FAST_HEAD_LIMIT,
+        ] {
+            at.extend((edge - 2..=edge + 2).filter(|&k| k > 0 && k < len));
+        }
+        at.sort_unstable();
+        at.dedup();
+        at
+    }
+
+    /// Same path, same head (hyper's prefix may be longer or shorter: it
+    /// reads the rest itself).
+    fn same_path(a: &HeadOutcome, b: &HeadOutcome) -> bool {
+        match (a, b) {
+            (HeadOutcome::Stream { head: x, .. }, HeadOutcome::Stream { head: y, .. }) => x == y,
+            (HeadOutcome::Hyper(_), HeadOutcome::Hyper(_)) => true,
+            (HeadOutcome::Gone, HeadOutcome::Gone) => true,
+            _ => false,
+        }
+    }
+
+    /// The reader alone, with an in-memory connection: deterministic reads
+    /// of exactly the pieces given (two at every split point, three around
+    /// it, and a byte at a time).
+    #[test]
+    fn a_head_split_at_every_byte_takes_the_path_of_the_whole() {
+        for (name, raw) in split_cases() {
+            let whole = read_head_in_pieces(&[&raw]).unwrap();
+            let singles: Vec<&[u8]> = raw.chunks(1).collect();
+            let mut splits = vec![(
+                read_head_in_pieces(&singles).unwrap(),
+                "byte at a time".to_owned(),
+            )];
+            for k in split_points(raw.len()) {
+                let (a, b) = raw.split_at(k);
+                splits.push((read_head_in_pieces(&[a, b]).unwrap(), format!("at {k}")));
+                let (b, c) = b.split_at(b.len().min(1));
+                splits.push((
+                    read_head_in_pieces(&[a, b, c]).unwrap(),
+                    format!("at {k}, {}", k + 1),
+                ));
+            }
+            for (split, how) in splits {
+                assert!(
+                    same_path(&whole, &split),
+                    "{name} split {how}: {split:?}, whole: {whole:?}"
+                );
+            }
+        }
+    }
+
+    /// A router standing in for the gateway's: a stream with a bearer
+    /// token, 401 without, a health check, 404 for the rest.
+    fn stub_router() -> Router {
+        use axum::http::StatusCode;
+        use axum::response::IntoResponse;
+        use axum::routing::get;
+        Router::new()
+            .route(
+                STREAM_PATH,
+                get(|headers: axum::http::HeaderMap| async move {
+                    if headers.contains_key(header::AUTHORIZATION) {
+                        let frames = futures_util::stream::iter(
+                            ["retry: 1000\n\n", "id: 1\ndata: {}\n\n"]
+                                .map(|f| Ok::<_, Infallible>(Bytes::from_static(f.as_bytes()))),
+                        );
+                        (
+                            [(header::CONTENT_TYPE, "text/event-stream")],
+                            Body::from_stream(frames),
+                        )
+                            .into_response()
+                    } else {
+                        (StatusCode::UNAUTHORIZED, "no credential").into_response()
+                    }
+                }),
+            )
+            .route("/healthz", get(|| async { "ok" }))
+    }
+
+    /// Everything the listener answers to `pieces`, each written and
+    /// flushed on its own with a pause between (so the listener reads them
+    /// apart), read until it closes; `date` lines left out.
+    async fn answer(addr: SocketAddr, pieces: &[&[u8]]) -> Vec<u8> {
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client.set_nodelay(true).unwrap();
+        for (i, piece) in pieces.iter().enumerate() {
+            if i > 0 {
+                // Pacing, not waiting for anything: the split is the point.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            client.write_all(piece).await.unwrap();
+            client.flush().await.unwrap();
+        }
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), client.read_to_end(&mut out))
+            .await
+            .expect("the listener answers and closes")
+            .unwrap();
+        let mut kept = Vec::with_capacity(out.len());
+        for line in out.split_inclusive(|&b| b == b'\n') {
+            if !line.to_ascii_lowercase().starts_with(b"date: ") {
+                kept.extend_from_slice(line);
+            }
+        }
+        kept
+    }
+
+    /// The statuses of the responses in `answer`, in order (each head
+    /// parsed, its body skipped by its length or its chunks).
+    fn statuses(mut answer: &[u8]) -> Vec<u16> {
+        let mut out = Vec::new();
+        while !answer.is_empty() {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut response = httparse::Response::new(&mut headers);
+            let httparse::Status::Complete(n) = response.parse(answer).unwrap() else {
+                panic!("a partial response: {}", String::from_utf8_lossy(answer));
+            };
+            out.push(response.code.unwrap());
+            let header = |name: &str| {
+                response
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case(name))
+                    .map(|h| std::str::from_utf8(h.value).unwrap().to_owned())
+            };
+            let length = header("content-length").map(|v| v.parse::<usize>().unwrap());
+            let chunked = header("transfer-encoding").is_some_and(|v| v == "chunked");
+            answer = &answer[n..];
+            if let Some(length) = length {
+                answer = &answer[length..];
+            } else if chunked {
+                loop {
+                    let line = answer.iter().position(|&b| b == b'\n').unwrap();
+                    let size = std::str::from_utf8(&answer[..line - 1]).unwrap();
+                    let size = usize::from_str_radix(size, 16).unwrap();
+                    answer = &answer[line + 1 + size + 2..];
+                    if size == 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The real listener ([`serve`]) over loopback TCP: every request in
+    /// [`split_cases`], written in two writes at every split point, is
+    /// answered byte for byte as when written whole; and whole, each is
+    /// answered as HTTP says (a refused stream does not swallow what was
+    /// pipelined behind it; a stream ends the connection).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_head_split_at_every_byte_is_answered_as_the_whole() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let draining = CancellationToken::new();
+        let limits = Limits {
+            head_timeout: Duration::from_secs(30),
+            max_connections: 256,
+        };
+        let server = tokio::spawn(serve(
+            listener,
+            stub_router(),
+            draining.clone(),
+            TaskTracker::new(),
+            limits,
+        ));
+        let expected: [&[u16]; 9] = [
+            &[200],
+            &[401],
+            &[200],
+            &[404],
+            &[400],
+            &[200],
+            &[200],
+            &[401, 200],
+            &[200, 200],
+        ];
+        for ((name, raw), want) in split_cases().into_iter().zip(expected) {
+            let whole = answer(addr, &[&raw]).await;
+            assert_eq!(
+                statuses(&whole),
+                want,
+                "{name}: {}",
+                String::from_utf8_lossy(&whole)
+            );
+            for k in split_points(raw.len()) {
+                let (a, b) = raw.split_at(k);
+                let split = answer(addr, &[a, b]).await;
+                assert!(
+                    split == whole,
+                    "{name} split at {k}:\n{}\nwhole:\n{}",
+                    String::from_utf8_lossy(&split),
+                    String::from_utf8_lossy(&whole)
+                );
+            }
+        }
+        draining.cancel();
+        server.await.unwrap();
     }
 
     #[test]

@@ -809,12 +809,12 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(1000))]
+        #![proptest_config(ProptestConfig::with_cases(3_000))]
 
         #[test]
         fn to_json_never_panics_on_bytes(
             type_oid in prop::sample::select(OIDS),
-            data in proptest::collection::vec(any::<u8>(), 0..48),
+            data in proptest::collection::vec(any::<u8>(), 0..128),
             binary in any::<bool>(),
         ) {
             let data = Bytes::from(data);
@@ -826,7 +826,7 @@ mod tests {
         #[test]
         fn to_json_never_panics_on_syntax(
             type_oid in prop::sample::select(OIDS),
-            text in r#"[\[\]{}",\\ :=+\-.0-9NULaé\t]{0,40}"#,
+            text in r#"[\[\]{}",\\ :=+\-.0-9NULaé\t]{0,80}"#,
         ) {
             let value = TupleValue::Text(Bytes::from(text.clone()));
             let mapped = registry().to_json(type_oid, &value);

@@ -902,7 +902,7 @@ fn seeds() -> Vec<(Option<String>, String)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
 
     #[test]
     fn random_tokens_never_panic(token in ".{0,600}", dots in "[.a-zA-Z0-9_-]{0,400}", bearer in any::<bool>()) {

@@ -493,7 +493,7 @@ mod tests {
     }
 
     fn bytes_value() -> impl Strategy<Value = Bytes> {
-        proptest::collection::vec(any::<u8>(), 0..24).prop_map(Bytes::from)
+        proptest::collection::vec(any::<u8>(), 0..64).prop_map(Bytes::from)
     }
 
     fn tuple_value() -> impl Strategy<Value = TupleValue> {
@@ -595,10 +595,11 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2000))]
+        // Cheap per case; `make fuzz` (fuzz/fuzz_targets/pgoutput.rs) carries the bulk.
+        #![proptest_config(ProptestConfig::with_cases(5_000))]
 
         #[test]
-        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..64)) {
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..128)) {
             let _ = decode(&Bytes::from(data));
         }
 
@@ -606,7 +607,7 @@ mod tests {
         #[test]
         fn arbitrary_bodies_never_panic(
             tag in prop::sample::select(b"BCORYIUDTM".to_vec()),
-            body in proptest::collection::vec(any::<u8>(), 0..64),
+            body in proptest::collection::vec(any::<u8>(), 0..128),
         ) {
             let mut data = vec![tag];
             data.extend(body);
@@ -615,7 +616,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(500))]
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
 
         #[test]
         fn round_trip(m in message()) {

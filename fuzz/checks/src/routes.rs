@@ -1,0 +1,28 @@
+//! The routing config (`REALTIME_ROUTES`): any text parses to routes or a
+//! `RoutesError`, and accepted routes are consistent (every table is found
+//! under its own name, its required columns listed).
+
+use realtime_shared::routes::Routes;
+
+pub fn check(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(routes) = Routes::from_toml_str(text) else {
+        return;
+    };
+    for table in routes.tables() {
+        let found = routes.find(table.schema(), table.table());
+        assert!(
+            found.is_some(),
+            "{}.{} not found",
+            table.schema(),
+            table.table()
+        );
+        let required = table.required_columns();
+        assert_eq!(required.first(), Some(&table.org_column()));
+        for (i, column) in required.iter().enumerate() {
+            assert!(!required[..i].contains(column), "{column} listed twice");
+        }
+    }
+}
