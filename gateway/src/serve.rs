@@ -209,6 +209,10 @@ async fn connection(
                 Err(never) => match never {},
             };
             if is_stream(&response) {
+                // The bytes read are only needed to hand a refusal to hyper:
+                // freed now, or every idle stream would keep its head (3 KiB
+                // of cookies is common) for its whole life.
+                drop(read);
                 metrics::counter!(m::SOCKETS_SERVED, "by" => "direct").increment(1);
                 if let Err(e) = respond(socket, response).await {
                     tracing::debug!(error = %e, "stream connection ended");
