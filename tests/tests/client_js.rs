@@ -15,7 +15,8 @@
 //! - [`browser_client_stops_on_401_and_403`]: the same page with an invalid
 //!   session cookie, with none, and as a non-member: each refusal reaches
 //!   `onError` with its status and reason, and the gateway sees no further
-//!   stream request from the page.
+//!   stream request from the page; the gateway's transient refusal (per-user
+//!   cap) is retried, never `open`, never `onError`, until the place frees.
 //! - [`node_publish_reaches_a_stream`]: the package's server-side
 //!   `publish()`, run by Node against the real gateway, delivers an event to
 //!   an SSE client; a wrong key gets the typed `unauthorized` failure.
@@ -695,6 +696,10 @@ async fn browser_client_stops_on_401_and_403() {
                 format!("http://127.0.0.1:{page_port}"),
             ),
             ("REALTIME_RETRY", "500ms".to_owned()),
+            ("REALTIME_HEARTBEAT", "1s".to_owned()),
+            // One stream per user: the last step holds it to get the
+            // transient refusal.
+            ("REALTIME_MAX_CONNECTIONS_PER_USER", "1".to_owned()),
         ],
     )
     .await;
@@ -770,6 +775,44 @@ async fn browser_client_stops_on_401_and_403() {
             "onError once: {state:#}"
         );
     }
+
+    // Not final: the per-user cap is taken (by another stream of the same
+    // user), so the gateway answers the page's EventSource with its
+    // transient refusal (200, `retry:`, a reason comment, the end). The
+    // client keeps asking, never calls onError and is not `open`; once the
+    // place is free it connects.
+    let cookie = format!("authjs.session-token={session}");
+    let url = format!("http://127.0.0.1:{gateway_port}/api/realtime/stream?organizationId=orgA");
+    let holder = SseClient::connect(&url, None, &[("Cookie", cookie.as_str())]).await;
+    assert_eq!(holder.status, 200, "{}", holder.body_text);
+    let before = stream_requests(admin).await;
+    page.call(json!({"cmd": "open", "org": "orgA", "cookie": cookie}))
+        .await;
+    realtime_tests::wait_until("the page asked again and again", WAIT, || async {
+        (stream_requests(admin).await >= before + 3.0).then_some(())
+    })
+    .await;
+    let state = page.call(json!({"cmd": "state"})).await;
+    assert_eq!(state["state"], "reconnecting", "{state:#}");
+    assert!(
+        !state["states"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "open"),
+        "a transient refusal is not an open stream: {state:#}"
+    );
+    drop(holder);
+    let state = page
+        .until("the page connects once the place is free", |s| {
+            s["state"] == "open"
+        })
+        .await;
+    assert_eq!(
+        state["errors"].as_array().map(Vec::len),
+        Some(3),
+        "no onError for a transient refusal: {state:#}"
+    );
     page.quit().await;
 }
 
