@@ -352,7 +352,6 @@ export function connect(options: ConnectOptions): RealtimeClient {
       const response = await (doFetch as typeof fetch)(url, {
         headers: { Accept: "text/event-stream" },
         credentials: withCredentials ? "include" : "same-origin",
-        cache: "no-store",
         signal: abort?.signal,
       });
       status = response.status;
