@@ -5,6 +5,7 @@ import { defineConfig } from "vitest/config";
 export default defineConfig({
   resolve: {
     alias: {
+      "@oikion/realtime/server": fileURLToPath(new URL("./src/server.ts", import.meta.url)),
       "@oikion/realtime/react": fileURLToPath(new URL("./src/react.ts", import.meta.url)),
       "@oikion/realtime": fileURLToPath(new URL("./src/index.ts", import.meta.url)),
     },

@@ -12,6 +12,14 @@
 //!   Auth.js database-session cookie: live events, failover to the other
 //!   replica with nothing lost or duplicated, resume after a page reload, and
 //!   `onResync` when the history no longer reaches back.
+//! - [`browser_client_stops_on_401_and_403`]: the same page with an invalid
+//!   session cookie, with none, and as a non-member: each refusal reaches
+//!   `onError` with its status and reason, and the gateway sees no further
+//!   stream request from the page; the gateway's transient refusal (per-user
+//!   cap) is retried, never `open`, never `onError`, until the place frees.
+//! - [`node_publish_reaches_a_stream`]: the package's server-side
+//!   `publish()`, run by Node against the real gateway, delivers an event to
+//!   an SSE client; a wrong key gets the typed `unauthorized` failure.
 //!
 //! Regenerate the description after a deliberate change to the events with
 //! `REALTIME_UPDATE_CLIENT_SCHEMA=1 cargo test -p realtime-tests --test client_js event_description`,
@@ -32,7 +40,7 @@ use realtime_tests::{TestContext, free_port};
 use serde_json::{Value, json};
 use support::gateway::{RunningGateway, gateway_config, token};
 use support::sse::SseClient;
-use support::start_ready;
+use support::{metric_value, start_ready};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
@@ -642,4 +650,269 @@ async fn browser_client_fails_over_resumes_and_resyncs() {
     );
 
     page.quit().await;
+}
+
+/// Every stream request the gateway has answered (accepted or refused),
+/// from its `/metrics`.
+async fn stream_requests(admin: std::net::SocketAddr) -> f64 {
+    let (status, text) = support::http_get(&format!("http://{admin}/metrics"))
+        .await
+        .expect("the gateway's /metrics answers");
+    assert_eq!(status, 200);
+    metric_value(&text, "realtime_gateway_connections_total")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_client_stops_on_401_and_403() {
+    let ctx = TestContext::new().await;
+    let session = format!("sess-{}", rand::random::<u64>());
+    ctx.batch(
+        "INSERT INTO organizations (id, name) VALUES ('orgA', 'Acme'), ('orgB', 'Other');
+         INSERT INTO users (id) VALUES ('ua');
+         INSERT INTO organization_members (id, \"userId\", \"organizationId\") VALUES ('m1', 'ua', 'orgA');",
+    )
+    .await;
+    ctx.execute(
+        "INSERT INTO sessions (id, \"sessionToken\", \"userId\", expires) VALUES ('s1', $1, 'ua', now() + interval '1 hour')",
+        &[&session],
+    )
+    .await;
+    let page_port = free_port();
+    let gateway_port = free_port();
+    let gateway = start_ready(
+        "realtime-gateway",
+        &[
+            ("DATABASE_URL", ctx.database_url()),
+            ("REDIS_URL", ctx.redis_url()),
+            ("REALTIME_KEY_PREFIX", ctx.key_prefix().to_owned()),
+            (
+                "AUTH_SECRET",
+                "e2e-auth-secret-at-least-32-bytes-long".to_owned(),
+            ),
+            ("REALTIME_LISTEN", format!("127.0.0.1:{gateway_port}")),
+            ("REALTIME_ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
+            (
+                "REALTIME_CORS_ORIGINS",
+                format!("http://127.0.0.1:{page_port}"),
+            ),
+            ("REALTIME_RETRY", "500ms".to_owned()),
+            ("REALTIME_HEARTBEAT", "1s".to_owned()),
+            // One stream per user: the last step holds it to get the
+            // transient refusal.
+            ("REALTIME_MAX_CONNECTIONS_PER_USER", "1".to_owned()),
+        ],
+    )
+    .await;
+    let admin = gateway.admin_addr(WAIT).await;
+    let mut page = Driver::start(
+        &ctx,
+        &[
+            ("E2E_PAGE_PORT", page_port.to_string()),
+            ("E2E_GATEWAYS", format!("http://127.0.0.1:{gateway_port}")),
+            ("E2E_ORG", "orgA".to_owned()),
+            (
+                "E2E_COOKIE",
+                "authjs.session-token=no-such-session".to_owned(),
+            ),
+        ],
+    )
+    .await;
+
+    // (org, cookie, status, reason): an unknown session, no cookie at all,
+    // a signed-in user who is not a member of the organization.
+    let cases = [
+        (
+            "orgA",
+            json!("authjs.session-token=no-such-session"),
+            401,
+            "invalid or expired session",
+        ),
+        ("orgA", Value::Null, 401, "authentication required"),
+        (
+            "orgB",
+            json!(format!("authjs.session-token={session}")),
+            403,
+            "not a member of this organization",
+        ),
+    ];
+    for (i, (org, cookie, status, reason)) in cases.into_iter().enumerate() {
+        let before = stream_requests(admin).await;
+        page.call(json!({"cmd": "open", "org": org, "cookie": cookie}))
+            .await;
+        let state = page
+            .until(
+                "the refusal reaches onError and the client is closed",
+                |s| s["state"] == "closed" && s["errors"].as_array().is_some_and(|e| e.len() > i),
+            )
+            .await;
+        let error = &state["errors"][i];
+        assert_eq!(error["status"], status, "{state:#}");
+        assert_eq!(error["message"], reason, "{state:#}");
+        assert!(
+            error["url"]
+                .as_str()
+                .is_some_and(|u| u.contains(&format!("organizationId={org}"))),
+            "{state:#}"
+        );
+        // The EventSource's request and the client's one probe that read
+        // the status.
+        let after = stream_requests(admin).await;
+        assert_eq!(after - before, 2.0, "requests for case {i}: {state:#}");
+        // Then nothing: a client still retrying (backoff from 250 ms,
+        // doubling) would have asked at least three more times in 4 s.
+        // Proving an absence needs a time window; this is the only sleep.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(
+            stream_requests(admin).await,
+            after,
+            "no request after a final refusal (case {i})"
+        );
+        let state = page.call(json!({"cmd": "state"})).await;
+        assert_eq!(state["state"], "closed");
+        assert_eq!(
+            state["errors"].as_array().map(Vec::len),
+            Some(i + 1),
+            "onError once: {state:#}"
+        );
+    }
+
+    // Not final: the per-user cap is taken (by another stream of the same
+    // user), so the gateway answers the page's EventSource with its
+    // transient refusal (200, `retry:`, a reason comment, the end). The
+    // client keeps asking, never calls onError and is not `open`; once the
+    // place is free it connects.
+    let cookie = format!("authjs.session-token={session}");
+    let url = format!("http://127.0.0.1:{gateway_port}/api/realtime/stream?organizationId=orgA");
+    let holder = SseClient::connect(&url, None, &[("Cookie", cookie.as_str())]).await;
+    assert_eq!(holder.status, 200, "{}", holder.body_text);
+    let before = stream_requests(admin).await;
+    page.call(json!({"cmd": "open", "org": "orgA", "cookie": cookie}))
+        .await;
+    realtime_tests::wait_until("the page asked again and again", WAIT, || async {
+        (stream_requests(admin).await >= before + 3.0).then_some(())
+    })
+    .await;
+    let state = page.call(json!({"cmd": "state"})).await;
+    assert_eq!(state["state"], "reconnecting", "{state:#}");
+    assert!(
+        !state["states"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "open"),
+        "a transient refusal is not an open stream: {state:#}"
+    );
+    drop(holder);
+    let state = page
+        .until("the page connects once the place is free", |s| {
+            s["state"] == "open"
+        })
+        .await;
+    assert_eq!(
+        state["errors"].as_array().map(Vec::len),
+        Some(3),
+        "no onError for a transient refusal: {state:#}"
+    );
+    page.quit().await;
+}
+
+/// Runs `clients/js/e2e/publish.mjs` (the built package's `publish()`) with
+/// `event`; returns its result.
+async fn node_publish(gateway: &str, key: &str, event: &Value) -> Value {
+    let output = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new("node")
+            .arg("e2e/publish.mjs")
+            .arg(event.to_string())
+            .current_dir(client_dir())
+            .env("E2E_GATEWAY", gateway)
+            .env("E2E_PUBLISH_KEY", key)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("node publish.mjs finishes")
+    .expect("starting `node`");
+    assert!(
+        output.status.success(),
+        "publish.mjs: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "publish.mjs said {:?}: {e}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_publish_reaches_a_stream() {
+    const KEY: &str = "e2e-publish-key-at-least-32-bytes-long";
+    assert!(
+        client_dir().join("dist/server.js").exists(),
+        "clients/js/dist is missing: run `make test-js` (npm ci + build) before this test"
+    );
+    let ctx = TestContext::new().await;
+    ctx.batch(
+        "INSERT INTO organizations (id, name) VALUES ('orgA', 'Acme');
+         INSERT INTO users (id) VALUES ('ua');
+         INSERT INTO organization_members (id, \"userId\", \"organizationId\") VALUES ('m1', 'ua', 'orgA');",
+    )
+    .await;
+    let ingestor = support::RunningIngestor::start(ctx.clone(), support::config_for(&ctx)).await;
+    let mut config = gateway_config(&ctx);
+    config.publish_key = Some(KEY.to_owned());
+    let gw = RunningGateway::start(config).await;
+    let base = format!("http://{}", gw.addr);
+    let mut sse = SseClient::connect(
+        &gw.stream_url("organizationId=orgA"),
+        Some(&token("ua", 600)),
+        &[],
+    )
+    .await;
+    assert_eq!(sse.status, 200, "{}", sse.body_text);
+
+    let alert = json!({
+        "type": "system.alert",
+        "organizationId": "orgA",
+        "payload": {"alertType": "info", "message": "from node"},
+    });
+    let result = node_publish(&base, KEY, &alert).await;
+    assert_eq!(result["ok"], true, "{result}");
+    assert!(
+        result["lsn"].as_str().is_some_and(|l| l.contains('/')),
+        "an LSN: {result}"
+    );
+    let event = sse
+        .next_event(WAIT)
+        .await
+        .expect("the published event reaches the stream")
+        .json();
+    assert_eq!(event["type"], "system.alert");
+    assert_eq!(event["source"], "api");
+    assert_eq!(event["organizationId"], "orgA");
+    assert_eq!(event["payload"], alert["payload"]);
+
+    let wrong = node_publish(&base, "not-the-key", &alert).await;
+    assert_eq!(
+        wrong,
+        json!({"ok": false, "kind": "unauthorized", "status": 401,
+               "message": "wrong publish key", "retryable": false}),
+    );
+    let bad = node_publish(
+        &base,
+        KEY,
+        &json!({"type": "notification.new", "organizationId": "orgA", "payload": {}}),
+    )
+    .await;
+    assert_eq!(bad["kind"], "bad_request", "{bad}");
+    assert!(
+        bad["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("userId")),
+        "{bad}"
+    );
+    gw.stop().await;
+    ingestor.stop().await;
 }

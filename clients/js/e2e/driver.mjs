@@ -10,6 +10,8 @@
  * JSON line on stdout each:
  *
  *   {"cmd":"open"}                    load the page (connects)
+ *   {"cmd":"open","org":…,"cookie":…} the same for another organization and/or with another
+ *                                     session cookie (`name=value`; null: none)
  *   {"cmd":"away"}                    navigate to a blank page of the same origin (the stream ends)
  *   {"cmd":"reload"}                  reload the page
  *   {"cmd":"state"}                   → {"ok":true,"result":{state, states, currentUrl, connectionId,
@@ -100,17 +102,22 @@ const browser = await chromium.launch({
   args: ["--no-sandbox"],
 });
 const context = await browser.newContext();
-const eq = cookie.indexOf("=");
-await context.addCookies([
-  {
-    name: cookie.slice(0, eq),
-    value: cookie.slice(eq + 1),
-    domain: "127.0.0.1",
-    path: "/",
-    httpOnly: true,
-    sameSite: "Lax",
-  },
-]);
+async function setCookie(value) {
+  await context.clearCookies();
+  if (!value) return;
+  const eq = value.indexOf("=");
+  await context.addCookies([
+    {
+      name: value.slice(0, eq),
+      value: value.slice(eq + 1),
+      domain: "127.0.0.1",
+      path: "/",
+      httpOnly: true,
+      sameSite: "Lax",
+    },
+  ]);
+}
+await setCookie(cookie);
 const page = await context.newPage();
 page.on("console", (m) => process.stderr.write(`page console.${m.type()}: ${m.text()}\n`));
 page.on("pageerror", (e) => process.stderr.write(`page error: ${e.message}\n`));
@@ -129,15 +136,16 @@ page.on("requestfailed", (request) => {
   }
 });
 
-const pageUrl = `${origin}/?${new URLSearchParams({ gateways, org })}`;
+const pageUrl = (forOrg = org) => `${origin}/?${new URLSearchParams({ gateways, org: forOrg })}`;
 
 async function waitForProbe() {
   await page.waitForFunction(() => "realtimeProbe" in window, undefined, { timeout: 15_000 });
 }
 
 const commands = {
-  async open() {
-    await page.goto(pageUrl);
+  async open(request) {
+    if ("cookie" in request) await setCookie(request.cookie);
+    await page.goto(pageUrl(request.org ?? org));
     await waitForProbe();
   },
   async away() {

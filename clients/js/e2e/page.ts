@@ -5,7 +5,7 @@
  * client's resume point, so it spans reloads of the tab.
  */
 
-import type { ConnectionState, PropertyUpdateEvent, RealtimeClient } from "@oikion/realtime";
+import type { ConnectionState, PropertyUpdateEvent, RealtimeClient, RealtimeError } from "@oikion/realtime";
 
 import { watchProperties } from "../examples/basic.js";
 
@@ -27,6 +27,7 @@ interface Probe {
 const LOG = "e2e:seen";
 const RESYNCS = "e2e:resyncs";
 const EVENTS = "e2e:events";
+const ERRORS = "e2e:errors";
 
 const params = new URLSearchParams(location.search);
 const gateways = (params.get("gateways") ?? "").split(",");
@@ -53,6 +54,10 @@ const client = watchProperties(
   () => sessionStorage.setItem(RESYNCS, String(read<number>(RESYNCS, 0) + 1)),
 );
 client.onStateChange((state) => states.push(state));
+// Final refusals (401/403), across reloads.
+client.onError((error: RealtimeError) => {
+  sessionStorage.setItem(ERRORS, JSON.stringify([...read<RealtimeError[]>(ERRORS, []), error]));
+});
 // Every event of any type, to see channel changes take effect.
 client.onEvent((event) => {
   const events = read<unknown[]>(EVENTS, []);
@@ -75,6 +80,7 @@ const probe: Probe = {
     seen: probe.seen(),
     resyncs: probe.resyncs(),
     events: read<unknown[]>(EVENTS, []),
+    errors: read<unknown[]>(ERRORS, []),
   }),
 };
 (window as unknown as { realtimeProbe: Probe }).realtimeProbe = probe;

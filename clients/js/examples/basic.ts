@@ -28,5 +28,8 @@ export function watchProperties(
   // (offline too long): reload the data, then carry on live.
   realtime.onResync(() => refetch());
   realtime.onStateChange((state) => console.debug("realtime:", state));
+  // 401 (not signed in) or 403 (not a member): final, the client has
+  // stopped; sign the user in or pick another organization, then reconnect.
+  realtime.onError((error) => console.warn("realtime refused:", error.status, error.message));
   return realtime;
 }

@@ -17,7 +17,19 @@
  *   so a page reload resumes where the previous page stopped.
  * - `url` may list several gateway base URLs: every failure moves to the next
  *   one, round robin, after a backoff with jitter (so a replica's clients do
- *   not all land on the next one in the same millisecond).
+ *   not all land on the next one in the same millisecond). A failure is any
+ *   stream that ends before or after its `connection` message: a network
+ *   error, a 429/503, the gateway's transient refusal (a 200 event stream
+ *   holding only `retry:` and a reason comment), a stream cut. The backoff
+ *   grows until a stream delivers its `connection` message.
+ * - 401 and 403 are final: the user is not signed in, or not a member. The
+ *   client stops (state `closed`) and calls `onError` with the status and the
+ *   gateway's reason. `EventSource` hides the status of a refused request, so
+ *   when the browser failed the connection (readyState CLOSED: a non-200
+ *   answer, not a network error or a stream end) the client asks once more
+ *   with `fetch` to read the status and the body's text.
+ * - With `pauseWhenHidden`, a tab hidden for that long drops its stream (and
+ *   tells its gateway) and resumes after the last event once visible again.
  */
 
 import {
@@ -36,7 +48,38 @@ export const STREAM_PATH = "/api/realtime/stream";
 /** Longest wait for the gateway to answer `close()`'s DELETE before the socket is dropped anyway. */
 const CLOSE_WAIT_MS = 2_000;
 
-export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
+/**
+ * `paused`: dropped while the tab is hidden (`pauseWhenHidden`); `closed`: by
+ * `close()` or after a fatal refusal (401/403, see `onError`).
+ */
+export type ConnectionState = "connecting" | "open" | "reconnecting" | "paused" | "closed";
+
+/** Longest body text of a refusal kept in a {@link RealtimeError}. */
+const MAX_REASON_CHARS = 500;
+
+/** How long a tab stays hidden before `pauseWhenHidden: true` drops its stream. */
+export const DEFAULT_PAUSE_AFTER_MS = 30_000;
+
+/**
+ * A final refusal of the stream: 401 (not signed in, session expired) or 403
+ * (not a member of the organization). The client has stopped; reconnecting
+ * would be refused the same way until the app changes something (signs the
+ * user in, picks another organization) and calls `connect()` again.
+ */
+export interface RealtimeError {
+  status: 401 | 403;
+  /** The gateway's reason: the refusal's body text, trimmed (e.g. `not a member of this organization`). */
+  message: string;
+  /** The stream URL that was refused. */
+  url: string;
+}
+
+/** The part of `document` that `pauseWhenHidden` uses. */
+export interface VisibilitySource {
+  readonly visibilityState: string;
+  addEventListener(type: "visibilitychange", listener: () => void): void;
+  removeEventListener(type: "visibilitychange", listener: () => void): void;
+}
 
 export interface ConnectOptions {
   /**
@@ -58,10 +101,22 @@ export interface ConnectOptions {
   retryDelay?: number;
   /** Longest reconnect delay in ms. Default 15000. */
   maxRetryDelay?: number;
+  /**
+   * Drop the stream while the tab is hidden: `true` after
+   * {@link DEFAULT_PAUSE_AFTER_MS} hidden, or after this many ms. When the
+   * tab is visible again the client reconnects at once, resuming after the
+   * last event (nothing is lost; a long absence gets `data.sync`). Default
+   * `false`. Without a `document` (Node, workers) it does nothing.
+   */
+  pauseWhenHidden?: boolean | number;
+  /** Called once when the stream is refused for good (401/403); same as `client.onError`. */
+  onError?: (error: RealtimeError) => void;
   /** Seams for tests and non-browser runtimes; default to the globals. */
   EventSource?: EventSourceConstructor;
   fetch?: typeof fetch;
   storage?: Pick<Storage, "getItem" | "setItem" | "removeItem"> | null;
+  /** `document` by default; `null`: no visibility tracking. */
+  document?: VisibilitySource | null;
 }
 
 /** The constructor shape this client needs from `EventSource`. */
@@ -75,8 +130,13 @@ export interface EventSourceLike {
   onopen: ((this: never, ev: Event) => unknown) | null;
   onmessage: ((this: never, ev: MessageEvent) => unknown) | null;
   onerror: ((this: never, ev: Event) => unknown) | null;
+  /** 2 (CLOSED) after an error: the browser failed the connection (a non-200 answer). */
+  readonly readyState?: number;
   close(): void;
 }
+
+/** `EventSource.CLOSED`. */
+const CLOSED = 2;
 
 export type Unsubscribe = () => void;
 
@@ -91,6 +151,10 @@ export interface RealtimeClient {
   onResync(handler: (event: DataSyncEvent) => void): Unsubscribe;
   /** Calls `handler` with each connection's first message. */
   onConnection(handler: (message: ConnectionMessage) => void): Unsubscribe;
+  /** Calls `handler` when the stream is refused for good (401/403); the client is then `closed`. */
+  onError(handler: (error: RealtimeError) => void): Unsubscribe;
+  /** The final refusal that stopped the client, if any. */
+  readonly error: RealtimeError | undefined;
   readonly state: ConnectionState;
   /** The id of the last event delivered (or the resume point), if any. */
   readonly lastEventId: string | undefined;
@@ -147,6 +211,10 @@ export function streamUrl(
   return `${base.replace(/\/+$/, "")}${STREAM_PATH}?${params.toString()}`;
 }
 
+function defaultDocument(): VisibilitySource | null {
+  return typeof document === "undefined" ? null : (document as VisibilitySource);
+}
+
 function defaultStorage(): ConnectOptions["storage"] {
   try {
     return typeof sessionStorage === "undefined" ? null : sessionStorage;
@@ -164,12 +232,20 @@ export function connect(options: ConnectOptions): RealtimeClient {
   const maybeES = options.EventSource ?? (globalThis as { EventSource?: EventSourceConstructor }).EventSource;
   if (!maybeES) throw new Error("connect: no EventSource in this environment (pass options.EventSource)");
   const ES: EventSourceConstructor = maybeES;
-  const doFetch = options.fetch ?? globalThis.fetch?.bind(globalThis);
+  const doFetch: typeof fetch | undefined = options.fetch ?? globalThis.fetch?.bind(globalThis);
   const storage = options.persist ? (options.storage === undefined ? defaultStorage() : options.storage) : null;
   const withCredentials = options.withCredentials ?? true;
   const retryDelay = options.retryDelay ?? 500;
   const maxRetryDelay = options.maxRetryDelay ?? 15_000;
   const key = storageKey(options.organizationId);
+  const pauseAfter =
+    options.pauseWhenHidden === true
+      ? DEFAULT_PAUSE_AFTER_MS
+      : typeof options.pauseWhenHidden === "number" && options.pauseWhenHidden >= 0
+        ? options.pauseWhenHidden
+        : undefined;
+  const visibility =
+    pauseAfter === undefined ? null : options.document === undefined ? defaultDocument() : options.document;
 
   let channels: readonly Channel[] | undefined = options.channels;
   let lastEventId: string | undefined = options.lastEventId ?? readStored();
@@ -179,12 +255,16 @@ export function connect(options: ConnectOptions): RealtimeClient {
   let source: EventSourceLike | undefined;
   let connectionId: string | undefined;
   let timer: ReturnType<typeof setTimeout> | undefined;
+  let pauseTimer: ReturnType<typeof setTimeout> | undefined;
+  let fatal: RealtimeError | undefined;
 
   const typed = new Map<string, Set<(event: never) => void>>();
   const any = new Set<(event: RealtimeEvent) => void>();
   const stateHandlers = new Set<(state: ConnectionState) => void>();
   const resyncHandlers = new Set<(event: DataSyncEvent) => void>();
   const connectionHandlers = new Set<(message: ConnectionMessage) => void>();
+  const errorHandlers = new Set<(error: RealtimeError) => void>();
+  if (options.onError) errorHandlers.add(options.onError);
 
   function readStored(): string | undefined {
     try {
@@ -231,13 +311,12 @@ export function connect(options: ConnectOptions): RealtimeClient {
   function open(): void {
     timer = undefined;
     const base = urls[urlIndex % urls.length] as string;
-    const es = new ES(streamUrl(base, options.organizationId, channels, lastEventId), { withCredentials });
+    const url = streamUrl(base, options.organizationId, channels, lastEventId);
+    const es = new ES(url, { withCredentials });
     source = es;
-    es.onopen = () => {
-      if (source !== es) return;
-      failures = 0;
-      setState("open");
-    };
+    // `open` alone is not a working stream: the gateway's transient refusal
+    // is a 200 event stream too. The stream counts as open (and the backoff
+    // restarts) with its `connection` message, in `receive`.
     es.onmessage = (message: MessageEvent) => {
       if (source === es) receive(message);
     };
@@ -245,15 +324,63 @@ export function connect(options: ConnectOptions): RealtimeClient {
       if (source !== es) return;
       // Take reconnection over from EventSource: it would retry the same
       // URL with a Last-Event-ID that this client tracks better itself.
+      const refused = es.readyState === CLOSED;
       es.close();
       source = undefined;
       connectionId = undefined;
-      scheduleReconnect();
+      if (refused && doFetch) {
+        setState("reconnecting");
+        void probe(url);
+      } else {
+        scheduleReconnect();
+      }
     };
   }
 
+  /**
+   * The browser refused the stream (a non-200 answer) without saying why:
+   * ask the same URL once with `fetch` to read the status. 401/403 stop
+   * the client; anything else (429, 503, a 200 this time, a network or
+   * CORS failure) is retried with the usual backoff. Only the head (and
+   * the short text of a 401/403) is read; any other body is cancelled.
+   */
+  async function probe(url: string): Promise<void> {
+    const abort = typeof AbortController === "undefined" ? undefined : new AbortController();
+    let status = 0;
+    let text = "";
+    try {
+      const response = await (doFetch as typeof fetch)(url, {
+        headers: { Accept: "text/event-stream" },
+        credentials: withCredentials ? "include" : "same-origin",
+        signal: abort?.signal,
+      });
+      status = response.status;
+      if (status === 401 || status === 403) {
+        text = (await response.text()).trim().slice(0, MAX_REASON_CHARS);
+      } else {
+        abort?.abort();
+        void response.body?.cancel().catch(() => undefined);
+      }
+    } catch {
+      status = 0; // network or CORS failure: not known to be final
+    }
+    if (state === "closed" || state === "paused" || source !== undefined || timer !== undefined) return;
+    if (status === 401 || status === 403) {
+      fail({ status, message: text || (status === 401 ? "Unauthorized" : "Forbidden"), url });
+    } else {
+      scheduleReconnect();
+    }
+  }
+
+  function fail(error: RealtimeError): void {
+    fatal = error;
+    stopWatchingVisibility();
+    setState("closed");
+    emit(errorHandlers, error);
+  }
+
   function scheduleReconnect(): void {
-    if (state === "closed") return;
+    if (state === "closed" || state === "paused") return;
     setState("reconnecting");
     failures += 1;
     urlIndex = (urlIndex + 1) % urls.length;
@@ -273,6 +400,8 @@ export function connect(options: ConnectOptions): RealtimeClient {
     const type = (data as { type?: unknown }).type;
     if (type === "connection") {
       connectionId = (data as ConnectionMessage).connectionId;
+      failures = 0;
+      setState("open");
       emit(connectionHandlers, data as ConnectionMessage);
       return;
     }
@@ -295,8 +424,56 @@ export function connect(options: ConnectOptions): RealtimeClient {
     return `${base}${STREAM_PATH}?connectionId=${encodeURIComponent(connectionId)}`;
   }
 
+  /** Drops the current stream, asking its gateway to free it at once (fire and forget). */
+  function dropStream(): void {
+    const url = controlUrl();
+    source?.close();
+    source = undefined;
+    connectionId = undefined;
+    if (timer !== undefined) clearTimeout(timer);
+    timer = undefined;
+    if (url && doFetch) {
+      doFetch(url, {
+        method: "DELETE",
+        credentials: withCredentials ? "include" : "same-origin",
+        keepalive: true,
+      }).catch(() => undefined);
+    }
+  }
+
+  function onVisibilityChange(): void {
+    if (!visibility || state === "closed") return;
+    if (visibility.visibilityState === "hidden") {
+      if (pauseTimer === undefined && state !== "paused") {
+        pauseTimer = setTimeout(() => {
+          pauseTimer = undefined;
+          if (state === "closed" || visibility.visibilityState !== "hidden") return;
+          dropStream();
+          setState("paused");
+        }, pauseAfter);
+      }
+    } else {
+      if (pauseTimer !== undefined) clearTimeout(pauseTimer);
+      pauseTimer = undefined;
+      if (state === "paused") {
+        // Back in view: resume after the last event at once (the query
+        // carries it), on the same gateway, with a fresh backoff.
+        failures = 0;
+        setState("connecting");
+        open();
+      }
+    }
+  }
+
+  function stopWatchingVisibility(): void {
+    if (pauseTimer !== undefined) clearTimeout(pauseTimer);
+    pauseTimer = undefined;
+    visibility?.removeEventListener("visibilitychange", onVisibilityChange);
+  }
+
   function reconnectNow(): void {
     if (state === "closed") return;
+    if (state === "paused") return; // the new filter applies when the tab is back
     source?.close();
     source = undefined;
     connectionId = undefined;
@@ -318,6 +495,10 @@ export function connect(options: ConnectOptions): RealtimeClient {
     onStateChange: (handler) => add(stateHandlers, handler),
     onResync: (handler) => add(resyncHandlers, handler),
     onConnection: (handler) => add(connectionHandlers, handler),
+    onError: (handler) => add(errorHandlers, handler),
+    get error() {
+      return fatal;
+    },
     get state() {
       return state;
     },
@@ -359,6 +540,7 @@ export function connect(options: ConnectOptions): RealtimeClient {
       connectionId = undefined;
       if (timer !== undefined) clearTimeout(timer);
       timer = undefined;
+      stopWatchingVisibility();
       setState("closed");
       if (url && doFetch) {
         // Ask the server before dropping the socket: the request names a
@@ -381,6 +563,9 @@ export function connect(options: ConnectOptions): RealtimeClient {
     },
   };
 
+  visibility?.addEventListener("visibilitychange", onVisibilityChange);
   open();
+  // A tab opened in the background counts as hidden from now on.
+  if (visibility?.visibilityState === "hidden") onVisibilityChange();
   return client;
 }

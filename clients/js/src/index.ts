@@ -9,14 +9,17 @@ export {
   type ConnectOptions,
   type ConnectionState,
   connect,
+  DEFAULT_PAUSE_AFTER_MS,
   type EventSourceConstructor,
   type EventSourceLike,
   isAfter,
   parseEventId,
   type RealtimeClient,
+  type RealtimeError,
   STREAM_PATH,
   storageKey,
   streamUrl,
   type Unsubscribe,
+  type VisibilitySource,
 } from "./client.js";
 export * from "./events.js";

@@ -27,6 +27,7 @@ import {
   type ConnectionState,
   connect,
   type RealtimeClient,
+  type RealtimeError,
 } from "./client.js";
 import type { Channel, DataSyncEvent, PropertyUpdateEvent, RealtimeEvent } from "./events.js";
 
@@ -36,6 +37,8 @@ export interface RealtimeConfig {
   url?: string | readonly string[];
   withCredentials?: boolean;
   persist?: boolean;
+  /** Drop the stream of a hidden tab (see `connect()`); default `false`. */
+  pauseWhenHidden?: boolean | number;
   /** Passed through to `connect()` (tests, other runtimes). */
   EventSource?: ConnectOptions["EventSource"];
   fetch?: ConnectOptions["fetch"];
@@ -55,6 +58,8 @@ export interface UseRealtimeOptions extends RealtimeConfig {
   onEvent?: (event: RealtimeEvent) => void;
   /** `data.sync`: refetch. */
   onResync?: (event: DataSyncEvent) => void;
+  /** The stream was refused for good (401/403); the latest function is used. */
+  onError?: (error: RealtimeError) => void;
   /** `false`: no stream (e.g. until the organization is known). Default `true`. */
   enabled?: boolean;
 }
@@ -63,6 +68,8 @@ export interface UseRealtimeResult {
   state: ConnectionState;
   /** The shared client, for `changeChannels` or typed `on()`; `undefined` when disabled. */
   client: RealtimeClient | undefined;
+  /** The final refusal (401/403) that closed the shared stream, if any. */
+  error: RealtimeError | undefined;
 }
 
 interface Shared {
@@ -86,6 +93,7 @@ function streamKey(organizationId: string, config: RealtimeConfig, channels?: re
     [...(channels ?? [])].sort(),
     config.withCredentials ?? true,
     config.persist ?? false,
+    config.pauseWhenHidden ?? false,
   ]);
 }
 
@@ -143,6 +151,7 @@ export function useRealtime(organizationId: string | undefined, options: UseReal
         channels: o.channels,
         withCredentials: c.withCredentials,
         persist: c.persist,
+        pauseWhenHidden: c.pauseWhenHidden,
         EventSource: c.EventSource,
         fetch: c.fetch,
       });
@@ -150,9 +159,11 @@ export function useRealtime(organizationId: string | undefined, options: UseReal
     setHeld({ key, shared });
     const offEvent = shared.client.onEvent((event) => latest.current.options.onEvent?.(event));
     const offResync = shared.client.onResync((event) => latest.current.options.onResync?.(event));
+    const offError = shared.client.onError((error) => latest.current.options.onError?.(error));
     return () => {
       offEvent();
       offResync();
+      offError();
       release(key, shared);
     };
   }, [key]);
@@ -164,7 +175,9 @@ export function useRealtime(organizationId: string | undefined, options: UseReal
     client ? () => client.state : fallback,
     client ? () => client.state : fallback,
   );
-  return { state, client };
+  // `closed` by a refusal: the error is on the client (a component mounted
+  // later still sees it; `state` re-renders it).
+  return { state, client, error: client?.error };
 }
 
 function subscribeNothing(): () => void {

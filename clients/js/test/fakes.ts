@@ -11,6 +11,8 @@ export class FakeEventSource implements EventSourceLike {
   onmessage: ((this: never, ev: MessageEvent) => unknown) | null = null;
   onerror: ((this: never, ev: Event) => unknown) | null = null;
   closed = false;
+  /** 0 CONNECTING, 1 OPEN, 2 CLOSED, as the browser's. */
+  readyState = 0;
   readonly url: URL;
 
   constructor(
@@ -58,6 +60,23 @@ export class FakeEventSource implements EventSourceLike {
     return this;
   }
 
+  /** The browser failed the connection (a non-200 answer): readyState CLOSED, then `error`. */
+  refuse(): this {
+    this.readyState = 2;
+    return this.fail();
+  }
+
+  /**
+   * The gateway's transient refusal: a 200 event stream holding only
+   * `retry:` and a comment, then its end (the browser would reconnect).
+   */
+  refuseTransiently(): this {
+    this.readyState = 1;
+    (this.onopen as ((ev: Event) => void) | null)?.(new Event("open"));
+    this.readyState = 0;
+    return this.fail();
+  }
+
   fail(): this {
     (this.onerror as ((ev: Event) => void) | null)?.(new Event("error"));
     return this;
@@ -65,6 +84,7 @@ export class FakeEventSource implements EventSourceLike {
 
   close(): void {
     this.closed = true;
+    this.readyState = 2;
   }
 }
 

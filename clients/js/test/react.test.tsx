@@ -184,4 +184,25 @@ describe("usePropertyEvents", () => {
     expect(screen.getByTestId("x").textContent).toBe("p3 p5");
     expect(screen.getByTestId("y").textContent).toBe("p3 p5");
   });
+
+  it("passes a final refusal (403) to onError and returns it as `error`", async () => {
+    const errors: number[] = [];
+    function Guarded() {
+      const { state, error } = useRealtime("org9", { onError: (e) => errors.push(e.status) });
+      return <p data-testid="g">{`${state} ${error?.status ?? "-"} ${error?.message ?? ""}`}</p>;
+    }
+    fetch.status = 403;
+    try {
+      render(wrap(<Guarded />));
+      await waitFor(() => expect(FakeEventSource.instances).toHaveLength(1));
+      act(() => {
+        FakeEventSource.last.refuse();
+      });
+      await waitFor(() => expect(screen.getByTestId("g").textContent).toBe("closed 403 Forbidden"));
+      expect(errors).toEqual([403]);
+      expect(FakeEventSource.instances).toHaveLength(1);
+    } finally {
+      fetch.status = 204;
+    }
+  });
 });
