@@ -27,11 +27,34 @@ GRANT EXECUTE ON FUNCTION pg_catalog.pg_logical_emit_message(boolean, text, text
 -- publication it does not own) and refuses to start if a routed table is
 -- missing from it. Set REALTIME_MANAGE_REPLICA_IDENTITY=false (the default).
 CREATE PUBLICATION realtime
-  FOR TABLE properties, organization_members, organizations, activities;
+  FOR TABLE properties, listings, addresses, media_assets, organization_members,
+            organizations, activities, clients, tasks, notes, interactions;
 ALTER TABLE properties REPLICA IDENTITY FULL;
+ALTER TABLE listings REPLICA IDENTITY FULL;
+ALTER TABLE addresses REPLICA IDENTITY FULL;
+ALTER TABLE media_assets REPLICA IDENTITY FULL;
 ALTER TABLE organization_members REPLICA IDENTITY FULL;
 ALTER TABLE organizations REPLICA IDENTITY FULL;
 ALTER TABLE activities REPLICA IDENTITY FULL;
+ALTER TABLE clients REPLICA IDENTITY FULL;
+ALTER TABLE tasks REPLICA IDENTITY FULL;
+ALTER TABLE notes REPLICA IDENTITY FULL;
+ALTER TABLE interactions REPLICA IDENTITY FULL;
+-- Child rows (listings, notes, …) take their organization from their parent
+-- row; the ingestor reads it for parents that did not change while it ran:
+-- the id and organization columns, through row-level security.
+GRANT USAGE ON SCHEMA public TO realtime_ingestor;
+GRANT SELECT (id, "organizationId") ON properties, clients TO realtime_ingestor;
+CREATE POLICY realtime_ingestor_reads ON properties FOR SELECT TO realtime_ingestor USING (true);
+CREATE POLICY realtime_ingestor_reads ON clients FOR SELECT TO realtime_ingestor USING (true);
+-- `SELECT realtime.set_actor(<user id>)` in an app transaction names who
+-- made its changes (updatedBy/invitedBy). The ingestor installs it when it
+-- may create a schema; here the owner does.
+CREATE SCHEMA IF NOT EXISTS realtime;
+GRANT USAGE ON SCHEMA realtime TO PUBLIC;
+CREATE OR REPLACE FUNCTION realtime.set_actor(actor text) RETURNS void
+    LANGUAGE sql VOLATILE STRICT
+    AS $$ SELECT pg_logical_emit_message(true, 'realtime-actor', actor) $$;
 
 -- The gateway: reads the columns its membership and session queries use,
 -- and publishes through pg_logical_emit_message (POST /api/realtime/publish,

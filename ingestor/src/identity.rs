@@ -41,7 +41,10 @@ const FIX_ATTEMPTS: u32 = 5;
 /// routes use inserts only.
 pub fn needs_old_rows(route: &TableRoute) -> bool {
     match route.kind() {
-        RouteKind::Property(_) | RouteKind::Membership(_) | RouteKind::Organization(_) => true,
+        RouteKind::Property(_)
+        | RouteKind::Membership(_)
+        | RouteKind::Organization(_)
+        | RouteKind::Sync(_) => true,
         RouteKind::Activity(_) | RouteKind::Notification(_) => false,
     }
 }

@@ -27,6 +27,7 @@ pub mod config;
 pub mod heartbeat;
 pub mod identity;
 pub mod metrics;
+pub mod parents;
 pub mod pgoutput;
 pub mod replication;
 pub mod router;
@@ -51,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::config::Config;
 use crate::identity::IdentityWatch;
+use crate::parents::Parents;
 use crate::router::Router;
 use crate::session::{Session, SessionEnd, SessionError};
 use crate::setup::SetupError;
@@ -266,7 +268,8 @@ impl Ingestor {
         // (and announced) before anything new is streamed.
         let sql = setup::connect(&self.config.database_url, self.config.io_timeout).await?;
         let record = slot::reconcile(&sql, publisher, &self.config.slot).await?;
-        drop(sql);
+        // The same connection then serves the session's parent lookups.
+        let parents = Parents::new(self.router.routes(), |i| self.router.is_parent(i), sql);
         let mut client = ReplicationClient::connect(self.replication.clone()).await?;
         client.wait_started().await?;
         tracing::info!(slot = %self.config.slot, "streaming");
@@ -276,6 +279,7 @@ impl Ingestor {
             publisher,
             &self.router,
             &self.identity,
+            parents,
             self.config.publish_batch as usize,
             record,
         )

@@ -27,12 +27,14 @@ pub const SLOT_RECREATED: &str = "realtime_ingestor_slot_recreated_total";
 
 /// The reasons of [`SKIPPED`], every one `session.rs` counts: exported at 0
 /// from start-up.
-pub const SKIP_REASONS: [&str; 5] = [
+pub const SKIP_REASONS: [&str; 7] = [
     "decode",
     "replica_identity",
     "route",
     "message",
     "no_transaction",
+    "parent",
+    "actor",
 ];
 
 /// Registers descriptions, and exports every series the dashboard and the

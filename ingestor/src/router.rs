@@ -31,8 +31,8 @@
 
 use realtime_shared::event::{EventType, Source};
 use realtime_shared::routes::{
-    ActivityRoute, MembershipRoute, NotificationRoute, OrganizationRoute, PropertyRoute, RouteKind,
-    Routes, TableRoute,
+    ActivityRoute, MembershipRoute, NotificationRoute, OrgSource, OrganizationRoute, PropertyRoute,
+    RouteKind, Routes, SyncRoute, TableRoute,
 };
 use serde_json::{Map, Value, json};
 
@@ -81,40 +81,151 @@ pub enum RouteError {
         side: Side,
         found: &'static str,
     },
+    #[error("{table}: every parent column is null in the {side} row")]
+    NoParent { table: String, side: Side },
     #[error("logical message {MESSAGE_PREFIX:?}: {0}")]
     Message(#[from] MessageError),
+}
+
+/// A row's parent: which routed table (its index in [`Routes::tables`]) and
+/// the parent row's id. The child's event goes to that row's organization.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ParentKey {
+    pub table: usize,
+    pub id: String,
+}
+
+/// One event of a row change, as routed; the session completes it at commit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routed {
+    /// Complete, except that a child's `organization_id` (and its payload's
+    /// `organizationId`) is `None`/`null` until `parent` is resolved, and the
+    /// `actor` field holds its value without an actor.
+    pub draft: Draft,
+    /// A child route's parent row, whose organization the event goes to.
+    pub parent: Option<ParentKey>,
+    /// The payload field (`updatedBy`, `invitedBy`) that the transaction's
+    /// actor (`realtime.set_actor`) sets, when it names one.
+    pub actor: Option<&'static str>,
+}
+
+impl From<Draft> for Routed {
+    /// A complete event: no parent to resolve, no actor field.
+    fn from(draft: Draft) -> Self {
+        Self::new(draft)
+    }
+}
+
+impl Routed {
+    fn new(draft: Draft) -> Self {
+        Self {
+            draft,
+            parent: None,
+            actor: None,
+        }
+    }
+
+    fn with_actor(mut self, field: &'static str) -> Self {
+        self.actor = Some(field);
+        self
+    }
+
+    /// Addresses the event to `org`: the draft and its payload's
+    /// `organizationId` (a child's is `null` until now).
+    pub fn address(&mut self, org: &str) {
+        self.draft.organization_id = Some(org.to_owned());
+        if let Some(p) = self.draft.payload.as_object_mut() {
+            p.insert("organizationId".into(), Value::String(org.to_owned()));
+        }
+    }
+
+    /// Sets the actor field to the transaction's actor.
+    pub fn set_actor(&mut self, actor: &str) {
+        if let (Some(field), Some(p)) = (self.actor, self.draft.payload.as_object_mut()) {
+            p.insert(field.into(), Value::String(actor.to_owned()));
+        }
+    }
 }
 
 /// Routes changes by a validated [`Routes`] config.
 #[derive(Debug, Clone)]
 pub struct Router {
     routes: Routes,
+    /// Per table index: its parents' table indexes (child routes only).
+    parents: Vec<Vec<usize>>,
+    /// Per table index: whether some route names it as a parent.
+    is_parent: Vec<bool>,
 }
 
 impl Router {
     pub fn new(routes: Routes) -> Self {
-        Self { routes }
+        let index = |schema: &str, table: &str| {
+            routes
+                .tables()
+                .iter()
+                .position(|t| t.schema() == schema && t.table() == table)
+        };
+        let parents: Vec<Vec<usize>> = routes
+            .tables()
+            .iter()
+            .map(|t| {
+                t.parents()
+                    .iter()
+                    // Routes::parse checked that every parent is routed.
+                    .filter_map(|p| index(&p.schema, &p.table))
+                    .collect()
+            })
+            .collect();
+        let mut is_parent = vec![false; routes.tables().len()];
+        for i in parents.iter().flatten() {
+            is_parent[*i] = true;
+        }
+        Self {
+            routes,
+            parents,
+            is_parent,
+        }
     }
 
     pub fn routes(&self) -> &Routes {
         &self.routes
     }
 
-    /// The drafts of one row change, in publishing order. Empty: the table is
-    /// not routed, or this operation produces no event for its kind. Two
-    /// drafts: an update moved the row between organizations (or users, for
-    /// a membership), see the module docs.
-    pub fn route_change(&self, change: &RowChange<'_>) -> Result<Vec<Draft>, RouteError> {
-        let Some(route) = self.routes.find(change.schema, change.table) else {
+    /// The index in [`Routes::tables`] of `schema.table`, if routed.
+    pub fn index_of(&self, schema: &str, table: &str) -> Option<usize> {
+        self.routes
+            .tables()
+            .iter()
+            .position(|t| t.schema() == schema && t.table() == table)
+    }
+
+    /// Whether the table at `index` is some route's parent: the session then
+    /// follows its rows' organizations (see [`crate::parents`]).
+    pub fn is_parent(&self, index: usize) -> bool {
+        self.is_parent.get(index).copied().unwrap_or(false)
+    }
+
+    /// The events of one row change, in publishing order. Empty: the table
+    /// is not routed, or this operation produces no event for its kind. Two:
+    /// an update moved the row between organizations (or users, for a
+    /// membership, or parents, for a child), see the module docs.
+    pub fn route_change(&self, change: &RowChange<'_>) -> Result<Vec<Routed>, RouteError> {
+        let Some(index) = self.index_of(change.schema, change.table) else {
             return Ok(Vec::new());
         };
-        let c = Ctx { route, change };
+        let route = &self.routes.tables()[index];
+        let c = Ctx {
+            route,
+            parents: &self.parents[index],
+            change,
+        };
         match route.kind() {
             RouteKind::Property(p) => c.property(p),
             RouteKind::Membership(m) => c.membership(m),
             RouteKind::Organization(o) => c.organization(o),
             RouteKind::Activity(a) => c.activity(a),
             RouteKind::Notification(n) => c.notification(n),
+            RouteKind::Sync(s) => c.sync(s),
         }
     }
 
@@ -153,7 +264,33 @@ impl Router {
 /// One change being routed by one route.
 struct Ctx<'c, 'a> {
     route: &'c TableRoute,
+    /// The table indexes of `route.parents()`, in the same order.
+    parents: &'c [usize],
     change: &'c RowChange<'a>,
+}
+
+/// Where one event goes: an organization read from the row, or a parent row
+/// whose organization the session looks up.
+enum Target {
+    Org(String),
+    Parent(ParentKey),
+}
+
+impl Target {
+    /// The organization to write into the draft now (`None` until resolved).
+    fn org(&self) -> Option<String> {
+        match self {
+            Target::Org(o) => Some(o.clone()),
+            Target::Parent(_) => None,
+        }
+    }
+
+    fn parent(self) -> Option<ParentKey> {
+        match self {
+            Target::Org(_) => None,
+            Target::Parent(p) => Some(p),
+        }
+    }
 }
 
 impl Ctx<'_, '_> {
@@ -207,121 +344,326 @@ impl Ctx<'_, '_> {
         }
     }
 
-    fn org(&self, row: &Row, side: Side) -> Result<String, RouteError> {
-        self.id(row, self.route.org_column(), side)
-    }
-
-    fn draft(&self, event_type: EventType, org: String, payload: Value) -> Draft {
-        Draft {
-            event_type,
-            source: Source::Postgres,
-            organization_id: Some(org),
-            user_id: None,
-            payload,
+    /// Where the row's events go: its organization column, or the first of
+    /// its parent columns that is not null. Also returns the parent column's
+    /// value (a child property's `propertyId`).
+    fn target(&self, row: &Row, side: Side) -> Result<Target, RouteError> {
+        match self.route.org_source() {
+            OrgSource::Column(column) => Ok(Target::Org(self.id(row, column, side)?)),
+            OrgSource::Parents(parents) => {
+                for (parent, &table) in parents.iter().zip(self.parents) {
+                    if matches!(row.get(&parent.column), None | Some(Value::Null)) {
+                        continue;
+                    }
+                    let id = self.id(row, &parent.column, side)?;
+                    return Ok(Target::Parent(ParentKey { table, id }));
+                }
+                Err(RouteError::NoParent {
+                    table: self.table(),
+                    side,
+                })
+            }
         }
     }
 
-    fn property(&self, p: &PropertyRoute) -> Result<Vec<Draft>, RouteError> {
-        let create = |row: &Row, org: String| -> Result<Draft, RouteError> {
-            let mut payload = Map::new();
-            payload.insert(
-                "propertyId".into(),
-                self.value(row, &p.id_column, Side::New)?.clone(),
-            );
-            payload.insert("organizationId".into(), Value::String(org.clone()));
-            payload.insert("operation".into(), "create".into());
-            payload.insert("changes".into(), Value::Object(row.clone()));
-            insert_non_null(
-                &mut payload,
-                "updatedBy",
-                row,
-                p.updated_by_column.as_deref(),
-            );
-            Ok(self.draft(EventType::PropertyUpdate, org, Value::Object(payload)))
+    fn draft(&self, event_type: EventType, target: Target, payload: Value) -> Routed {
+        let organization_id = target.org();
+        Routed {
+            draft: Draft {
+                event_type,
+                source: Source::Postgres,
+                organization_id,
+                user_id: None,
+                payload,
+            },
+            parent: target.parent(),
+            actor: None,
+        }
+    }
+
+    /// `row` with its columns under their field names.
+    fn fields(&self, row: &Row) -> Map<String, Value> {
+        row.iter()
+            .map(|(k, v)| (self.route.field_name(k).to_owned(), v.clone()))
+            .collect()
+    }
+
+    /// Whether this update sets the archive column to the archive value.
+    fn archives(&self, p: &PropertyRoute, old: &Row, new: &Row) -> bool {
+        p.archive.as_ref().is_some_and(|a| {
+            let is_archived =
+                |row: &Row| row.get(&a.column).and_then(Value::as_str) == Some(&a.value);
+            is_archived(new) && !is_archived(old)
+        })
+    }
+
+    fn property(&self, p: &PropertyRoute) -> Result<Vec<Routed>, RouteError> {
+        if p.field.is_some() {
+            return self.property_child(p);
+        }
+        let org_value = |t: &Target| t.org().map_or(Value::Null, Value::String);
+        // `updatedBy` without an actor: the configured column's value on
+        // creates and updates; a deleted row's column would name its last
+        // editor, not whoever deleted it, so a delete has null.
+        let updated_by = |row: Option<&Row>| {
+            p.updated_by_column
+                .as_deref()
+                .zip(row)
+                .and_then(|(c, row)| row.get(c))
+                .cloned()
+                .unwrap_or(Value::Null)
         };
-        // `updatedBy` of a deleted row would name its last editor, not
-        // whoever deleted it, so a delete carries none.
-        let delete = |row: &Row, org: String| -> Result<Draft, RouteError> {
+        let create = |row: &Row, target: Target| -> Result<Routed, RouteError> {
+            let payload = json!({
+                "propertyId": self.value(row, &p.id_column, Side::New)?,
+                "organizationId": org_value(&target),
+                "operation": "create",
+                "changes": self.fields(row),
+                "updatedBy": updated_by(Some(row)),
+            });
+            Ok(self
+                .draft(EventType::PropertyUpdate, target, payload)
+                .with_actor("updatedBy"))
+        };
+        let delete = |row: &Row, target: Target| -> Result<Routed, RouteError> {
             let payload = json!({
                 "propertyId": self.value(row, &p.id_column, Side::Old)?,
-                "organizationId": org,
+                "organizationId": org_value(&target),
                 "operation": "delete",
-                "changes": row,
+                "changes": self.fields(row),
+                "updatedBy": updated_by(None),
             });
-            Ok(self.draft(EventType::PropertyUpdate, org, payload))
+            Ok(self
+                .draft(EventType::PropertyUpdate, target, payload)
+                .with_actor("updatedBy"))
         };
         match self.change.operation {
             Operation::Insert => {
                 let new = self.row(Side::New)?;
-                Ok(vec![create(new, self.org(new, Side::New)?)?])
+                Ok(vec![create(new, self.target(new, Side::New)?)?])
             }
             Operation::Delete => {
                 let old = self.row(Side::Old)?;
-                Ok(vec![delete(old, self.org(old, Side::Old)?)?])
+                Ok(vec![delete(old, self.target(old, Side::Old)?)?])
             }
             Operation::Update => {
                 let (old, new) = (self.row(Side::Old)?, self.row(Side::New)?);
-                let (old_org, new_org) = (self.org(old, Side::Old)?, self.org(new, Side::New)?);
-                if old_org != new_org {
+                let (old_org, new_org) =
+                    (self.target(old, Side::Old)?, self.target(new, Side::New)?);
+                let (Target::Org(old_id), Target::Org(new_id)) = (&old_org, &new_org) else {
+                    unreachable!("a property route without a field has an org_column")
+                };
+                if old_id != new_id {
                     return Ok(vec![delete(old, old_org)?, create(new, new_org)?]);
                 }
-                let changes = changed_columns(old, new);
-                let mut payload = Map::new();
-                payload.insert(
-                    "propertyId".into(),
-                    self.value(new, &p.id_column, Side::New)?.clone(),
-                );
-                payload.insert("organizationId".into(), Value::String(new_org.clone()));
-                payload.insert("operation".into(), "update".into());
-                payload.insert("updatedFields".into(), updated_fields(&changes));
-                payload.insert("changes".into(), Value::Object(changes));
-                insert_non_null(
-                    &mut payload,
-                    "updatedBy",
-                    new,
-                    p.updated_by_column.as_deref(),
-                );
-                Ok(vec![self.draft(
-                    EventType::PropertyUpdate,
-                    new_org,
-                    Value::Object(payload),
+                let changes = self.fields(&changed_columns(old, new));
+                let operation = if self.archives(p, old, new) {
+                    "archive"
+                } else {
+                    "update"
+                };
+                let payload = json!({
+                    "propertyId": self.value(new, &p.id_column, Side::New)?,
+                    "organizationId": org_value(&new_org),
+                    "operation": operation,
+                    "updatedFields": updated_fields(&changes, None),
+                    "changes": changes,
+                    "updatedBy": updated_by(Some(new)),
+                });
+                Ok(vec![
+                    self.draft(EventType::PropertyUpdate, new_org, payload)
+                        .with_actor("updatedBy"),
+                ])
+            }
+        }
+    }
+
+    /// A child of a property (`listings`, `addresses`, …): every change is an
+    /// `update` (or `archive`) of the parent property, the child's columns
+    /// nested under the route's `field`. A child that moved to another parent
+    /// updates both: the old one loses it (`{field: null}`), the new one
+    /// gains it.
+    fn property_child(&self, p: &PropertyRoute) -> Result<Vec<Routed>, RouteError> {
+        let field = p.field.as_deref().unwrap_or_default();
+        let updated_by = |row: Option<&Row>| {
+            p.updated_by_column
+                .as_deref()
+                .zip(row)
+                .and_then(|(c, row)| row.get(c))
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
+        let event =
+            |target: Target, operation: &str, updated: Value, nested: Value, by: Value| -> Routed {
+                let property_id = match &target {
+                    Target::Parent(k) => Value::String(k.id.clone()),
+                    Target::Org(_) => Value::Null,
+                };
+                let payload = json!({
+                    "propertyId": property_id,
+                    "organizationId": null,
+                    "operation": operation,
+                    "updatedFields": updated,
+                    "changes": {field: nested},
+                    "updatedBy": by,
+                });
+                self.draft(EventType::PropertyUpdate, target, payload)
+                    .with_actor("updatedBy")
+            };
+        let whole = || json!([field]);
+        match self.change.operation {
+            Operation::Insert => {
+                let new = self.row(Side::New)?;
+                let target = self.target(new, Side::New)?;
+                Ok(vec![event(
+                    target,
+                    "update",
+                    whole(),
+                    Value::Object(self.fields(new)),
+                    updated_by(Some(new)),
+                )])
+            }
+            Operation::Delete => {
+                let old = self.row(Side::Old)?;
+                let target = self.target(old, Side::Old)?;
+                Ok(vec![event(
+                    target,
+                    "update",
+                    whole(),
+                    Value::Null,
+                    updated_by(None),
+                )])
+            }
+            Operation::Update => {
+                let (old, new) = (self.row(Side::Old)?, self.row(Side::New)?);
+                let (from, to) = (self.target(old, Side::Old)?, self.target(new, Side::New)?);
+                let moved = match (&from, &to) {
+                    (Target::Parent(a), Target::Parent(b)) => a != b,
+                    _ => false,
+                };
+                if moved {
+                    return Ok(vec![
+                        event(from, "update", whole(), Value::Null, updated_by(None)),
+                        event(
+                            to,
+                            "update",
+                            whole(),
+                            Value::Object(self.fields(new)),
+                            updated_by(Some(new)),
+                        ),
+                    ]);
+                }
+                let changes = self.fields(&changed_columns(old, new));
+                let operation = if self.archives(p, old, new) {
+                    "archive"
+                } else {
+                    "update"
+                };
+                Ok(vec![event(
+                    to,
+                    operation,
+                    updated_fields(&changes, Some(field)),
+                    Value::Object(changes),
+                    updated_by(Some(new)),
                 )])
             }
         }
     }
 
-    fn membership(&self, m: &MembershipRoute) -> Result<Vec<Draft>, RouteError> {
-        let join = |row: &Row| -> Result<Draft, RouteError> {
-            let org = self.org(row, Side::New)?;
+    /// `data.sync {entityType, entityId, operation, data}` in the app's
+    /// shape. A row that moved between organizations (or parents) is a
+    /// `delete` where it was and a `create` where it is.
+    fn sync(&self, s: &SyncRoute) -> Result<Vec<Routed>, RouteError> {
+        let event = |row: &Row,
+                     side: Side,
+                     target: Target,
+                     operation: &str|
+         -> Result<Routed, RouteError> {
+            let org = target.org().map_or(Value::Null, Value::String);
+            let payload = json!({
+                "entityType": s.entity_type,
+                "entityId": self.value(row, &s.id_column, side)?,
+                "operation": operation,
+                "data": self.fields(row),
+                "organizationId": org,
+            });
+            Ok(self.draft(EventType::DataSync, target, payload))
+        };
+        match self.change.operation {
+            Operation::Insert => {
+                let new = self.row(Side::New)?;
+                Ok(vec![event(
+                    new,
+                    Side::New,
+                    self.target(new, Side::New)?,
+                    "create",
+                )?])
+            }
+            Operation::Delete => {
+                let old = self.row(Side::Old)?;
+                Ok(vec![event(
+                    old,
+                    Side::Old,
+                    self.target(old, Side::Old)?,
+                    "delete",
+                )?])
+            }
+            Operation::Update => {
+                let (old, new) = (self.row(Side::Old)?, self.row(Side::New)?);
+                let (from, to) = (self.target(old, Side::Old)?, self.target(new, Side::New)?);
+                let moved = match (&from, &to) {
+                    (Target::Org(a), Target::Org(b)) => a != b,
+                    (Target::Parent(a), Target::Parent(b)) => a != b,
+                    _ => true,
+                };
+                if moved {
+                    return Ok(vec![
+                        event(old, Side::Old, from, "delete")?,
+                        event(new, Side::New, to, "create")?,
+                    ]);
+                }
+                Ok(vec![event(new, Side::New, to, "update")?])
+            }
+        }
+    }
+
+    fn membership(&self, m: &MembershipRoute) -> Result<Vec<Routed>, RouteError> {
+        let org = |row: &Row, side| self.target(row, side).map(|t| t.org().unwrap_or_default());
+        let join = |row: &Row| -> Result<Routed, RouteError> {
+            let org = org(row, Side::New)?;
             let payload = json!({
                 "memberId": self.id(row, &m.user_column, Side::New)?,
                 "organizationId": org,
                 "role": row.get(&m.role_column).unwrap_or(&Value::Null),
+                "invitedBy": null,
             });
-            Ok(self.draft(EventType::MemberJoin, org, payload))
+            Ok(self
+                .draft(EventType::MemberJoin, Target::Org(org), payload)
+                .with_actor("invitedBy"))
         };
         // A row delete has no reason to give; `reason` is for messages.
-        let leave = |row: &Row| -> Result<Draft, RouteError> {
-            let org = self.org(row, Side::Old)?;
+        let leave = |row: &Row| -> Result<Routed, RouteError> {
+            let org = org(row, Side::Old)?;
             let payload = json!({
                 "memberId": self.id(row, &m.user_column, Side::Old)?,
                 "organizationId": org,
             });
-            Ok(self.draft(EventType::MemberLeave, org, payload))
+            Ok(self.draft(EventType::MemberLeave, Target::Org(org), payload))
         };
         // Who left, and from where: `None` when the old row is missing or
         // lacks its ids (the table lost REPLICA IDENTITY FULL).
         let old_member = || -> Option<(&Row, String, String)> {
             let old = self.change.old.as_ref()?;
-            let org = self.org(old, Side::Old).ok()?;
+            let org = org(old, Side::Old).ok()?;
             let user = self.id(old, &m.user_column, Side::Old).ok()?;
             Some((old, org, user))
         };
+        let unknown = || Routed::new(unknown_member_leave());
         match self.change.operation {
             Operation::Insert => Ok(vec![join(self.row(Side::New)?)?]),
             Operation::Delete => match old_member() {
                 Some((old, _, _)) => Ok(vec![leave(old)?]),
-                None => Ok(vec![unknown_member_leave()]),
+                None => Ok(vec![unknown()]),
             },
             Operation::Update => {
                 let new = self.row(Side::New)?;
@@ -330,11 +672,11 @@ impl Ctx<'_, '_> {
                     // invisible: someone may have left. The new row's join
                     // follows when it can be read; the leave goes out anyway.
                     return Ok(match join(new) {
-                        Ok(join) => vec![unknown_member_leave(), join],
-                        Err(_) => vec![unknown_member_leave()],
+                        Ok(join) => vec![unknown(), join],
+                        Err(_) => vec![unknown()],
                     });
                 };
-                let moved = old_org != self.org(new, Side::New)?
+                let moved = old_org != org(new, Side::New)?
                     || old_user != self.id(new, &m.user_column, Side::New)?;
                 if moved {
                     Ok(vec![leave(old)?, join(new)?])
@@ -345,31 +687,38 @@ impl Ctx<'_, '_> {
         }
     }
 
-    /// `changeType`: the name of the one `change_type_columns` column that
-    /// changed, else `"update"`. Changing the organization's id (which
-    /// cascades to its members' rows) informs both ids.
-    fn organization(&self, o: &OrganizationRoute) -> Result<Vec<Draft>, RouteError> {
+    /// `changeType`: the one change type the changed columns map to (by
+    /// `change_types`), else `default_change_type`. Changing the
+    /// organization's id (which cascades to its members' rows) informs both
+    /// ids.
+    fn organization(&self, o: &OrganizationRoute) -> Result<Vec<Routed>, RouteError> {
         if self.change.operation != Operation::Update {
             return Ok(Vec::new());
         }
         let (old, new) = (self.row(Side::Old)?, self.row(Side::New)?);
-        let (old_org, new_org) = (self.org(old, Side::Old)?, self.org(new, Side::New)?);
-        let changes = changed_columns(old, new);
-        let mut known = o
-            .change_type_columns
-            .iter()
-            .filter(|c| changes.contains_key(c.as_str()));
-        let change_type = match (known.next(), known.next()) {
-            (Some(only), None) => only.as_str(),
-            _ => "update",
+        let org = |row: &Row, side| self.target(row, side).map(|t| t.org().unwrap_or_default());
+        let (old_org, new_org) = (org(old, Side::Old)?, org(new, Side::New)?);
+        let changed = changed_columns(old, new);
+        let mut types = changed
+            .keys()
+            .filter_map(|c| o.change_types.get(c.as_str()))
+            .collect::<Vec<_>>();
+        types.sort();
+        types.dedup();
+        let change_type = match types.as_slice() {
+            [only] => only.as_str(),
+            _ => o.default_change_type.as_str(),
         };
+        let changes = self.fields(&changed);
         let draft = |org: String| {
             let payload = json!({
                 "organizationId": org,
                 "changeType": change_type,
                 "changes": changes,
+                "updatedBy": null,
             });
-            self.draft(EventType::OrganizationChange, org, payload)
+            self.draft(EventType::OrganizationChange, Target::Org(org), payload)
+                .with_actor("updatedBy")
         };
         if old_org == new_org {
             Ok(vec![draft(new_org)])
@@ -378,12 +727,12 @@ impl Ctx<'_, '_> {
         }
     }
 
-    fn activity(&self, a: &ActivityRoute) -> Result<Vec<Draft>, RouteError> {
+    fn activity(&self, a: &ActivityRoute) -> Result<Vec<Routed>, RouteError> {
         if self.change.operation != Operation::Insert {
             return Ok(Vec::new());
         }
         let new = self.row(Side::New)?;
-        let org = self.org(new, Side::New)?;
+        let target = self.target(new, Side::New)?;
         let get = |column: &str| new.get(column).cloned().unwrap_or(Value::Null);
         let mut payload = Map::new();
         payload.insert("userId".into(), get(&a.actor_column));
@@ -393,19 +742,19 @@ impl Ctx<'_, '_> {
         payload.insert("metadata".into(), get(&a.metadata_column));
         Ok(vec![self.draft(
             EventType::UserActivity,
-            org,
+            target,
             Value::Object(payload),
         )])
     }
 
     /// Addressed to the row's user only; a row without one is an error, never
     /// a notification to the whole organization.
-    fn notification(&self, n: &NotificationRoute) -> Result<Vec<Draft>, RouteError> {
+    fn notification(&self, n: &NotificationRoute) -> Result<Vec<Routed>, RouteError> {
         if self.change.operation != Operation::Insert {
             return Ok(Vec::new());
         }
         let new = self.row(Side::New)?;
-        let org = self.org(new, Side::New)?;
+        let target = self.target(new, Side::New)?;
         let user = self.id(new, &n.user_column, Side::New)?;
         let get = |column: &str| new.get(column).cloned().unwrap_or(Value::Null);
         let mut payload = Map::new();
@@ -415,9 +764,9 @@ impl Ctx<'_, '_> {
         payload.insert("priority".into(), get(&n.priority_column));
         payload.insert("category".into(), get(&n.category_column));
         insert_non_null(&mut payload, "metadata", new, Some(&n.metadata_column));
-        let mut draft = self.draft(EventType::NotificationNew, org, Value::Object(payload));
-        draft.user_id = Some(user);
-        Ok(vec![draft])
+        let mut routed = self.draft(EventType::NotificationNew, target, Value::Object(payload));
+        routed.draft.user_id = Some(user);
+        Ok(vec![routed])
     }
 }
 
@@ -458,14 +807,18 @@ fn changed_columns(old: &Row, new: &Row) -> Map<String, Value> {
         .collect()
 }
 
-/// The changed column names, sorted (see the module docs).
-fn updated_fields(changes: &Map<String, Value>) -> Value {
+/// The changed field names, sorted (see the module docs); a child route's
+/// are prefixed with its field (`listing.marketingStatus`).
+fn updated_fields(changes: &Map<String, Value>, prefix: Option<&str>) -> Value {
     let mut names: Vec<&String> = changes.keys().collect();
     names.sort();
     Value::Array(
         names
             .into_iter()
-            .map(|k| Value::String(k.clone()))
+            .map(|k| match prefix {
+                Some(p) => Value::String(format!("{p}.{k}")),
+                None => Value::String(k.clone()),
+            })
             .collect(),
     )
 }
@@ -482,6 +835,13 @@ fn insert_non_null(payload: &mut Map<String, Value>, key: &str, row: &Row, colum
 #[allow(clippy::unwrap_used)] // tests fail loudly on purpose
 mod tests {
     use super::*;
+
+    impl Router {
+        /// The drafts of a change as routed (children unaddressed, no actor).
+        fn route_drafts(&self, c: &RowChange<'_>) -> Result<Vec<Draft>, RouteError> {
+            Ok(self.route_change(c)?.into_iter().map(|r| r.draft).collect())
+        }
+    }
 
     fn router() -> Router {
         let mut toml = include_str!("../../shared/routes/oikion.toml").to_owned();
@@ -527,7 +887,7 @@ updated_by_column = "updatedBy"
     }
 
     fn one(r: &Router, c: &RowChange<'_>) -> Draft {
-        let mut drafts = r.route_change(c).unwrap();
+        let mut drafts = r.route_drafts(c).unwrap();
         assert_eq!(drafts.len(), 1, "{drafts:?}");
         drafts.remove(0)
     }
@@ -554,7 +914,7 @@ updated_by_column = "updatedBy"
         assert_eq!(
             d.payload,
             json!({"propertyId": "p1", "organizationId": "org1", "operation": "create",
-                   "changes": property_row()})
+                   "changes": property_row(), "updatedBy": null})
         );
     }
 
@@ -575,7 +935,7 @@ updated_by_column = "updatedBy"
             d.payload,
             json!({"propertyId": "p1", "organizationId": "org1", "operation": "update",
                    "updatedFields": ["description", "price"],
-                   "changes": {"description": "sunny", "price": "120.00"}})
+                   "changes": {"description": "sunny", "price": "120.00"}, "updatedBy": null})
         );
     }
 
@@ -641,7 +1001,7 @@ updated_by_column = "updatedBy"
         assert_eq!(
             d.payload,
             json!({"propertyId": "p1", "organizationId": "org1", "operation": "delete",
-                   "changes": property_row()})
+                   "changes": property_row(), "updatedBy": null})
         );
     }
 
@@ -651,7 +1011,7 @@ updated_by_column = "updatedBy"
         let mut new = property_row();
         new["organizationId"] = json!("org2");
         let drafts = router()
-            .route_change(&change(
+            .route_drafts(&change(
                 "properties",
                 Operation::Update,
                 Some(old.clone()),
@@ -662,17 +1022,19 @@ updated_by_column = "updatedBy"
         assert_eq!(drafts[0].organization_id.as_deref(), Some("org1"));
         assert_eq!(
             drafts[0].payload,
-            json!({"propertyId": "p1", "organizationId": "org1", "operation": "delete", "changes": old})
+            json!({"propertyId": "p1", "organizationId": "org1", "operation": "delete", "changes": old,
+                   "updatedBy": null})
         );
         assert_eq!(drafts[1].organization_id.as_deref(), Some("org2"));
         assert_eq!(
             drafts[1].payload,
-            json!({"propertyId": "p1", "organizationId": "org2", "operation": "create", "changes": new})
+            json!({"propertyId": "p1", "organizationId": "org2", "operation": "create", "changes": new,
+                   "updatedBy": null})
         );
     }
 
     #[test]
-    fn updated_by_on_create_and_update_not_on_delete() {
+    fn updated_by_column_on_create_and_update_null_on_delete() {
         let r = router();
         let base = json!({"id": 7, "orgId": 42, "title": "a", "updatedBy": "u1"});
         let c = |op, old: Option<Value>, new: Option<Value>| RowChange {
@@ -694,12 +1056,13 @@ updated_by_column = "updatedBy"
         let d = one(&r, &c(Operation::Update, Some(base.clone()), Some(new)));
         assert_eq!(d.payload["updatedBy"], "u2");
         assert_eq!(d.payload["updatedFields"], json!(["title", "updatedBy"]));
+        // A delete's column names the row's last editor, not who deleted it.
         let d = one(&r, &c(Operation::Delete, Some(base.clone()), None));
-        assert!(d.payload.get("updatedBy").is_none());
+        assert_eq!(d.payload["updatedBy"], Value::Null);
         let mut anonymous = base;
         anonymous["updatedBy"] = Value::Null;
         let d = one(&r, &c(Operation::Insert, None, Some(anonymous)));
-        assert!(d.payload.get("updatedBy").is_none());
+        assert_eq!(d.payload["updatedBy"], Value::Null);
     }
 
     // --- organization id errors ---
@@ -716,7 +1079,7 @@ updated_by_column = "updatedBy"
             old: None,
             new: Some(no_org),
         };
-        let err = r.route_change(&c).unwrap_err();
+        let err = r.route_drafts(&c).unwrap_err();
         assert_eq!(
             err,
             RouteError::MissingColumn {
@@ -728,7 +1091,7 @@ updated_by_column = "updatedBy"
         let mut null_org = property_row();
         null_org["organizationId"] = Value::Null;
         assert!(matches!(
-            r.route_change(&change(
+            r.route_drafts(&change(
                 "properties",
                 Operation::Delete,
                 Some(null_org),
@@ -747,7 +1110,7 @@ updated_by_column = "updatedBy"
             let mut r0 = property_row();
             r0["organizationId"] = bad;
             let err = r
-                .route_change(&change("properties", Operation::Insert, None, Some(r0)))
+                .route_drafts(&change("properties", Operation::Insert, None, Some(r0)))
                 .unwrap_err();
             assert!(
                 matches!(err, RouteError::BadId { found: f, .. } if f == found),
@@ -761,7 +1124,7 @@ updated_by_column = "updatedBy"
         let mut secret = property_row();
         secret["organizationId"] = json!({"secret": "s3cr3t"});
         let err = router()
-            .route_change(&change("properties", Operation::Insert, None, Some(secret)))
+            .route_drafts(&change("properties", Operation::Insert, None, Some(secret)))
             .unwrap_err();
         assert!(!err.to_string().contains("s3cr3t"), "{err}");
     }
@@ -769,7 +1132,7 @@ updated_by_column = "updatedBy"
     #[test]
     fn update_without_old_row_is_an_error() {
         let err = router()
-            .route_change(&change(
+            .route_drafts(&change(
                 "properties",
                 Operation::Update,
                 None,
@@ -793,7 +1156,7 @@ updated_by_column = "updatedBy"
     fn unrouted_tables_produce_nothing() {
         let r = router();
         assert!(
-            r.route_change(&change(
+            r.route_drafts(&change(
                 "sessions",
                 Operation::Insert,
                 None,
@@ -809,7 +1172,7 @@ updated_by_column = "updatedBy"
             old: None,
             new: Some(row(property_row())),
         };
-        assert!(r.route_change(&other_schema).unwrap().is_empty());
+        assert!(r.route_drafts(&other_schema).unwrap().is_empty());
     }
 
     // --- membership ---
@@ -834,7 +1197,7 @@ updated_by_column = "updatedBy"
         assert_eq!(d.organization_id.as_deref(), Some("org1"));
         assert_eq!(
             d.payload,
-            json!({"memberId": "u1", "organizationId": "org1", "role": "AGENT"})
+            json!({"memberId": "u1", "organizationId": "org1", "role": "AGENT", "invitedBy": null})
         );
 
         let mut new = member_row();
@@ -851,7 +1214,7 @@ updated_by_column = "updatedBy"
         assert_eq!(d.event_type, EventType::MemberJoin);
         assert_eq!(
             d.payload,
-            json!({"memberId": "u1", "organizationId": "org1", "role": "ADMIN"})
+            json!({"memberId": "u1", "organizationId": "org1", "role": "ADMIN", "invitedBy": null})
         );
 
         let d = one(
@@ -878,7 +1241,7 @@ updated_by_column = "updatedBy"
             let mut new = member_row();
             new[column] = json!(value);
             let drafts = r
-                .route_change(&change(
+                .route_drafts(&change(
                     "organization_members",
                     Operation::Update,
                     Some(member_row()),
@@ -901,7 +1264,7 @@ updated_by_column = "updatedBy"
             assert_eq!(drafts[1].organization_id.as_deref(), Some(org));
             assert_eq!(
                 drafts[1].payload,
-                json!({"memberId": user, "organizationId": org, "role": "AGENT"})
+                json!({"memberId": user, "organizationId": org, "role": "AGENT", "invitedBy": null})
             );
         }
     }
@@ -911,7 +1274,7 @@ updated_by_column = "updatedBy"
         let mut bad = member_row();
         bad["userId"] = Value::Null;
         let err = router()
-            .route_change(&change(
+            .route_drafts(&change(
                 "organization_members",
                 Operation::Insert,
                 None,
@@ -958,7 +1321,7 @@ updated_by_column = "updatedBy"
         let mut new = member_row();
         new["userId"] = json!("u2");
         let drafts = router()
-            .route_change(&change(
+            .route_drafts(&change(
                 "organization_members",
                 Operation::Update,
                 None,
@@ -973,7 +1336,7 @@ updated_by_column = "updatedBy"
         let mut bad_new = member_row();
         bad_new["userId"] = Value::Null;
         let drafts = router()
-            .route_change(&change(
+            .route_drafts(&change(
                 "organization_members",
                 Operation::Update,
                 Some(json!({"id": "m1"})),
@@ -1001,7 +1364,7 @@ updated_by_column = "updatedBy"
     #[test]
     fn property_delete_without_its_org_stays_an_error() {
         let err = router()
-            .route_change(&change(
+            .route_drafts(&change(
                 "properties",
                 Operation::Delete,
                 Some(json!({"id": "p1"})),
@@ -1045,8 +1408,8 @@ updated_by_column = "updatedBy"
         assert_eq!(d.organization_id.as_deref(), Some("org1"));
         assert_eq!(
             d.payload,
-            json!({"organizationId": "org1", "changeType": "name",
-                   "changes": {"name": "Acme Realty", "updated_at": "2024-01-02T00:00:00.000"}})
+            json!({"organizationId": "org1", "changeType": "name", "updatedBy": null,
+                   "changes": {"name": "Acme Realty", "updatedAt": "2024-01-02T00:00:00.000"}})
         );
 
         let mut new = org_row();
@@ -1061,7 +1424,20 @@ updated_by_column = "updatedBy"
                 Some(new),
             ),
         );
-        assert_eq!(d.payload["changeType"], "update");
+        // Two change types at once: the default.
+        assert_eq!(d.payload["changeType"], "settings");
+        let mut new = org_row();
+        new["plan"] = json!("STARTER");
+        let d = one(
+            &r,
+            &change(
+                "organizations",
+                Operation::Update,
+                Some(org_row()),
+                Some(new),
+            ),
+        );
+        assert_eq!(d.payload["changeType"], "billing");
 
         let mut new = org_row();
         new["isPersonal"] = json!(true);
@@ -1074,7 +1450,7 @@ updated_by_column = "updatedBy"
                 Some(new),
             ),
         );
-        assert_eq!(d.payload["changeType"], "update");
+        assert_eq!(d.payload["changeType"], "settings");
         assert_eq!(d.payload["changes"], json!({"isPersonal": true}));
     }
 
@@ -1082,7 +1458,7 @@ updated_by_column = "updatedBy"
     fn organization_insert_and_delete_produce_nothing() {
         let r = router();
         assert!(
-            r.route_change(&change(
+            r.route_drafts(&change(
                 "organizations",
                 Operation::Insert,
                 None,
@@ -1092,7 +1468,7 @@ updated_by_column = "updatedBy"
             .is_empty()
         );
         assert!(
-            r.route_change(&change(
+            r.route_drafts(&change(
                 "organizations",
                 Operation::Delete,
                 Some(org_row()),
@@ -1108,7 +1484,7 @@ updated_by_column = "updatedBy"
         let mut new = org_row();
         new["id"] = json!("org9");
         let drafts = router()
-            .route_change(&change(
+            .route_drafts(&change(
                 "organizations",
                 Operation::Update,
                 Some(org_row()),
@@ -1168,9 +1544,9 @@ updated_by_column = "updatedBy"
             Some(activity_row()),
             Some(activity_row()),
         );
-        assert!(r.route_change(&up).unwrap().is_empty());
+        assert!(r.route_drafts(&up).unwrap().is_empty());
         let del = change("activities", Operation::Delete, Some(activity_row()), None);
-        assert!(r.route_change(&del).unwrap().is_empty());
+        assert!(r.route_drafts(&del).unwrap().is_empty());
     }
 
     // --- notification ---
@@ -1214,7 +1590,7 @@ updated_by_column = "updatedBy"
         let mut no_user = notification_row();
         no_user["userId"] = Value::Null;
         assert!(matches!(
-            r.route_change(&change(
+            r.route_drafts(&change(
                 "notifications",
                 Operation::Insert,
                 None,
@@ -1228,14 +1604,14 @@ updated_by_column = "updatedBy"
             Some(notification_row()),
             Some(notification_row()),
         );
-        assert!(r.route_change(&up).unwrap().is_empty());
+        assert!(r.route_drafts(&up).unwrap().is_empty());
         let del = change(
             "notifications",
             Operation::Delete,
             Some(notification_row()),
             None,
         );
-        assert!(r.route_change(&del).unwrap().is_empty());
+        assert!(r.route_drafts(&del).unwrap().is_empty());
     }
 
     // --- truncate ---

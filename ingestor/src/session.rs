@@ -10,9 +10,16 @@
 //!   has its replica identity checked, see [`crate::identity`]); Insert/Update/Delete/Truncate
 //!   and logical messages go through the router and become [`Outgoing`]
 //!   events, appended to the current batch.
+//! - A transaction's events wait for its Commit (at most `max_batch` of
+//!   them: past that they are completed early, in order), because two things
+//!   are only known then: the acting user (`realtime.set_actor`, a
+//!   transactional message under [`ACTOR_PREFIX`], sets `updatedBy` /
+//!   `invitedBy` on every event of its transaction) and the organizations of
+//!   child rows' parents at the end of the transaction ([`crate::parents`]).
+//!   Event ids are fixed when a change arrives, so a child skipped at commit
+//!   leaves a hole in the indexes, never a shifted id.
 //! - The batch is sent to Redis as one pipeline when it is full or when no
-//!   further replication event is immediately available; a transaction is
-//!   never buffered whole.
+//!   further replication event is immediately available.
 //! - Acknowledgement (invariant 3): a Commit's end LSN is acknowledged only
 //!   after the batch holding its last event was accepted by Redis. When
 //!   nothing is in flight, the position of a server keepalive or of our own
@@ -37,14 +44,22 @@ use tokio_util::sync::CancellationToken;
 use crate::change::{Operation, RowChange};
 use crate::identity::{self, IdentityWatch};
 use crate::metrics as m;
+use crate::parents::{ParentOrg, Parents, ParentsError};
 use crate::pgoutput::{self, Message, OldTuple, Relation};
-use crate::router::{self, Draft, RouteError, Router, Side};
+use crate::router::{self, Draft, RouteError, Routed, Router, Side};
 use crate::slot::{SlotError, SlotRecord};
 use crate::trace::{self, TxnTrace};
 use crate::value::{self, TypeRegistry};
 
 /// The prefix of our heartbeat messages (DESIGN §2).
 pub const HEARTBEAT_PREFIX: &str = "realtime-heartbeat";
+
+/// The prefix of `realtime.set_actor(user)`'s transactional message: its
+/// content (a user id) names who made the transaction's changes.
+pub const ACTOR_PREFIX: &str = "realtime-actor";
+
+/// The longest actor id accepted; a longer one is ignored (and logged).
+const MAX_ACTOR_BYTES: usize = 256;
 
 /// Microseconds between the Unix epoch and the Postgres epoch (2000-01-01).
 const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
@@ -63,6 +78,8 @@ pub enum SessionError {
     Slot(#[from] SlotError),
     #[error(transparent)]
     Setup(#[from] crate::setup::SetupError),
+    #[error(transparent)]
+    Parents(#[from] ParentsError),
 }
 
 impl SessionError {
@@ -86,6 +103,11 @@ struct Txn {
     final_lsn: u64,
     commit_ms: i64,
     next_index: u64,
+    /// Events routed but not yet completed (see the module docs), with
+    /// their indexes.
+    pending: Vec<(Routed, u64)>,
+    /// The transaction's actor, from `realtime.set_actor`.
+    actor: Option<String>,
     /// `None` unless tracing is on and the sampler kept the transaction.
     trace: Option<TxnTrace>,
 }
@@ -101,6 +123,7 @@ pub struct Session<'a> {
     publisher: &'a mut Publisher,
     router: &'a Router,
     identity: &'a IdentityWatch,
+    parents: Parents,
     max_batch: usize,
     relations: HashMap<u32, Relation>,
     types: TypeRegistry,
@@ -131,6 +154,7 @@ impl<'a> Session<'a> {
         publisher: &'a mut Publisher,
         router: &'a Router,
         identity: &'a IdentityWatch,
+        parents: Parents,
         max_batch: usize,
         slot: SlotRecord,
     ) -> Self {
@@ -139,6 +163,7 @@ impl<'a> Session<'a> {
             publisher,
             router,
             identity,
+            parents,
             max_batch,
             relations: HashMap::new(),
             types: TypeRegistry::default(),
@@ -205,14 +230,18 @@ impl<'a> Session<'a> {
                 xid,
                 commit_time_micros,
             } => {
+                self.parents.begin();
                 self.txn = Some(Txn {
                     final_lsn: final_lsn.as_u64(),
                     commit_ms: unix_millis(commit_time_micros),
                     next_index: 0,
+                    pending: Vec::new(),
+                    actor: None,
                     trace: TxnTrace::start(xid, final_lsn.as_u64()),
                 });
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
+                self.complete().await?;
                 if let Some(Txn {
                     trace: Some(trace),
                     next_index,
@@ -227,7 +256,16 @@ impl<'a> Session<'a> {
                 }
             }
             ReplicationEvent::XLogData { data, .. } => match pgoutput::decode(&data) {
-                Ok(message) => self.handle_message(message)?,
+                Ok(message) => {
+                    self.handle_message(message)?;
+                    if self
+                        .txn
+                        .as_ref()
+                        .is_some_and(|t| t.pending.len() >= self.max_batch)
+                    {
+                        self.complete().await?;
+                    }
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "skipping an undecodable replication message");
                     metrics::counter!(m::SKIPPED, "reason" => "decode").increment(1);
@@ -275,7 +313,7 @@ impl<'a> Session<'a> {
                         .get(&oid)
                         .ok_or(SessionError::UnknownRelation(oid))?;
                     if let Some(draft) = self.router.route_truncate(&rel.namespace, &rel.name) {
-                        self.push(draft, index);
+                        self.defer(Routed::from(draft), index);
                     }
                 }
             }
@@ -327,6 +365,9 @@ impl<'a> Session<'a> {
             old: old_row,
             new: new_row,
         };
+        if let Some(index) = self.router.index_of(change.schema, change.table) {
+            self.parents.observe(index, &change);
+        }
         let routed = self.router.route_change(&change);
         match &routed {
             Err(e) if lacks_old_row(e) && rel.replica_identity != identity::FULL => {
@@ -344,7 +385,10 @@ impl<'a> Session<'a> {
                 metrics::counter!(m::SKIPPED, "reason" => "route").increment(1);
             }
             Ok(drafts) => {
-                if drafts.iter().any(router::is_unknown_member_leave) {
+                if drafts
+                    .iter()
+                    .any(|r| router::is_unknown_member_leave(&r.draft))
+                {
                     let table = qualified(rel);
                     tracing::error!(
                         table = %table,
@@ -362,9 +406,9 @@ impl<'a> Session<'a> {
         if drafts.is_empty() {
             self.next_index();
         }
-        for draft in drafts {
+        for routed in drafts {
             let index = self.next_index();
-            self.push(draft, index);
+            self.defer(routed, index);
         }
         Ok(())
     }
@@ -382,6 +426,10 @@ impl<'a> Session<'a> {
             }
             return;
         }
+        if prefix == ACTOR_PREFIX {
+            self.set_actor(transactional, content);
+            return;
+        }
         let (index, commit_ms) = match (&self.txn, transactional) {
             (Some(_), true) => (
                 self.next_index(),
@@ -390,6 +438,9 @@ impl<'a> Session<'a> {
             _ => (0, now_millis()),
         };
         match self.router.route_message(prefix, content) {
+            Ok(Some(draft)) if transactional && self.txn.is_some() => {
+                self.defer(Routed::from(draft), index);
+            }
             Ok(Some(draft)) => {
                 let (id, traceparent) = match &mut self.txn {
                     Some(txn) if transactional => (
@@ -422,6 +473,85 @@ impl<'a> Session<'a> {
             }
             None => 0,
         }
+    }
+
+    /// Keeps a routed event of the current transaction until
+    /// [`Session::complete`].
+    fn defer(&mut self, routed: Routed, index: u64) {
+        match &mut self.txn {
+            Some(txn) => txn.pending.push((routed, index)),
+            None => {
+                tracing::warn!("skipping a change outside a transaction");
+                metrics::counter!(m::SKIPPED, "reason" => "no_transaction").increment(1);
+            }
+        }
+    }
+
+    /// `realtime.set_actor(user)`: names the acting user of the current
+    /// transaction. Outside a transaction (a non-transactional message) or
+    /// not a short UTF-8 id, it is ignored with a log line.
+    fn set_actor(&mut self, transactional: bool, content: &[u8]) {
+        let actor = std::str::from_utf8(content)
+            .ok()
+            .filter(|a| !a.is_empty() && a.len() <= MAX_ACTOR_BYTES);
+        match (&mut self.txn, transactional, actor) {
+            (Some(txn), true, Some(actor)) => txn.actor = Some(actor.to_owned()),
+            _ => {
+                tracing::warn!(
+                    transactional,
+                    bytes = content.len(),
+                    "ignoring a {ACTOR_PREFIX} message: it names the actor of its transaction, so it must be transactional and hold a user id of 1 to {MAX_ACTOR_BYTES} UTF-8 bytes"
+                );
+                metrics::counter!(m::SKIPPED, "reason" => "actor").increment(1);
+            }
+        }
+    }
+
+    /// Completes the current transaction's pending events in order: the
+    /// actor goes into their actor fields, children are addressed to their
+    /// parents' organizations (looked up when not known from the stream),
+    /// and the events join the batch. A child whose parent is gone is
+    /// skipped (see [`crate::parents`]).
+    async fn complete(&mut self) -> Result<(), SessionError> {
+        let Some(txn) = &mut self.txn else {
+            return Ok(());
+        };
+        if txn.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut txn.pending);
+        let actor = txn.actor.clone();
+        self.parents
+            .fetch(pending.iter().filter_map(|(r, _)| r.parent.as_ref()))
+            .await?;
+        for (mut routed, index) in pending {
+            if let Some(parent) = &routed.parent {
+                match self.parents.org(parent) {
+                    ParentOrg::Org(org) => routed.address(org),
+                    ParentOrg::Gone => {
+                        let table = self
+                            .router
+                            .routes()
+                            .tables()
+                            .get(parent.table)
+                            .map(|t| format!("{}.{}", t.schema(), t.table()))
+                            .unwrap_or_default();
+                        tracing::info!(
+                            parent = %table,
+                            event_type = %routed.draft.event_type,
+                            "skipping a child row's event: its parent row was deleted in the same transaction or no longer exists"
+                        );
+                        metrics::counter!(m::SKIPPED, "reason" => "parent").increment(1);
+                        continue;
+                    }
+                }
+            }
+            if let Some(actor) = &actor {
+                routed.set_actor(actor);
+            }
+            self.push(routed.draft, index);
+        }
+        Ok(())
     }
 
     fn push(&mut self, draft: Draft, index: u64) {

@@ -5,7 +5,8 @@
 //! deletes carry the organization column and updates carry the old row);
 //! creates the publication when missing and keeps its table list equal to the
 //! routed tables; refuses a slot of our name that is not ours (the slot
-//! itself is created by [`crate::slot`]).
+//! itself is created by [`crate::slot`]); installs `realtime.set_actor`
+//! (see [`ACTOR_FUNCTION`]).
 //!
 //! A publication this role does not own (an admin created it, because adding
 //! a table to a publication needs ownership of the table, which a
@@ -179,7 +180,59 @@ pub async fn prepare(
         check_table(client, route, manage_replica_identity).await?;
     }
     ensure_publication(client, routes, publication).await?;
+    ensure_actor_function(client).await?;
     ensure_slot(client, slot).await
+}
+
+/// `SELECT realtime.set_actor($1)`: the app names the user acting in its
+/// transaction, and every event of the transaction carries it as
+/// `updatedBy` / `invitedBy`. A transactional logical message under the
+/// `realtime-actor` prefix, so it travels with the transaction, costs no
+/// table write, and a rolled-back transaction never names anyone. Any role
+/// may call it (`pg_logical_emit_message` is callable by every role, and the
+/// function adds no privilege: it is `SECURITY INVOKER`).
+pub const ACTOR_FUNCTION: &str = "\
+CREATE SCHEMA IF NOT EXISTS realtime;
+GRANT USAGE ON SCHEMA realtime TO PUBLIC;
+CREATE OR REPLACE FUNCTION realtime.set_actor(actor text) RETURNS void
+    LANGUAGE sql VOLATILE STRICT
+    AS $$ SELECT pg_logical_emit_message(true, 'realtime-actor', actor) $$;
+COMMENT ON FUNCTION realtime.set_actor(text) IS
+    'Names the user acting in the current transaction: realtime events of the transaction carry it as updatedBy/invitedBy.';";
+
+/// Installs [`ACTOR_FUNCTION`] unless it exists. A role that may not create
+/// it (no CREATE on the database) logs one line with the SQL for an admin
+/// and starts anyway: events then carry `updatedBy: null`, as they do for a
+/// transaction that names no actor.
+async fn ensure_actor_function(client: &Client) -> Result<(), SetupError> {
+    if actor_function_exists(client).await? {
+        return Ok(());
+    }
+    if let Err(e) = client.batch_execute(ACTOR_FUNCTION).await {
+        // Another ingestor may have won the creation race.
+        if actor_function_exists(client).await? {
+            return Ok(());
+        }
+        tracing::warn!(
+            error = %e,
+            sql = ACTOR_FUNCTION,
+            "cannot install realtime.set_actor (run this SQL as the database owner): until then an app calling it fails, and events carry updatedBy/invitedBy null"
+        );
+        return Ok(());
+    }
+    tracing::info!("installed realtime.set_actor(text)");
+    Ok(())
+}
+
+async fn actor_function_exists(client: &Client) -> Result<bool, SetupError> {
+    client
+        .query_one(
+            "SELECT to_regprocedure('realtime.set_actor(text)') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map(|row| row.get::<_, bool>(0))
+        .map_err(SetupError::sql("looking up realtime.set_actor"))
 }
 
 async fn check_wal_level(client: &Client) -> Result<(), SetupError> {

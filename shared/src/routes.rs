@@ -18,7 +18,7 @@
 //! entry's kind, unknown kinds, empty or quoted names, a table listed twice, a
 //! file without tables and a missing required option are all errors.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -48,8 +48,32 @@ pub struct Routes {
 pub struct TableRoute {
     schema: String,
     table: String,
-    org_column: String,
+    org: OrgSource,
     kind: RouteKind,
+    /// Column name → payload field name (Prisma `@map`), the file's
+    /// top-level `[rename]` merged with the entry's own `rename`.
+    rename: BTreeMap<String, String>,
+}
+
+/// Where a row's organization comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrgSource {
+    /// A column of the row itself (`org_column`).
+    Column(String),
+    /// The organization of a parent row (`parent`): the first of these
+    /// whose column is not null in the row names the parent. Each parent is
+    /// itself a routed table with an `org_column` (checked at parse time), so
+    /// the ingestor sees every change of it in the stream.
+    Parents(Vec<Parent>),
+}
+
+/// A parent table a child row takes its organization from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parent {
+    pub schema: String,
+    pub table: String,
+    /// The child's column holding the parent's id (e.g. `propertyId`).
+    pub column: String,
 }
 
 /// The payload shape of a table (DESIGN §6), with the columns it reads.
@@ -65,14 +89,30 @@ pub enum RouteKind {
     Activity(ActivityRoute),
     /// I → `notification.new`, to one user only.
     Notification(NotificationRoute),
+    /// I/U/D → `data.sync {entityType, entityId, operation, data}`.
+    Sync(SyncRoute),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PropertyRoute {
-    /// `propertyId`. Default `id`.
+    /// `propertyId`. Default `id`; a child route's `propertyId` is its
+    /// parent column instead.
     pub id_column: String,
-    /// `updatedBy` on create/update events; none by default.
+    /// `updatedBy` when the transaction named no actor; none by default.
     pub updated_by_column: Option<String>,
+    /// A child route's payload field: its columns appear in `changes` under
+    /// this name (`{"listing": {...}}`) and in `updatedFields` as
+    /// `listing.<field>`. Required with `parent`, refused without.
+    pub field: Option<String>,
+    /// An update that sets this column to this value is `operation: "archive"`.
+    pub archive: Option<Archive>,
+}
+
+/// `archive = { column = "marketingStatus", value = "ARCHIVED" }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Archive {
+    pub column: String,
+    pub value: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,11 +125,21 @@ pub struct MembershipRoute {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrganizationRoute {
-    /// When exactly one of these columns changed, `changeType` is its name,
-    /// otherwise `"update"`. Default `["name", "plan", "settings"]`. They are
-    /// only compared with the changed column names, never read, so they need
-    /// not exist in the table.
-    pub change_type_columns: Vec<String>,
+    /// Column → `changeType`: when the changed columns map to exactly one
+    /// change type, it is that one, otherwise `default_change_type`. Default
+    /// `{name = "name", plan = "billing"}`. Only compared with the changed
+    /// column names, never read, so the columns need not exist.
+    pub change_types: BTreeMap<String, String>,
+    /// Default `"settings"`.
+    pub default_change_type: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncRoute {
+    /// `entityType`. Default: the table name.
+    pub entity_type: String,
+    /// `entityId`. Default `id`.
+    pub id_column: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +181,7 @@ impl RouteKind {
             RouteKind::Organization(_) => "organization",
             RouteKind::Activity(_) => "activity",
             RouteKind::Notification(_) => "notification",
+            RouteKind::Sync(_) => "sync",
         }
     }
 }
@@ -184,6 +235,7 @@ impl Routes {
             return Err(invalid(None, Problem::NoTables));
         }
         let mut tables = Vec::with_capacity(raw.tables.len());
+        let mut entries = Vec::with_capacity(raw.tables.len());
         // (schema, table) → 1-based entry number, to name both duplicates.
         let mut seen: HashMap<(String, String), usize> = HashMap::new();
         for (i, entry) in raw.tables.into_iter().enumerate() {
@@ -191,7 +243,7 @@ impl Routes {
             let entry_no = i + 1;
             let route = entry
                 .into_inner()
-                .validate(entry_no)
+                .validate(entry_no, &raw.rename)
                 .map_err(|p| invalid(position, p))?;
             let key = (route.schema.clone(), route.table.clone());
             if let Some(&first) = seen.get(&key) {
@@ -205,7 +257,9 @@ impl Routes {
             }
             seen.insert(key, entry_no);
             tables.push(route);
+            entries.push((entry_no, position));
         }
+        check_parents(&tables, &entries).map_err(|(position, p)| invalid(position, p))?;
         Ok(Routes { tables })
     }
 }
@@ -219,23 +273,62 @@ impl TableRoute {
         &self.table
     }
 
-    /// The column holding the organization id every event is addressed to.
-    pub fn org_column(&self) -> &str {
-        &self.org_column
+    /// The column holding the organization id every event is addressed to;
+    /// `None` for a child route, whose organization is its parent's.
+    pub fn org_column(&self) -> Option<&str> {
+        match &self.org {
+            OrgSource::Column(c) => Some(c),
+            OrgSource::Parents(_) => None,
+        }
+    }
+
+    /// A child route's parents, in the order they are tried; empty when the
+    /// route has its own `org_column`.
+    pub fn parents(&self) -> &[Parent] {
+        match &self.org {
+            OrgSource::Column(_) => &[],
+            OrgSource::Parents(p) => p,
+        }
+    }
+
+    pub fn org_source(&self) -> &OrgSource {
+        &self.org
     }
 
     pub fn kind(&self) -> &RouteKind {
         &self.kind
     }
 
-    /// Every column this route reads, org column first, without duplicates:
-    /// the ingestor checks at start that the table has all of them.
+    /// The column naming a row of this table when another route uses it as
+    /// its parent: the `id_column` of a property or sync route.
+    pub fn key_column(&self) -> Option<&str> {
+        match &self.kind {
+            RouteKind::Property(p) if self.parents().is_empty() => Some(&p.id_column),
+            RouteKind::Sync(s) => Some(&s.id_column),
+            _ => None,
+        }
+    }
+
+    /// The payload field name of `column`: its `rename`, else itself.
+    pub fn field_name<'c>(&'c self, column: &'c str) -> &'c str {
+        self.rename.get(column).map_or(column, String::as_str)
+    }
+
+    /// Every column this route reads, org column (or parent columns) first,
+    /// without duplicates: the ingestor checks at start that the table has
+    /// all of them.
     pub fn required_columns(&self) -> Vec<&str> {
-        let mut cols: Vec<&str> = vec![&self.org_column];
+        let mut cols: Vec<&str> = match &self.org {
+            OrgSource::Column(c) => vec![c],
+            OrgSource::Parents(parents) => parents.iter().map(|p| p.column.as_str()).collect(),
+        };
         match &self.kind {
             RouteKind::Property(p) => {
-                cols.push(&p.id_column);
+                if self.parents().is_empty() {
+                    cols.push(&p.id_column);
+                }
                 cols.extend(p.updated_by_column.as_deref());
+                cols.extend(p.archive.as_ref().map(|a| a.column.as_str()));
             }
             RouteKind::Membership(m) => cols.extend([&*m.user_column, &m.role_column]),
             RouteKind::Organization(_) => {}
@@ -254,6 +347,7 @@ impl TableRoute {
                 &n.category_column,
                 &n.metadata_column,
             ]),
+            RouteKind::Sync(s) => cols.push(&s.id_column),
         }
         let mut unique = Vec::with_capacity(cols.len());
         for c in cols {
@@ -347,7 +441,7 @@ impl fmt::Display for Entry {
     }
 }
 
-const KINDS: &str = "property, membership, organization, activity, notification";
+const KINDS: &str = "property, membership, organization, activity, notification, sync";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Problem {
@@ -375,6 +469,22 @@ pub enum Problem {
     },
     #[error("{entry}: the same table as entry #{first}; route a table once")]
     Duplicate { entry: Entry, first: usize },
+    #[error("{entry}: set exactly one of `org_column` and `parent`")]
+    OrgSource { entry: Entry },
+    #[error("{entry}: parent {parent} {reason}")]
+    BadParent {
+        entry: Entry,
+        parent: String,
+        reason: &'static str,
+    },
+    #[error(
+        "{entry}: `rename` maps {column:?} to the field name {field:?} that another column already has"
+    )]
+    RenameClash {
+        entry: Entry,
+        column: String,
+        field: String,
+    },
 }
 
 // === the file format ===
@@ -382,6 +492,9 @@ pub enum Problem {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    /// Column → field renames applied to every table (Prisma `@map`).
+    #[serde(default)]
+    rename: BTreeMap<String, String>,
     #[serde(default)]
     tables: Vec<Spanned<RawTable>>,
 }
@@ -394,15 +507,21 @@ struct RawTable {
     table: String,
     kind: String,
     org_column: Option<String>,
-    // property
+    parent: Option<OneOrMany<RawParent>>,
+    rename: Option<BTreeMap<String, String>>,
+    // property, sync
     id_column: Option<String>,
+    // property
     updated_by_column: Option<String>,
+    field: Option<String>,
+    archive: Option<RawArchive>,
     // membership, notification
     user_column: Option<String>,
     // membership
     role_column: Option<String>,
     // organization
-    change_type_columns: Option<Vec<String>>,
+    change_types: Option<BTreeMap<String, String>>,
+    default_change_type: Option<String>,
     // activity
     actor_column: Option<String>,
     action_column: Option<String>,
@@ -415,6 +534,31 @@ struct RawTable {
     message_column: Option<String>,
     priority_column: Option<String>,
     category_column: Option<String>,
+    // sync
+    entity_type: Option<String>,
+}
+
+/// `parent = {…}` or `parent = [{…}, {…}]`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawParent {
+    schema: Option<String>,
+    table: String,
+    column: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawArchive {
+    column: String,
+    value: String,
 }
 
 /// Validates names and kind-specific keys of one entry.
@@ -472,7 +616,10 @@ impl Checker {
     /// Refuses a key that was set but means nothing for this kind: it is
     /// almost always a typo or a kind mix-up, and ignoring it would route
     /// something else than the author intended.
-    fn not_applicable(&self, keys: &[(&'static str, bool)]) -> Result<(), Problem> {
+    fn only_for(&self, keys: &[(&'static str, bool)], kinds: &[&str]) -> Result<(), Problem> {
+        if kinds.contains(&self.kind) {
+            return Ok(());
+        }
         match keys.iter().find(|(_, set)| *set) {
             Some((key, _)) => Err(Problem::NotApplicable {
                 entry: self.entry.clone(),
@@ -482,10 +629,32 @@ impl Checker {
             None => Ok(()),
         }
     }
+
+    /// Names in a `rename` map: both sides non-empty, and no two columns
+    /// ending up with the same field name.
+    fn rename(&self, map: &BTreeMap<String, String>) -> Result<(), Problem> {
+        let mut fields: HashMap<&str, &str> = HashMap::new();
+        for (column, field) in map {
+            self.name("rename", column)?;
+            self.name("rename", field)?;
+            if fields.insert(field, column).is_some() {
+                return Err(Problem::RenameClash {
+                    entry: self.entry.clone(),
+                    column: column.clone(),
+                    field: field.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 impl RawTable {
-    fn validate(self, number: usize) -> Result<TableRoute, Problem> {
+    fn validate(
+        self,
+        number: usize,
+        global_rename: &BTreeMap<String, String>,
+    ) -> Result<TableRoute, Problem> {
         let schema = self.schema.unwrap_or_else(|| DEFAULT_SCHEMA.to_owned());
         let kind: &'static str = match self.kind.as_str() {
             "property" => "property",
@@ -493,6 +662,7 @@ impl RawTable {
             "organization" => "organization",
             "activity" => "activity",
             "notification" => "notification",
+            "sync" => "sync",
             _ => {
                 return Err(Problem::UnknownKind {
                     entry: Entry::new(number, &schema, &self.table),
@@ -506,127 +676,265 @@ impl RawTable {
         };
         c.name("table", &self.table)?;
         c.name("schema", &schema)?;
-        let org_column = c.required("org_column", self.org_column)?;
 
-        let set = |key: &'static str, v: &Option<String>| (key, v.is_some());
-        let property_keys = [
-            set("id_column", &self.id_column),
-            set("updated_by_column", &self.updated_by_column),
-        ];
-        let activity_keys = [
-            set("actor_column", &self.actor_column),
-            set("action_column", &self.action_column),
-            set("resource_column", &self.resource_column),
-            set("resource_id_column", &self.resource_id_column),
-        ];
-        let notification_keys = [
-            set("title_column", &self.title_column),
-            set("message_column", &self.message_column),
-            set("priority_column", &self.priority_column),
-            set("category_column", &self.category_column),
-        ];
-        let user = set("user_column", &self.user_column);
-        let role = set("role_column", &self.role_column);
-        let metadata = set("metadata_column", &self.metadata_column);
-        let change_type = ("change_type_columns", self.change_type_columns.is_some());
+        let set = |key: &'static str, v: bool| (key, v);
+        c.only_for(
+            &[set("id_column", self.id_column.is_some())],
+            &["property", "sync"],
+        )?;
+        c.only_for(
+            &[set("parent", self.parent.is_some())],
+            &["property", "sync"],
+        )?;
+        c.only_for(
+            &[
+                set("updated_by_column", self.updated_by_column.is_some()),
+                set("field", self.field.is_some()),
+                set("archive", self.archive.is_some()),
+            ],
+            &["property"],
+        )?;
+        c.only_for(
+            &[set("user_column", self.user_column.is_some())],
+            &["membership", "notification"],
+        )?;
+        c.only_for(
+            &[set("role_column", self.role_column.is_some())],
+            &["membership"],
+        )?;
+        c.only_for(
+            &[
+                set("change_types", self.change_types.is_some()),
+                set("default_change_type", self.default_change_type.is_some()),
+            ],
+            &["organization"],
+        )?;
+        c.only_for(
+            &[
+                set("actor_column", self.actor_column.is_some()),
+                set("action_column", self.action_column.is_some()),
+                set("resource_column", self.resource_column.is_some()),
+                set("resource_id_column", self.resource_id_column.is_some()),
+            ],
+            &["activity"],
+        )?;
+        c.only_for(
+            &[set("metadata_column", self.metadata_column.is_some())],
+            &["activity", "notification"],
+        )?;
+        c.only_for(
+            &[
+                set("title_column", self.title_column.is_some()),
+                set("message_column", self.message_column.is_some()),
+                set("priority_column", self.priority_column.is_some()),
+                set("category_column", self.category_column.is_some()),
+            ],
+            &["notification"],
+        )?;
+        c.only_for(&[set("entity_type", self.entity_type.is_some())], &["sync"])?;
+
+        let org = match (self.org_column, self.parent) {
+            (Some(column), None) => {
+                c.name("org_column", &column)?;
+                OrgSource::Column(column)
+            }
+            (None, Some(parent)) => {
+                let raw = match parent {
+                    OneOrMany::One(p) => vec![p],
+                    OneOrMany::Many(ps) => ps,
+                };
+                if raw.is_empty() {
+                    return Err(Problem::Missing {
+                        entry: c.entry.clone(),
+                        kind,
+                        key: "parent",
+                    });
+                }
+                let mut parents = Vec::with_capacity(raw.len());
+                for p in raw {
+                    let p = Parent {
+                        schema: p.schema.unwrap_or_else(|| DEFAULT_SCHEMA.to_owned()),
+                        table: p.table,
+                        column: p.column,
+                    };
+                    c.name("parent", &p.schema)?;
+                    c.name("parent", &p.table)?;
+                    c.name("parent", &p.column)?;
+                    parents.push(p);
+                }
+                OrgSource::Parents(parents)
+            }
+            (None, None) if kind == "property" || kind == "sync" => {
+                return Err(Problem::OrgSource { entry: c.entry });
+            }
+            (None, None) => {
+                return Err(Problem::Missing {
+                    entry: c.entry,
+                    kind,
+                    key: "org_column",
+                });
+            }
+            (Some(_), Some(_)) => return Err(Problem::OrgSource { entry: c.entry }),
+        };
+        let child = matches!(org, OrgSource::Parents(_));
+
+        let mut rename = global_rename.clone();
+        if let Some(own) = self.rename {
+            rename.extend(own);
+        }
+        c.rename(&rename)?;
 
         let kind = match kind {
             "property" => {
-                c.not_applicable(&[user, role, metadata, change_type])?;
-                c.not_applicable(&activity_keys)?;
-                c.not_applicable(&notification_keys)?;
+                if child && self.id_column.is_some() {
+                    return Err(Problem::NotApplicable {
+                        entry: c.entry,
+                        kind: "property with a parent (its propertyId is the parent column)",
+                        key: "id_column",
+                    });
+                }
+                let field = match (child, self.field) {
+                    (true, Some(f)) => {
+                        c.name("field", &f)?;
+                        Some(f)
+                    }
+                    (true, None) => {
+                        return Err(Problem::Missing {
+                            entry: c.entry,
+                            kind: "property with a parent",
+                            key: "field",
+                        });
+                    }
+                    (false, Some(_)) => {
+                        return Err(Problem::NotApplicable {
+                            entry: c.entry,
+                            kind: "property without a parent",
+                            key: "field",
+                        });
+                    }
+                    (false, None) => None,
+                };
                 let updated_by_column = self.updated_by_column;
                 if let Some(col) = &updated_by_column {
                     c.name("updated_by_column", col)?;
                 }
+                let archive = match self.archive {
+                    Some(a) => {
+                        c.name("archive", &a.column)?;
+                        Some(Archive {
+                            column: a.column,
+                            value: a.value,
+                        })
+                    }
+                    None => None,
+                };
                 RouteKind::Property(PropertyRoute {
                     id_column: c.column("id_column", self.id_column, "id")?,
                     updated_by_column,
+                    field,
+                    archive,
                 })
             }
-            "membership" => {
-                c.not_applicable(&property_keys)?;
-                c.not_applicable(&[metadata, change_type])?;
-                c.not_applicable(&activity_keys)?;
-                c.not_applicable(&notification_keys)?;
-                RouteKind::Membership(MembershipRoute {
-                    user_column: c.required("user_column", self.user_column)?,
-                    role_column: c.column("role_column", self.role_column, "role")?,
-                })
-            }
+            "membership" => RouteKind::Membership(MembershipRoute {
+                user_column: c.required("user_column", self.user_column)?,
+                role_column: c.column("role_column", self.role_column, "role")?,
+            }),
             "organization" => {
-                c.not_applicable(&property_keys)?;
-                c.not_applicable(&[user, role, metadata])?;
-                c.not_applicable(&activity_keys)?;
-                c.not_applicable(&notification_keys)?;
-                let change_type_columns = match self.change_type_columns {
-                    Some(cols) => cols,
-                    None => vec!["name".into(), "plan".into(), "settings".into()],
-                };
-                for col in &change_type_columns {
-                    c.name("change_type_columns", col)?;
+                let change_types = self.change_types.unwrap_or_else(|| {
+                    BTreeMap::from([
+                        ("name".to_owned(), "name".to_owned()),
+                        ("plan".to_owned(), "billing".to_owned()),
+                    ])
+                });
+                for (column, change_type) in &change_types {
+                    c.name("change_types", column)?;
+                    c.name("change_types", change_type)?;
                 }
+                let default_change_type = self
+                    .default_change_type
+                    .unwrap_or_else(|| "settings".to_owned());
+                c.name("default_change_type", &default_change_type)?;
                 RouteKind::Organization(OrganizationRoute {
-                    change_type_columns,
+                    change_types,
+                    default_change_type,
                 })
             }
-            "activity" => {
-                c.not_applicable(&property_keys)?;
-                c.not_applicable(&[user, role, change_type])?;
-                c.not_applicable(&notification_keys)?;
-                RouteKind::Activity(ActivityRoute {
-                    actor_column: c.column("actor_column", self.actor_column, "actorId")?,
-                    action_column: c.column("action_column", self.action_column, "actionType")?,
-                    resource_column: c.column(
-                        "resource_column",
-                        self.resource_column,
-                        "entityType",
-                    )?,
-                    resource_id_column: c.column(
-                        "resource_id_column",
-                        self.resource_id_column,
-                        "entityId",
-                    )?,
-                    metadata_column: c.column(
-                        "metadata_column",
-                        self.metadata_column,
-                        "payload",
-                    )?,
-                })
-            }
+            "activity" => RouteKind::Activity(ActivityRoute {
+                actor_column: c.column("actor_column", self.actor_column, "actorId")?,
+                action_column: c.column("action_column", self.action_column, "actionType")?,
+                resource_column: c.column("resource_column", self.resource_column, "entityType")?,
+                resource_id_column: c.column(
+                    "resource_id_column",
+                    self.resource_id_column,
+                    "entityId",
+                )?,
+                metadata_column: c.column("metadata_column", self.metadata_column, "payload")?,
+            }),
+            "notification" => RouteKind::Notification(NotificationRoute {
+                user_column: c.required("user_column", self.user_column)?,
+                title_column: c.column("title_column", self.title_column, "title")?,
+                message_column: c.column("message_column", self.message_column, "message")?,
+                priority_column: c.column("priority_column", self.priority_column, "priority")?,
+                category_column: c.column("category_column", self.category_column, "category")?,
+                metadata_column: c.column("metadata_column", self.metadata_column, "metadata")?,
+            }),
             _ => {
-                c.not_applicable(&property_keys)?;
-                c.not_applicable(&[role, change_type])?;
-                c.not_applicable(&activity_keys)?;
-                RouteKind::Notification(NotificationRoute {
-                    user_column: c.required("user_column", self.user_column)?,
-                    title_column: c.column("title_column", self.title_column, "title")?,
-                    message_column: c.column("message_column", self.message_column, "message")?,
-                    priority_column: c.column(
-                        "priority_column",
-                        self.priority_column,
-                        "priority",
-                    )?,
-                    category_column: c.column(
-                        "category_column",
-                        self.category_column,
-                        "category",
-                    )?,
-                    metadata_column: c.column(
-                        "metadata_column",
-                        self.metadata_column,
-                        "metadata",
-                    )?,
+                let entity_type = self.entity_type.unwrap_or_else(|| self.table.clone());
+                c.name("entity_type", &entity_type)?;
+                RouteKind::Sync(SyncRoute {
+                    entity_type,
+                    id_column: c.column("id_column", self.id_column, "id")?,
                 })
             }
         };
         Ok(TableRoute {
             schema,
             table: self.table,
-            org_column,
+            org,
             kind,
+            rename,
         })
     }
+}
+
+/// Every parent must be another entry of the file that has its own
+/// `org_column` and an id column (a property or sync route): the ingestor
+/// then sees each parent change in the stream and knows which column of the
+/// parent names it and which holds its organization.
+fn check_parents(
+    tables: &[TableRoute],
+    entries: &[(usize, Option<Position>)],
+) -> Result<(), (Option<Position>, Problem)> {
+    for (route, (number, position)) in tables.iter().zip(entries) {
+        for parent in route.parents() {
+            let name = format!("{}.{}", parent.schema, parent.table);
+            let bad = |reason| {
+                (
+                    *position,
+                    Problem::BadParent {
+                        entry: Entry::new(*number, &route.schema, &route.table),
+                        parent: name.clone(),
+                        reason,
+                    },
+                )
+            };
+            let Some(target) = tables
+                .iter()
+                .find(|t| t.schema == parent.schema && t.table == parent.table)
+            else {
+                return Err(bad("is not a routed table of this file"));
+            };
+            if target.org_column().is_none() {
+                return Err(bad(
+                    "has a parent itself; a parent needs its own org_column",
+                ));
+            }
+            if target.key_column().is_none() {
+                return Err(bad("is not a property or sync route (it has no id_column)"));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -642,27 +950,47 @@ mod tests {
     }
 
     #[test]
-    fn oikion_default_routes_the_four_oikion_tables() {
+    fn oikion_default_routes_the_oikion_tables() {
         let routes = Routes::oikion_default();
         let names: Vec<_> = routes
             .tables()
             .iter()
-            .map(|t| (t.schema(), t.table(), t.kind().name(), t.org_column()))
+            .map(|t| (t.table(), t.kind().name(), t.org_column()))
             .collect();
         assert_eq!(
             names,
             [
-                ("public", "properties", "property", "organizationId"),
-                (
-                    "public",
-                    "organization_members",
-                    "membership",
-                    "organizationId"
-                ),
-                ("public", "organizations", "organization", "id"),
-                ("public", "activities", "activity", "organizationId"),
+                ("properties", "property", Some("organizationId")),
+                ("listings", "property", None),
+                ("addresses", "property", None),
+                ("media_assets", "property", None),
+                ("organization_members", "membership", Some("organizationId")),
+                ("organizations", "organization", Some("id")),
+                ("activities", "activity", Some("organizationId")),
+                ("clients", "sync", Some("organizationId")),
+                ("tasks", "sync", Some("organizationId")),
+                ("notes", "sync", None),
+                ("interactions", "sync", None),
             ]
         );
+        assert!(routes.tables().iter().all(|t| t.schema() == "public"));
+        let listings = routes.find("public", "listings").unwrap();
+        assert_eq!(
+            listings.required_columns(),
+            ["propertyId", "marketingStatus"]
+        );
+        assert_eq!(
+            listings.parents(),
+            [Parent {
+                schema: "public".into(),
+                table: "properties".into(),
+                column: "propertyId".into()
+            }]
+        );
+        let notes = routes.find("public", "notes").unwrap();
+        assert_eq!(notes.required_columns(), ["clientId", "propertyId", "id"]);
+        assert_eq!(notes.field_name("created_at"), "createdAt");
+        assert_eq!(notes.field_name("content"), "content");
         let members = routes.find("public", "organization_members").unwrap();
         assert_eq!(
             members.required_columns(),
@@ -765,7 +1093,11 @@ mod tests {
         assert_eq!(
             routes.find("public", "orgs").unwrap().kind(),
             &RouteKind::Organization(OrganizationRoute {
-                change_type_columns: vec!["name".into(), "plan".into(), "settings".into()],
+                change_types: BTreeMap::from([
+                    ("name".into(), "name".into()),
+                    ("plan".into(), "billing".into())
+                ]),
+                default_change_type: "settings".into(),
             })
         );
         let p = routes.find("public", "listings").unwrap();
@@ -895,13 +1227,13 @@ mod tests {
         ));
         assert!(matches!(p, Problem::BadName { key: "table", .. }), "{p}");
         let p = problem(
-            "[[tables]]\ntable = \"o\"\nkind = \"organization\"\norg_column = \"id\"\nchange_type_columns = [\"\"]\n",
+            "[[tables]]\ntable = \"o\"\nkind = \"organization\"\norg_column = \"id\"\nchange_types = { \"\" = \"name\" }\n",
         );
         assert!(
             matches!(
                 p,
                 Problem::BadName {
-                    key: "change_type_columns",
+                    key: "change_types",
                     ..
                 }
             ),
@@ -943,10 +1275,15 @@ org_column = "o"
     fn missing_required_options_are_refused() {
         let p = problem("[[tables]]\ntable = \"p\"\nkind = \"property\"\n");
         assert_eq!(
+            p.to_string(),
+            "[[tables]] #1 (public.p): set exactly one of `org_column` and `parent`"
+        );
+        let p = problem("[[tables]]\ntable = \"a\"\nkind = \"activity\"\n");
+        assert_eq!(
             p,
             Problem::Missing {
-                entry: Entry::new(1, "public", "p"),
-                kind: "property",
+                entry: Entry::new(1, "public", "a"),
+                kind: "activity",
                 key: "org_column"
             }
         );
@@ -965,6 +1302,92 @@ org_column = "o"
                 }
             ),
             "{p}"
+        );
+    }
+
+    const PARENT: &str =
+        "[[tables]]\ntable = \"properties\"\nkind = \"property\"\norg_column = \"org\"\n";
+
+    #[test]
+    fn parents_must_be_routed_tables_with_their_own_organization() {
+        let ok = format!(
+            "{PARENT}[[tables]]\ntable = \"listings\"\nkind = \"property\"\nfield = \"listing\"\n\
+             parent = {{ table = \"properties\", column = \"propertyId\" }}\n"
+        );
+        let routes = Routes::from_toml_str(&ok).unwrap();
+        assert_eq!(
+            routes.find("public", "listings").unwrap().org_column(),
+            None
+        );
+
+        let missing = "[[tables]]\ntable = \"listings\"\nkind = \"sync\"\n\
+             parent = { table = \"properties\", column = \"propertyId\" }\n";
+        assert_eq!(
+            problem(missing).to_string(),
+            "[[tables]] #1 (public.listings): parent public.properties is not a routed table of this file"
+        );
+        let chained = format!(
+            "{ok}[[tables]]\ntable = \"notes\"\nkind = \"sync\"\n\
+             parent = [{{ table = \"listings\", column = \"listingId\" }}]\n"
+        );
+        assert!(
+            matches!(problem(&chained), Problem::BadParent { reason, .. } if reason.contains("has a parent itself")),
+            "{}",
+            problem(&chained)
+        );
+        let not_keyed = "[[tables]]\ntable = \"orgs\"\nkind = \"organization\"\norg_column = \"id\"\n\
+             [[tables]]\ntable = \"x\"\nkind = \"sync\"\nparent = { table = \"orgs\", column = \"orgId\" }\n";
+        assert!(matches!(problem(not_keyed), Problem::BadParent { .. }));
+        let both = format!(
+            "{PARENT}[[tables]]\ntable = \"l\"\nkind = \"sync\"\norg_column = \"o\"\n\
+             parent = {{ table = \"properties\", column = \"p\" }}\n"
+        );
+        assert!(matches!(problem(&both), Problem::OrgSource { .. }));
+        let no_field = format!(
+            "{PARENT}[[tables]]\ntable = \"l\"\nkind = \"property\"\n\
+             parent = {{ table = \"properties\", column = \"p\" }}\n"
+        );
+        assert!(matches!(
+            problem(&no_field),
+            Problem::Missing { key: "field", .. }
+        ));
+        let stray_field =
+            "[[tables]]\ntable = \"p\"\nkind = \"property\"\norg_column = \"o\"\nfield = \"f\"\n";
+        assert!(matches!(
+            problem(stray_field),
+            Problem::NotApplicable { key: "field", .. }
+        ));
+        let membership_parent = format!(
+            "{PARENT}[[tables]]\ntable = \"m\"\nkind = \"membership\"\nuser_column = \"u\"\n\
+             parent = {{ table = \"properties\", column = \"p\" }}\n"
+        );
+        assert!(matches!(
+            problem(&membership_parent),
+            Problem::NotApplicable { key: "parent", .. }
+        ));
+    }
+
+    #[test]
+    fn renames_merge_and_must_not_clash() {
+        let routes = Routes::from_toml_str(
+            "[rename]\ncreated_at = \"createdAt\"\n\
+             [[tables]]\ntable = \"p\"\nkind = \"property\"\norg_column = \"o\"\n\
+             rename = { updated_at = \"updatedAt\" }\n\
+             [[tables]]\ntable = \"q\"\nkind = \"sync\"\norg_column = \"o\"\n",
+        )
+        .unwrap();
+        let p = routes.find("public", "p").unwrap();
+        assert_eq!(p.field_name("created_at"), "createdAt");
+        assert_eq!(p.field_name("updated_at"), "updatedAt");
+        let q = routes.find("public", "q").unwrap();
+        assert_eq!(q.field_name("updated_at"), "updated_at");
+        assert_eq!(q.field_name("created_at"), "createdAt");
+        let clash = "[rename]\na = \"x\"\n[[tables]]\ntable = \"p\"\nkind = \"sync\"\norg_column = \"o\"\n\
+             rename = { b = \"x\" }\n";
+        assert!(
+            matches!(problem(clash), Problem::RenameClash { .. }),
+            "{}",
+            problem(clash)
         );
     }
 
