@@ -229,7 +229,7 @@ impl Routes {
         let invalid = |position: Option<Position>, problem: Problem| RoutesError::Invalid {
             origin: origin.to_owned(),
             position,
-            problem,
+            problem: Box::new(problem),
         };
         if raw.tables.is_empty() {
             return Err(invalid(None, Problem::NoTables));
@@ -383,7 +383,8 @@ pub enum RoutesError {
     Invalid {
         origin: String,
         position: Option<Position>,
-        problem: Problem,
+        /// Boxed: a cold path, kept off every `Result`'s size.
+        problem: Box<Problem>,
     },
 }
 
@@ -944,7 +945,7 @@ mod tests {
 
     fn problem(toml: &str) -> Problem {
         match Routes::from_toml_str(toml) {
-            Err(RoutesError::Invalid { problem, .. }) => problem,
+            Err(RoutesError::Invalid { problem, .. }) => *problem,
             other => panic!("expected a validation error, got {other:?}"),
         }
     }

@@ -20,7 +20,19 @@ pub fn check(data: &[u8]) {
             table.table()
         );
         let required = table.required_columns();
-        assert_eq!(required.first(), Some(&table.org_column()));
+        let first = table
+            .org_column()
+            .or_else(|| table.parents().first().map(|p| p.column.as_str()));
+        assert_eq!(required.first().copied(), first);
+        for parent in table.parents() {
+            let target = routes.find(&parent.schema, &parent.table);
+            assert!(
+                target.is_some_and(|t| t.org_column().is_some() && t.key_column().is_some()),
+                "parent {}.{} is not a routed table with its own organization",
+                parent.schema,
+                parent.table
+            );
+        }
         for (i, column) in required.iter().enumerate() {
             assert!(!required[..i].contains(column), "{column} listed twice");
         }
