@@ -899,6 +899,276 @@ updated_by_column = "updatedBy"
         })
     }
 
+    // --- child routes, sync, actor ---
+
+    fn listing_row() -> Value {
+        json!({"id": "l1", "propertyId": "p1", "listPrice": "10.00",
+               "marketingStatus": "ACTIVE", "archivedAt": null})
+    }
+
+    fn routed(r: &Router, c: &RowChange<'_>) -> Vec<Routed> {
+        r.route_change(c).unwrap()
+    }
+
+    #[test]
+    fn a_listing_archive_is_an_archive_of_its_property_addressed_by_the_parent() {
+        let r = router();
+        let properties = r.index_of("public", "properties").unwrap();
+        assert!(r.is_parent(properties));
+        assert!(!r.is_parent(r.index_of("public", "listings").unwrap()));
+        let mut new = listing_row();
+        new["marketingStatus"] = json!("ARCHIVED");
+        new["archivedAt"] = json!("2026-01-01T00:00:00.000");
+        let mut out = routed(
+            &r,
+            &change(
+                "listings",
+                Operation::Update,
+                Some(listing_row()),
+                Some(new),
+            ),
+        );
+        assert_eq!(out.len(), 1);
+        let mut e = out.remove(0);
+        assert_eq!(
+            e.parent,
+            Some(ParentKey {
+                table: properties,
+                id: "p1".into()
+            })
+        );
+        // Unaddressed until the session resolves the parent.
+        assert_eq!(e.draft.organization_id, None);
+        assert_eq!(
+            e.draft.payload,
+            json!({"propertyId": "p1", "organizationId": null, "operation": "archive",
+                   "updatedFields": ["listing.archivedAt", "listing.marketingStatus"],
+                   "changes": {"listing": {"marketingStatus": "ARCHIVED",
+                                           "archivedAt": "2026-01-01T00:00:00.000"}},
+                   "updatedBy": null})
+        );
+        e.address("org9");
+        e.set_actor("u7");
+        assert_eq!(e.draft.organization_id.as_deref(), Some("org9"));
+        assert_eq!(e.draft.payload["organizationId"], "org9");
+        assert_eq!(e.draft.payload["updatedBy"], "u7");
+
+        // Any other listing change is an update; an insert nests the whole row.
+        let mut new = listing_row();
+        new["listPrice"] = json!("11.00");
+        let e = &routed(
+            &r,
+            &change(
+                "listings",
+                Operation::Update,
+                Some(listing_row()),
+                Some(new),
+            ),
+        )[0];
+        assert_eq!(e.draft.payload["operation"], "update");
+        let e = &routed(
+            &r,
+            &change("listings", Operation::Insert, None, Some(listing_row())),
+        )[0];
+        assert_eq!(e.draft.payload["operation"], "update");
+        assert_eq!(e.draft.payload["updatedFields"], json!(["listing"]));
+        assert_eq!(e.draft.payload["changes"]["listing"]["listPrice"], "10.00");
+        let e = &routed(
+            &r,
+            &change("listings", Operation::Delete, Some(listing_row()), None),
+        )[0];
+        assert_eq!(e.draft.payload["changes"], json!({"listing": null}));
+    }
+
+    #[test]
+    fn a_child_moved_to_another_parent_updates_both() {
+        let r = router();
+        let mut new = listing_row();
+        new["propertyId"] = json!("p2");
+        let out = routed(
+            &r,
+            &change(
+                "listings",
+                Operation::Update,
+                Some(listing_row()),
+                Some(new),
+            ),
+        );
+        let parents: Vec<_> = out
+            .iter()
+            .map(|e| e.parent.as_ref().unwrap().id.as_str())
+            .collect();
+        assert_eq!(parents, ["p1", "p2"]);
+        assert_eq!(out[0].draft.payload["changes"], json!({"listing": null}));
+        assert_eq!(
+            out[1].draft.payload["changes"]["listing"]["propertyId"],
+            "p2"
+        );
+    }
+
+    #[test]
+    fn a_note_takes_its_first_non_null_parent() {
+        let r = router();
+        let clients = r.index_of("public", "clients").unwrap();
+        let properties = r.index_of("public", "properties").unwrap();
+        let note = |client: Value, property: Value| {
+            json!({"id": "n1", "clientId": client, "propertyId": property, "content": "hi",
+                   "created_at": "2026-01-01T00:00:00.000"})
+        };
+        let e = &routed(
+            &r,
+            &change(
+                "notes",
+                Operation::Insert,
+                None,
+                Some(note(json!("c1"), json!("p1"))),
+            ),
+        )[0];
+        assert_eq!(
+            e.parent,
+            Some(ParentKey {
+                table: clients,
+                id: "c1".into()
+            })
+        );
+        assert_eq!(e.draft.event_type, EventType::DataSync);
+        assert_eq!(
+            e.draft.payload,
+            json!({"entityType": "note", "entityId": "n1", "operation": "create",
+                   "organizationId": null,
+                   "data": {"id": "n1", "clientId": "c1", "propertyId": "p1", "content": "hi",
+                            "createdAt": "2026-01-01T00:00:00.000"}})
+        );
+        let e = &routed(
+            &r,
+            &change(
+                "notes",
+                Operation::Insert,
+                None,
+                Some(note(Value::Null, json!("p1"))),
+            ),
+        )[0];
+        assert_eq!(
+            e.parent,
+            Some(ParentKey {
+                table: properties,
+                id: "p1".into()
+            })
+        );
+        let err = r
+            .route_change(&change(
+                "notes",
+                Operation::Insert,
+                None,
+                Some(note(Value::Null, Value::Null)),
+            ))
+            .unwrap_err();
+        assert!(matches!(err, RouteError::NoParent { .. }), "{err}");
+    }
+
+    #[test]
+    fn clients_and_tasks_are_data_sync_in_the_apps_shape() {
+        let r = router();
+        let client = json!({"id": "c1", "organizationId": "org1", "name": "Ann",
+                            "created_at": "2026-01-01T00:00:00.000", "updated_at": "2026-01-01T00:00:00.000"});
+        let d = one(
+            &r,
+            &change("clients", Operation::Insert, None, Some(client.clone())),
+        );
+        assert_eq!(d.organization_id.as_deref(), Some("org1"));
+        assert_eq!(
+            d.payload,
+            json!({"entityType": "client", "entityId": "c1", "operation": "create",
+                   "organizationId": "org1",
+                   "data": {"id": "c1", "organizationId": "org1", "name": "Ann",
+                            "createdAt": "2026-01-01T00:00:00.000",
+                            "updatedAt": "2026-01-01T00:00:00.000"}})
+        );
+        let mut renamed = client.clone();
+        renamed["name"] = json!("Anna");
+        let d = one(
+            &r,
+            &change(
+                "clients",
+                Operation::Update,
+                Some(client.clone()),
+                Some(renamed),
+            ),
+        );
+        assert_eq!(d.payload["operation"], "update");
+        assert_eq!(d.payload["data"]["name"], "Anna");
+        let d = one(
+            &r,
+            &change("clients", Operation::Delete, Some(client.clone()), None),
+        );
+        assert_eq!(d.payload["operation"], "delete");
+        assert_eq!(d.payload["data"]["name"], "Ann");
+        // Moved between organizations: gone from one, new in the other.
+        let mut moved = client.clone();
+        moved["organizationId"] = json!("org2");
+        let out = r
+            .route_drafts(&change(
+                "clients",
+                Operation::Update,
+                Some(client),
+                Some(moved),
+            ))
+            .unwrap();
+        let seen: Vec<_> = out
+            .iter()
+            .map(|d| {
+                (
+                    d.organization_id.as_deref().unwrap(),
+                    d.payload["operation"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(seen, [("org1", "delete"), ("org2", "create")]);
+        let task = json!({"id": "t1", "organizationId": "org1", "status": "PENDING"});
+        let d = one(&r, &change("tasks", Operation::Insert, None, Some(task)));
+        assert_eq!(d.payload["entityType"], "task");
+    }
+
+    #[test]
+    fn only_actor_fields_take_the_actor() {
+        let r = router();
+        let mut e = routed(
+            &r,
+            &change("properties", Operation::Insert, None, Some(property_row())),
+        )
+        .remove(0);
+        assert_eq!(e.actor, Some("updatedBy"));
+        e.set_actor("u9");
+        assert_eq!(e.draft.payload["updatedBy"], "u9");
+        let mut e = routed(
+            &r,
+            &change(
+                "organization_members",
+                Operation::Insert,
+                None,
+                Some(
+                    json!({"id": "m1", "userId": "u1", "organizationId": "org1", "role": "AGENT"}),
+                ),
+            ),
+        )
+        .remove(0);
+        e.set_actor("u9");
+        assert_eq!(e.draft.payload["invitedBy"], "u9");
+        let mut e = routed(
+            &r,
+            &change(
+                "clients",
+                Operation::Insert,
+                None,
+                Some(json!({"id": "c1", "organizationId": "o"})),
+            ),
+        )
+        .remove(0);
+        assert_eq!(e.actor, None);
+        e.set_actor("u9");
+        assert!(e.draft.payload.get("updatedBy").is_none());
+    }
+
     // --- property ---
 
     #[test]
