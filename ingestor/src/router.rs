@@ -130,12 +130,17 @@ impl Routed {
         self
     }
 
-    /// Addresses the event to `org`: the draft and its payload's
-    /// `organizationId` (a child's is `null` until now).
+    /// Addresses the event to `org`: the draft and, when its payload has
+    /// one, the payload's `organizationId` (a child's is `null` until now).
     pub fn address(&mut self, org: &str) {
         self.draft.organization_id = Some(org.to_owned());
-        if let Some(p) = self.draft.payload.as_object_mut() {
-            p.insert("organizationId".into(), Value::String(org.to_owned()));
+        if let Some(slot) = self
+            .draft
+            .payload
+            .as_object_mut()
+            .and_then(|p| p.get_mut("organizationId"))
+        {
+            *slot = Value::String(org.to_owned());
         }
     }
 
@@ -579,13 +584,11 @@ impl Ctx<'_, '_> {
                      target: Target,
                      operation: &str|
          -> Result<Routed, RouteError> {
-            let org = target.org().map_or(Value::Null, Value::String);
             let payload = json!({
                 "entityType": s.entity_type,
                 "entityId": self.value(row, &s.id_column, side)?,
                 "operation": operation,
                 "data": self.fields(row),
-                "organizationId": org,
             });
             Ok(self.draft(EventType::DataSync, target, payload))
         };
@@ -1035,7 +1038,6 @@ updated_by_column = "updatedBy"
         assert_eq!(
             e.draft.payload,
             json!({"entityType": "note", "entityId": "n1", "operation": "create",
-                   "organizationId": null,
                    "data": {"id": "n1", "clientId": "c1", "propertyId": "p1", "content": "hi",
                             "createdAt": "2026-01-01T00:00:00.000"}})
         );
@@ -1079,7 +1081,6 @@ updated_by_column = "updatedBy"
         assert_eq!(
             d.payload,
             json!({"entityType": "client", "entityId": "c1", "operation": "create",
-                   "organizationId": "org1",
                    "data": {"id": "c1", "organizationId": "org1", "name": "Ann",
                             "createdAt": "2026-01-01T00:00:00.000",
                             "updatedAt": "2026-01-01T00:00:00.000"}})
