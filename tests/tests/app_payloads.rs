@@ -445,7 +445,12 @@ async fn a_child_follows_its_parent_moved_or_deleted_in_its_transaction() {
         .collect();
     let all: Vec<String> = org1
         .iter()
-        .map(|e| format!("{} {} {}", e["id"], e["payload"]["operation"], e["payload"]["updatedFields"]))
+        .map(|e| {
+            format!(
+                "{} {} {}",
+                e["id"], e["payload"]["operation"], e["payload"]["updatedFields"]
+            )
+        })
         .collect();
     assert_eq!(tail, [("p0", "delete")], "{all:#?}");
     assert!(pipeline.skipped_for_parent().await >= before + 1.0);

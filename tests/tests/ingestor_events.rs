@@ -87,7 +87,7 @@ async fn membership_insert_update_delete_become_member_join_and_leave() {
     assert_eq!(e[0].0, "member.join");
     assert_eq!(
         *e[0].1,
-        json!({"memberId": "u1", "organizationId": "org1", "role": "AGENT"})
+        json!({"memberId": "u1", "organizationId": "org1", "role": "AGENT", "invitedBy": null})
     );
     assert_eq!(e[1].0, "member.join");
     assert_eq!(e[1].1["role"], "ADMIN");
@@ -111,7 +111,8 @@ async fn organization_update_becomes_organization_change() {
     assert_eq!(e["type"], "organization.change");
     assert_eq!(e["payload"]["organizationId"], "org1");
     assert_eq!(e["payload"]["changes"], json!({"plan": "ENTERPRISE"}));
-    assert_eq!(e["payload"]["changeType"], "plan");
+    // The app's union: a plan change is "billing".
+    assert_eq!(e["payload"]["changeType"], "billing");
 }
 
 #[tokio::test]

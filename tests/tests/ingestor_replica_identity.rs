@@ -17,11 +17,19 @@ use support::{history, http_get, metric_value, wait_for_history};
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// The routed tables of the default (Oikion) routes.
-const ROUTED: [&str; 4] = [
+/// Every table of the built-in Oikion routes.
+const ROUTED: [&str; 11] = [
     "properties",
+    "listings",
+    "addresses",
+    "media_assets",
     "organization_members",
     "organizations",
     "activities",
+    "clients",
+    "tasks",
+    "notes",
+    "interactions",
 ];
 
 /// Starts the real ingestor binary and waits until it streams (`/readyz`).
@@ -196,4 +204,11 @@ async fn managed_identity_is_set_back_to_full_and_later_deletes_route_normally()
         1,
         "no further unknown leave once FULL again"
     );
+}
+
+#[test]
+fn routed_is_every_table_of_the_built_in_routes() {
+    let routes = realtime_shared::routes::Routes::oikion_default();
+    let tables: Vec<&str> = routes.tables().iter().map(|t| t.table()).collect();
+    assert_eq!(tables, ROUTED);
 }
