@@ -95,7 +95,7 @@ CREATE TABLE notifications (
   "userId" text NOT NULL,
   title text, message text, priority text, category text, metadata jsonb
 );
-CREATE TABLE listings (
+CREATE TABLE deals (
   id text PRIMARY KEY,
   "organizationId" text NOT NULL,
   title text,
@@ -111,7 +111,7 @@ org_column = "organizationId"
 user_column = "userId"
 
 [[tables]]
-table = "listings"
+table = "deals"
 kind = "property"
 org_column = "organizationId"
 updated_by_column = "updatedBy"
@@ -131,9 +131,21 @@ UPDATE organizations SET name = 'Acme', plan = 'STARTER' WHERE id = 'orgA';
 INSERT INTO properties (id, "organizationId", "createdBy", price) VALUES ('p1', 'orgA', 'ua', 1);
 UPDATE properties SET price = 2 WHERE id = 'p1';
 DELETE FROM properties WHERE id = 'p1';
-INSERT INTO listings (id, "organizationId", title) VALUES ('l1', 'orgA', 'a');
-INSERT INTO listings (id, "organizationId", title, "updatedBy") VALUES ('l2', 'orgA', 'b', 'ua');
-UPDATE listings SET title = 'c', "updatedBy" = 'ub' WHERE id = 'l2';
+INSERT INTO deals (id, "organizationId", title) VALUES ('l1', 'orgA', 'a');
+INSERT INTO deals (id, "organizationId", title, "updatedBy") VALUES ('l2', 'orgA', 'b', 'ua');
+UPDATE deals SET title = 'c', "updatedBy" = 'ub' WHERE id = 'l2';
+BEGIN;
+SELECT realtime.set_actor('ua');
+INSERT INTO properties (id, "organizationId", "createdBy", price) VALUES ('p2', 'orgA', 'ua', 1);
+INSERT INTO listings (id, "propertyId", "listPrice") VALUES ('li1', 'p2', 1);
+UPDATE listings SET "marketingStatus" = 'ARCHIVED' WHERE id = 'li1';
+INSERT INTO organization_members (id, "userId", "organizationId") VALUES ('m3', 'ub', 'orgA');
+COMMIT;
+INSERT INTO clients (id, "organizationId", "createdBy", name) VALUES ('c1', 'orgA', 'ua', 'Chloe');
+UPDATE clients SET phone = '1' WHERE id = 'c1';
+INSERT INTO tasks (id, "organizationId", title, "createdBy") VALUES ('t1', 'orgA', 'Call', 'ua');
+INSERT INTO notes (id, "clientId", content, "createdBy") VALUES ('n1', 'c1', 'Hi', 'ua');
+DELETE FROM clients WHERE id = 'c1';
 INSERT INTO activities (id, "organizationId", "actorId", "actionType", "entityType", "entityId", payload)
   VALUES ('a1', 'orgA', 'ua', 'PROPERTY_CREATED', 'PROPERTY', 'p1', '{"k": 1}');
 INSERT INTO activities (id, "organizationId", "actorId", "actionType", "entityType")
@@ -143,7 +155,7 @@ INSERT INTO notifications (id, "organizationId", "userId", title, message, prior
 INSERT INTO notifications (id, "organizationId", "userId", title, message, priority, category)
   VALUES ('n2', 'orgA', 'ua', 'Hi', 'Call back', 'low', 'task');
 SELECT pg_logical_emit_message(true, 'realtime', '{"type":"system.alert","payload":{"message":"maintenance at 22:00"}}');
-TRUNCATE listings;
+TRUNCATE deals;
 "#;
 
 /// The description of the events as the Rust side produces them.
@@ -157,8 +169,10 @@ async fn describe_rust_side() -> Value {
     let ctx = ing.ctx.clone();
     ctx.batch(SAMPLE_SQL).await;
 
-    // 16 organization events and 2 broadcasts (the alert, the truncate).
-    let mut events: Vec<Value> = support::wait_for_history(&ctx, Some("orgA"), 16, WAIT)
+    // 24 organization events (the note created in the transaction that
+    // deletes its client is skipped) and 2 broadcasts (the alert, the
+    // truncate).
+    let mut events: Vec<Value> = support::wait_for_history(&ctx, Some("orgA"), 24, WAIT)
         .await
         .into_iter()
         .map(|e| e.event)
