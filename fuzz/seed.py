@@ -87,7 +87,7 @@ write("auth", "jwe-header-zip", b"\x05" + b'{"alg":"dir","enc":"A256GCM","zip":"
 
 # --- routes: UTF-8 TOML ---
 clear("routes")
-write("routes", "oikion", (repo / "shared/routes/oikion.toml").read_bytes())
+write("routes", "oikion", (repo / "ingestor/routes/oikion.toml").read_bytes())
 write("routes", "defaults", """[[tables]]
 table = "notifications"
 kind = "notification"

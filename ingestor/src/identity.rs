@@ -23,7 +23,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use realtime_shared::routes::{RouteKind, TableRoute};
+use crate::routes::{RouteKind, TableRoute};
 
 use crate::metrics as m;
 use crate::pgoutput::Relation;

@@ -8,7 +8,10 @@
 //!   message while streaming, restored when managed.
 //! - [`replication`]: DATABASE_URL → the replication connection's config.
 //! - [`pgoutput`]: the pgoutput v1 decoder; [`value`]: column values → JSON.
-//! - [`change`] and [`router`]: row changes → event drafts, by the routing config.
+//! - [`routes`]: the routing config (`REALTIME_ROUTES`, built-in `ingestor/routes/oikion.toml`).
+//! - [`change`] and [`router`]: row changes → event drafts, by the routing config;
+//!   [`parents`]: child rows' organizations from their parent rows.
+//! - [`publish`]: the atomic XADD-then-PUBLISH Redis function and a pipelined publisher.
 //! - [`session`]: one replication session: decode, route, publish, acknowledge.
 //! - [`heartbeat`]: WAL heartbeats and slot metrics.
 //! - [`slot`]: creates the slot, and notices a lost one (missing,
@@ -29,8 +32,10 @@ pub mod identity;
 pub mod metrics;
 pub mod parents;
 pub mod pgoutput;
+pub mod publish;
 pub mod replication;
 pub mod router;
+pub mod routes;
 pub mod session;
 pub mod setup;
 pub mod slot;
@@ -41,13 +46,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::publish::{PublishError, Publisher};
+use crate::routes::{Routes, RoutesError};
 use pgwire_replication::{ReplicationClient, ReplicationConfig};
 use rand::Rng;
 use realtime_shared::admin::{AdminServer, Readiness};
 use realtime_shared::keys::Keys;
-use realtime_shared::publish::{PublishError, Publisher};
 use realtime_shared::redis_conn::{RedisConfigError, redis_client};
-use realtime_shared::routes::{Routes, RoutesError};
 use tokio_util::sync::CancellationToken;
 
 pub use crate::config::Config;

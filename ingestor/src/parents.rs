@@ -1,5 +1,5 @@
 //! The organizations of parent rows, for child routes (`listings` →
-//! `properties` by `"propertyId"`, see [`realtime_shared::routes::OrgSource`]).
+//! `properties` by `"propertyId"`, see [`crate::routes::OrgSource`]).
 //!
 //! A child row has no organization column: its events go to the
 //! organization its parent row has **at the end of the child's
@@ -35,7 +35,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use realtime_shared::routes::Routes;
+use crate::routes::Routes;
 use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 

@@ -29,11 +29,11 @@
 //!   draft, not per change.
 //! - Values of rows and messages never appear in error messages (logs).
 
-use realtime_shared::event::{EventType, Source};
-use realtime_shared::routes::{
+use crate::routes::{
     ActivityRoute, MembershipRoute, NotificationRoute, OrgSource, OrganizationRoute, PropertyRoute,
     RouteKind, Routes, SyncRoute, TableRoute,
 };
+use realtime_shared::event::{EventType, Source};
 use serde_json::{Map, Value, json};
 
 use crate::change::{Operation, Row, RowChange};
@@ -847,7 +847,7 @@ mod tests {
     }
 
     fn router() -> Router {
-        let mut toml = include_str!("../../shared/routes/oikion.toml").to_owned();
+        let mut toml = include_str!("../routes/oikion.toml").to_owned();
         toml.push_str(
             r#"
 [[tables]]

@@ -33,11 +33,11 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::publish::{Outgoing, PublishError, Publisher};
 use futures_util::FutureExt;
 use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationEvent};
 use realtime_shared::envelope::Envelope;
 use realtime_shared::event::{Event, EventId, EventType, EventVersion};
-use realtime_shared::publish::{Outgoing, PublishError, Publisher};
 use realtime_shared::telemetry;
 use tokio_util::sync::CancellationToken;
 

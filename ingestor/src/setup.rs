@@ -19,8 +19,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::routes::{Routes, TableRoute};
 use realtime_shared::postgres_tls::{self, PgTlsError};
-use realtime_shared::routes::{Routes, TableRoute};
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 

@@ -50,10 +50,10 @@
 
 use std::collections::HashMap;
 
+use crate::publish::{Outgoing, PublishError, Publisher};
 use realtime_shared::envelope::Envelope;
 use realtime_shared::event::{Event, EventId, EventType, EventVersion, Scope, Source};
 use realtime_shared::keys::Keys;
-use realtime_shared::publish::{Outgoing, PublishError, Publisher};
 use serde_json::{Value, json};
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;

@@ -1,4 +1,4 @@
-//! Shared by the ingestor and the gateway.
+//! Shared by the ingestor and the gateway: only what both use.
 //!
 //! Layout:
 //! - [`event`]: the event model and its wire JSON (DESIGN §3).
@@ -6,9 +6,7 @@
 //! - [`keys`]: Redis key and channel names (DESIGN §4).
 //! - [`message`]: application events sent as Postgres logical messages, validated.
 //! - [`postgres_tls`]: libpq `sslmode`/`sslrootcert` for every Postgres connection (rustls).
-//! - [`routes`]: the routing config: which tables become which events (DESIGN §6).
 //! - [`redis_conn`]: the one Redis client constructor (TLS, CA bundle, ACL user) and its start-up errors.
-//! - [`publish`]: the atomic XADD-then-PUBLISH Redis function and a pipelined publisher.
 //! - [`config`]: durations and start-up validation helpers (DESIGN §5).
 //! - [`telemetry`]: logging setup.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
@@ -22,8 +20,6 @@ pub mod event;
 pub mod keys;
 pub mod message;
 pub mod postgres_tls;
-pub mod publish;
 pub mod redis_conn;
-pub mod routes;
 pub mod shutdown;
 pub mod telemetry;

@@ -161,9 +161,9 @@ TRUNCATE deals;
 /// The description of the events as the Rust side produces them.
 async fn describe_rust_side() -> Value {
     let mut routes = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/routes/oikion.toml"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../ingestor/routes/oikion.toml"),
     )
-    .expect("reading shared/routes/oikion.toml");
+    .expect("reading ingestor/routes/oikion.toml");
     routes.push_str(EXTRA_ROUTES);
     let ing = support::RunningIngestor::start_with_routes(EXTRA_DDL, &routes).await;
     let ctx = ing.ctx.clone();

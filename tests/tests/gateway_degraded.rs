@@ -18,10 +18,10 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use realtime_ingestor::publish::{Outgoing, Publisher};
 use realtime_shared::envelope::Envelope;
 use realtime_shared::event::{Event, EventId};
 use realtime_shared::keys::Keys;
-use realtime_shared::publish::{Outgoing, Publisher};
 use realtime_tests::{
     ChildProcess, PostgresServer, TestContext, binary_path, free_port, wait_until,
 };

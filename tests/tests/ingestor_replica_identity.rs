@@ -208,7 +208,7 @@ async fn managed_identity_is_set_back_to_full_and_later_deletes_route_normally()
 
 #[test]
 fn routed_is_every_table_of_the_built_in_routes() {
-    let routes = realtime_shared::routes::Routes::oikion_default();
+    let routes = realtime_ingestor::routes::Routes::oikion_default();
     let tables: Vec<&str> = routes.tables().iter().map(|t| t.table()).collect();
     assert_eq!(tables, ROUTED);
 }

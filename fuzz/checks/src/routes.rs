@@ -2,7 +2,7 @@
 //! `RoutesError`, and accepted routes are consistent (every table is found
 //! under its own name, its required columns listed).
 
-use realtime_shared::routes::Routes;
+use realtime_ingestor::routes::Routes;
 
 pub fn check(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {

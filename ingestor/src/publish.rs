@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 
-use crate::event::{EventId, Scope};
-use crate::keys::Keys;
-use crate::redis_conn::{RedisConnectError, explain_connect_error};
+use realtime_shared::event::{EventId, Scope};
+use realtime_shared::keys::Keys;
+use realtime_shared::redis_conn::{RedisConnectError, explain_connect_error};
 
 /// The function library, loaded with `FUNCTION LOAD REPLACE` on every
 /// (re)connection, so a Redis that restarted empty gets it back.
@@ -84,7 +84,7 @@ pub struct Publisher {
 
 impl Publisher {
     /// Connects through `client` (built by
-    /// [`redis_client`](crate::redis_conn::redis_client), so TLS and the ACL
+    /// [`redis_client`](realtime_shared::redis_conn::redis_client), so TLS and the ACL
     /// user apply), checks the server answers, and loads the function
     /// library. `ca` is the configured CA bundle, only to word errors.
     pub async fn connect(

@@ -1,7 +1,7 @@
 //! The routing config: which tables become which events (DESIGN §2, §6).
 //!
 //! A TOML file (`REALTIME_ROUTES`) of `[[tables]]` entries; the built-in
-//! default is `shared/routes/oikion.toml`, embedded and parsed like any other
+//! default is `ingestor/routes/oikion.toml`, embedded and parsed like any other
 //! file, which also documents the format:
 //!
 //! ```toml
@@ -26,7 +26,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 /// The built-in default: the Oikion schema of DESIGN §6.
-const OIKION_TOML: &str = include_str!("../routes/oikion.toml");
+const OIKION_TOML: &str = include_str!("../../routes/oikion.toml");
 
 /// The schema of an entry that names none.
 pub const DEFAULT_SCHEMA: &str = "public";
@@ -187,11 +187,11 @@ impl RouteKind {
 }
 
 impl Routes {
-    /// The built-in Oikion routes (`shared/routes/oikion.toml`).
+    /// The built-in Oikion routes (`ingestor/routes/oikion.toml`).
     pub fn oikion_default() -> Routes {
         // The embedded file is a compile-time constant covered by the tests.
         Self::parse("built-in oikion.toml", OIKION_TOML)
-            .expect("the built-in shared/routes/oikion.toml is a valid routing config")
+            .expect("the built-in ingestor/routes/oikion.toml is a valid routing config")
     }
 
     /// Parses a routing config held in memory (errors say `<inline>` for the file).
