@@ -386,5 +386,14 @@ async fn original_hook_recovers_from_redis_restart_drain_and_user_cap() {
     assert_eq!(state.constructed, 1, "{:?}", state.raw);
     assert_eq!(state.closed, 0, "{:?}", state.raw);
     assert_eq!(state.navigations, 1, "no reload");
+    // What the page's requests met, for the record (`--nocapture`).
+    for f in front.forwarded() {
+        eprintln!(
+            "forwarded to replica {:?}: status {:?}, {}",
+            f.backend,
+            f.status,
+            if f.connected { "a stream" } else { "a refusal" }
+        );
+    }
     browser.quit().await;
 }
