@@ -18,8 +18,9 @@
 //!   to see where the page is connected and how the page's requests were
 //!   answered, without touching the page.
 //!
-//! Everything else gets a 404. Dropping the front stops it and cuts every
-//! forwarded connection.
+//! Everything else gets a 404. [`Front::cut`] ends every forwarded exchange
+//! at once, as a load balancer's restart or a network blip does. Dropping
+//! the front stops it and cuts every forwarded connection.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -74,6 +75,8 @@ impl Forwarded {
 pub struct Front {
     addr: SocketAddr,
     log: Arc<Mutex<Vec<Forwarded>>>,
+    /// Bumped by [`Front::cut`]; every exchange watches it.
+    cuts: tokio::sync::watch::Sender<u64>,
     task: JoinHandle<()>,
 }
 
@@ -88,11 +91,13 @@ impl Front {
             .expect("binding the front's port");
         let addr = listener.local_addr().expect("the front's address");
         let log = Arc::new(Mutex::new(Vec::new()));
+        let (cuts, _) = tokio::sync::watch::channel(0);
         let shared = Arc::new(Shared {
             page,
             backends,
             next: AtomicUsize::new(0),
             log: log.clone(),
+            cuts: cuts.clone(),
         });
         let task = tokio::spawn(async move {
             // Dropped with this task: every connection task is aborted.
@@ -108,7 +113,19 @@ impl Front {
                 }
             }
         });
-        Front { addr, log, task }
+        Front {
+            addr,
+            log,
+            cuts,
+            task,
+        }
+    }
+
+    /// Ends every exchange in flight now: both of its connections are
+    /// closed without another byte (the client sees its stream end with no
+    /// final frame). Later requests are forwarded as before.
+    pub fn cut(&self) {
+        self.cuts.send_modify(|n| *n += 1);
     }
 
     /// `http://127.0.0.1:PORT`: the page's origin.
@@ -141,6 +158,7 @@ struct Shared {
     backends: Vec<SocketAddr>,
     next: AtomicUsize,
     log: Arc<Mutex<Vec<Forwarded>>>,
+    cuts: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -177,6 +195,7 @@ async fn read_head(client: &mut TcpStream) -> Option<(Vec<u8>, usize)> {
 }
 
 async fn serve(mut client: TcpStream, shared: Arc<Shared>) {
+    let mut cut = shared.cuts.subscribe();
     let Some((buf, end)) = read_head(&mut client).await else {
         return;
     };
@@ -279,9 +298,12 @@ async fn serve(mut client: TcpStream, shared: Arc<Shared>) {
     let mut sniffed = Vec::new();
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
-        let n = match upstream_read.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+        let n = tokio::select! {
+            read = upstream_read.read(&mut chunk) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
+            _ = cut.changed() => break,
         };
         if sniffed.len() < SNIFF {
             sniffed.extend_from_slice(&chunk[..n]);

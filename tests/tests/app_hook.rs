@@ -23,6 +23,9 @@
 //!
 //! 1. connected: live rows arrive;
 //! 2. Redis is stopped for 5 s, then started again (empty: no persistence);
+//!    meanwhile the front drops the page's connection, so that the page's
+//!    reconnects meet replicas without Redis (an open stream outlives the
+//!    outage by itself);
 //! 3. the replica the page is on is drained (SIGTERM, `REALTIME_DRAIN`): the
 //!    page moves to the other replica by itself;
 //! 4. with the drained replica back, the per-user cap (2) is filled by two
@@ -208,6 +211,10 @@ fn gateway_env(ctx: &TestContext, listen: SocketAddr, origin: &str) -> Vec<(&'st
         // Short leases: the cap's Retry-After is a third of it (1 s), so a
         // refused browser is told to come back within seconds, not 10 s.
         ("REALTIME_CONNECTION_LEASE", "3s".to_owned()),
+        // How long a new stream waits for the event feed (Redis) before its
+        // transient refusal (default 5 s, as long as the whole outage of
+        // step 2): short, so the page meets refusals while Redis is down.
+        ("REALTIME_IO_TIMEOUT", "1s".to_owned()),
     ]
 }
 
@@ -282,10 +289,29 @@ async fn original_hook_recovers_from_redis_restart_drain_and_user_cap() {
     eprintln!("step 1 done at {:?}", started.elapsed());
 
     // 2. Redis down for 5 s, then back (empty). A row written meanwhile
-    //    waits in the ingestor.
+    //    waits in the ingestor. An open stream outlives the outage, so the
+    //    front also drops the page's connection meanwhile (a load balancer
+    //    restart): the page's reconnects meet a replica without Redis.
     tokio::task::block_in_place(|| redis.stop()).expect("redis stops");
-    let down = std::time::Instant::now();
+    let down = tokio::time::Instant::now();
     insert(&ctx, "redis-down").await;
+    let mark = front.forwarded().len();
+    front.cut();
+    until(
+        "a replica without Redis refuses the hook (transiently)",
+        &mut browser,
+        &front,
+        |_, f| {
+            assert!(
+                down.elapsed() < REDIS_OUTAGE,
+                "the hook asked nothing while Redis was down: {f:#?}"
+            );
+            f[mark.min(f.len())..]
+                .iter()
+                .any(Forwarded::is_transient_refusal)
+        },
+    )
+    .await;
     // The outage's length is the scenario, not a wait for a condition.
     tokio::time::sleep(REDIS_OUTAGE.saturating_sub(down.elapsed())).await;
     tokio::task::block_in_place(|| redis.start_again()).expect("redis starts again");
