@@ -19,6 +19,10 @@
 //!   `realtime-ingestor` / `realtime-gateway` for real (crash tests).
 //! - [`wait`]: [`wait_until`], the only way tests wait: a polled condition
 //!   with a deadline, never a bare sleep.
+//! - [`front`]: [`Front`], a test-side origin that serves a page and
+//!   forwards `/api/realtime/` to gateway replicas (a load balancer), for
+//!   browser code that opens a relative stream URL.
+//! - [`browser`]: [`Browser`], headless Chromium on such a page.
 //! - [`oracle`]: the fault oracle (seeded faults on the real processes,
 //!   resuming SSE clients, the database as the truth), shared by
 //!   `tests/fault_oracle.rs` and `make soak`.
@@ -40,8 +44,10 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod browser;
 pub mod certs;
 pub mod context;
+pub mod front;
 mod logfile;
 pub mod oracle;
 mod ports;
@@ -52,8 +58,10 @@ pub mod services;
 pub mod wait;
 mod watchdog;
 
+pub use browser::Browser;
 pub use certs::TestCerts;
 pub use context::{OIKION_SCHEMA, OIKION_SCHEMA_PATH, TestContext, connect};
+pub use front::Front;
 pub use ports::free_port;
 pub use postgres::{PostgresServer, TestCa, TlsOptions};
 pub use process::{ChildProcess, binary_path};
