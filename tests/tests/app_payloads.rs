@@ -10,6 +10,8 @@
 //! either statement order; deleted; gone before the ingestor read it)
 //! without ever stalling the stream.
 
+#![allow(clippy::unwrap_used)] // test helpers, not only #[test] fns
+
 mod support;
 
 use std::collections::BTreeSet;
