@@ -1,7 +1,6 @@
 //! The routing config's parsing and validation.
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
-use super::file::*;
 use super::*;
 
 fn problem(toml: &str) -> Problem {
