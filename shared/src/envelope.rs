@@ -8,7 +8,15 @@
 //! only (notifications), and `traceparent` carries the W3C trace context from
 //! ingest to delivery.
 
+//!
+//! The wire names live here once, in two forms: [`Envelope`], owned, which
+//! the ingestor writes, and [`RawEnvelope`], borrowed, which the gateway
+//! reads without copying the event (it forwards `event` as it is).
+
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::event::Event;
 
@@ -35,5 +43,72 @@ impl Envelope {
     pub fn to_bytes(&self) -> Vec<u8> {
         // Serializing a struct of strings, numbers and a `Value` cannot fail.
         serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// An envelope read in place: `event` is the raw JSON slice (forwarded to
+/// clients byte for byte, never re-serialized), the metadata borrowed when
+/// it has no escapes.
+#[derive(Debug, Deserialize)]
+pub struct RawEnvelope<'a> {
+    #[serde(borrow)]
+    pub event: &'a RawValue,
+    #[serde(rename = "userId", default, borrow)]
+    pub user_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub traceparent: Option<Cow<'a, str>>,
+}
+
+impl<'a> RawEnvelope<'a> {
+    /// Reads the bytes stored in Redis (the history entry's `e`, or a
+    /// published message).
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests fail loudly on purpose
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::event::{EventId, EventType, EventVersion, Source};
+
+    fn event() -> Event {
+        Event {
+            id: EventId::new(26_748_752, 2),
+            event_type: EventType::PropertyUpdate,
+            timestamp: 1_795_836_114_457,
+            source: Source::Postgres,
+            version: EventVersion,
+            organization_id: Some("o1".into()),
+            payload: json!({"propertyId": "p1", "changes": {"note": "a \"quoted\"\nline"}}),
+        }
+    }
+
+    #[test]
+    fn what_the_ingestor_writes_the_gateway_reads() {
+        let mut owned = Envelope::new(event());
+        owned.user_id = Some("u\"7".into());
+        owned.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+        let bytes = owned.to_bytes();
+        let raw = RawEnvelope::parse(&bytes).unwrap();
+        assert_eq!(raw.event.get(), serde_json::to_string(&owned.event).unwrap());
+        assert_eq!(raw.user_id.as_deref(), Some("u\"7"));
+        assert_eq!(raw.traceparent.as_deref(), owned.traceparent.as_deref());
+        let back: Event = serde_json::from_str(raw.event.get()).unwrap();
+        assert_eq!(back, owned.event);
+        // And the owned form reads its own bytes back.
+        assert_eq!(serde_json::from_slice::<Envelope>(&bytes).unwrap(), owned);
+    }
+
+    #[test]
+    fn metadata_is_optional() {
+        let bytes = Envelope::new(event()).to_bytes();
+        assert!(!String::from_utf8_lossy(&bytes).contains("userId"));
+        let raw = RawEnvelope::parse(&bytes).unwrap();
+        assert_eq!((raw.user_id, raw.traceparent), (None, None));
+        assert!(RawEnvelope::parse(b"{\"userId\":\"u\"}").is_err(), "event is required");
     }
 }
