@@ -4,10 +4,10 @@
 use serde_json::{Map, Value};
 
 /// Column name → JSON value (DESIGN §2 mapping).
-pub type Row = Map<String, Value>;
+pub(crate) type Row = Map<String, Value>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
+pub(crate) enum Operation {
     Insert,
     Update,
     Delete,
@@ -20,7 +20,7 @@ pub enum Operation {
 /// TOASTed columns of `new` are filled from `old` when `old` has them and are
 /// otherwise absent from `new`: "absent" never means NULL.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RowChange<'a> {
+pub(crate) struct RowChange<'a> {
     pub schema: &'a str,
     pub table: &'a str,
     pub operation: Operation,

@@ -17,7 +17,7 @@ use crate::setup;
 
 const MONITOR_INTERVAL: Duration = Duration::from_secs(5);
 
-pub struct Heartbeat {
+pub(crate) struct Heartbeat {
     pub database_url: String,
     pub slot: String,
     pub interval: Duration,
@@ -25,7 +25,7 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
             match setup::connect(&self.database_url, self.io_timeout).await {
                 Ok(client) => {

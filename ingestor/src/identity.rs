@@ -30,7 +30,7 @@ use crate::pgoutput::Relation;
 use crate::setup::{self, SetupError};
 
 /// `pg_class.relreplident` of a table that sends whole old rows.
-pub const FULL: u8 = b'f';
+pub(crate) const FULL: u8 = b'f';
 
 /// Attempts at restoring one table's identity before giving up until its
 /// next Relation message (or the next session).
@@ -39,7 +39,7 @@ const FIX_ATTEMPTS: u32 = 5;
 /// Whether a route reads old rows: deletes are routed by the old row's
 /// organization, updates compare old and new. Activity and notification
 /// routes use inserts only.
-pub fn needs_old_rows(route: &TableRoute) -> bool {
+pub(crate) fn needs_old_rows(route: &TableRoute) -> bool {
     match route.kind() {
         RouteKind::Property(_)
         | RouteKind::Membership(_)
@@ -50,7 +50,7 @@ pub fn needs_old_rows(route: &TableRoute) -> bool {
 }
 
 /// What a `relreplident` letter means, for logs.
-pub fn describe(identity: u8) -> &'static str {
+pub(crate) fn describe(identity: u8) -> &'static str {
     match identity {
         b'd' => "DEFAULT",
         b'n' => "NOTHING",
@@ -62,7 +62,7 @@ pub fn describe(identity: u8) -> &'static str {
 
 /// Checks Relation messages and restores `FULL` when managed.
 #[derive(Debug, Clone)]
-pub struct IdentityWatch {
+pub(crate) struct IdentityWatch {
     manage: bool,
     database_url: String,
     io_timeout: Duration,
@@ -71,7 +71,7 @@ pub struct IdentityWatch {
 }
 
 impl IdentityWatch {
-    pub fn new(manage: bool, database_url: String, io_timeout: Duration) -> Self {
+    pub(crate) fn new(manage: bool, database_url: String, io_timeout: Duration) -> Self {
         Self {
             manage,
             database_url,
@@ -82,7 +82,7 @@ impl IdentityWatch {
 
     /// Checks one Relation message of a routed table. Never blocks: the fix,
     /// when managed, runs in its own task.
-    pub fn observe(&self, relation: &Relation, route: &TableRoute) {
+    pub(crate) fn observe(&self, relation: &Relation, route: &TableRoute) {
         if relation.replica_identity == FULL || !needs_old_rows(route) {
             return;
         }

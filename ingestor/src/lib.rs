@@ -25,21 +25,21 @@
 //! exponential backoff and jitter, until its shutdown future resolves.
 #![forbid(unsafe_code)]
 
-pub mod change;
-pub mod config;
-pub mod heartbeat;
-pub mod identity;
-pub mod metrics;
-pub mod parents;
+mod change;
+mod config;
+mod heartbeat;
+mod identity;
+mod metrics;
+mod parents;
 pub mod pgoutput;
 pub mod publish;
-pub mod replication;
-pub mod router;
+mod replication;
+mod router;
 pub mod routes;
-pub mod session;
-pub mod setup;
-pub mod slot;
-pub mod trace;
+mod session;
+mod setup;
+mod slot;
+mod trace;
 pub mod value;
 
 use std::future::Future;

@@ -1,33 +1,33 @@
 //! The ingestor's metric names (DESIGN §5), in one place. Labels are
 //! low-cardinality: event types only, never organizations or tables' rows.
 
-pub const EVENTS_PUBLISHED: &str = "realtime_ingestor_events_published_total";
-pub const DUPLICATES_SKIPPED: &str = "realtime_ingestor_duplicates_skipped_total";
-pub const COMMIT_TO_PUBLISH: &str = "realtime_ingestor_commit_to_publish_seconds";
-pub const CONFIRMED_FLUSH_LSN: &str = "realtime_ingestor_confirmed_flush_lsn";
-pub const SLOT_LAG_BYTES: &str = "realtime_ingestor_slot_lag_bytes";
-pub const RECONNECTS: &str = "realtime_ingestor_reconnects_total";
+pub(crate) const EVENTS_PUBLISHED: &str = "realtime_ingestor_events_published_total";
+pub(crate) const DUPLICATES_SKIPPED: &str = "realtime_ingestor_duplicates_skipped_total";
+pub(crate) const COMMIT_TO_PUBLISH: &str = "realtime_ingestor_commit_to_publish_seconds";
+pub(crate) const CONFIRMED_FLUSH_LSN: &str = "realtime_ingestor_confirmed_flush_lsn";
+pub(crate) const SLOT_LAG_BYTES: &str = "realtime_ingestor_slot_lag_bytes";
+pub(crate) const RECONNECTS: &str = "realtime_ingestor_reconnects_total";
 /// The position this process last acknowledged (the slot catches up within
 /// one status interval).
-pub const ACKNOWLEDGED_LSN: &str = "realtime_ingestor_acknowledged_lsn";
+pub(crate) const ACKNOWLEDGED_LSN: &str = "realtime_ingestor_acknowledged_lsn";
 /// Changes, messages or replication bytes that could not become an event
 /// and were skipped, by reason.
-pub const SKIPPED: &str = "realtime_ingestor_skipped_total";
+pub(crate) const SKIPPED: &str = "realtime_ingestor_skipped_total";
 
 /// Relation messages of routed tables that need old rows showing a replica
 /// identity other than FULL, by table (routed tables only: bounded).
-pub const REPLICA_IDENTITY_NOT_FULL: &str = "realtime_ingestor_replica_identity_not_full_total";
+pub(crate) const REPLICA_IDENTITY_NOT_FULL: &str = "realtime_ingestor_replica_identity_not_full_total";
 /// Membership changes that arrived without their old row and were published
 /// as a broadcast `member.leave` with a null member (gateways re-check).
-pub const UNKNOWN_MEMBER_LEAVES: &str = "realtime_ingestor_unknown_member_leaves_total";
+pub(crate) const UNKNOWN_MEMBER_LEAVES: &str = "realtime_ingestor_unknown_member_leaves_total";
 
 /// Lost replication slots recovered: each one sent a `data.sync`
 /// `{"reason":"slot_lost"}` to every organization (see [`crate::slot`]).
-pub const SLOT_RECREATED: &str = "realtime_ingestor_slot_recreated_total";
+pub(crate) const SLOT_RECREATED: &str = "realtime_ingestor_slot_recreated_total";
 
 /// The reasons of [`SKIPPED`], every one `session.rs` counts: exported at 0
 /// from start-up.
-pub const SKIP_REASONS: [&str; 7] = [
+pub(crate) const SKIP_REASONS: [&str; 7] = [
     "decode",
     "replica_identity",
     "route",
@@ -41,7 +41,7 @@ pub const SKIP_REASONS: [&str; 7] = [
 /// alerts read from start-up (counters at 0, each known label value, empty
 /// histograms): a series that appears only at its first increment shows as
 /// "no data" in panels and has no `rate()` until then.
-pub fn describe() {
+pub(crate) fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         EVENTS_PUBLISHED,

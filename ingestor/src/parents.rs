@@ -44,10 +44,10 @@ use crate::router::ParentKey;
 use crate::setup::quote_ident;
 
 /// Cached parent organizations before the cache starts over.
-pub const MAX_CACHED: usize = 200_000;
+pub(crate) const MAX_CACHED: usize = 200_000;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ParentsError {
+pub(crate) enum ParentsError {
     #[error("looking up the organizations of {table} rows: {source}")]
     Lookup {
         table: String,
@@ -58,7 +58,7 @@ pub enum ParentsError {
 
 /// What is known about one parent row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ParentOrg<'a> {
+pub(crate) enum ParentOrg<'a> {
     /// Its organization.
     Org(&'a str),
     /// Deleted in the current transaction, or not found in the database.
@@ -74,7 +74,7 @@ struct Table {
     query: Option<String>,
 }
 
-pub struct Parents {
+pub(crate) struct Parents {
     /// Per routed table index: `Some` for tables that are parents.
     tables: Vec<Option<Table>>,
     cache: HashMap<ParentKey, String>,
@@ -87,7 +87,7 @@ pub struct Parents {
 
 impl Parents {
     /// `is_parent(i)`: whether routed table `i` is some route's parent.
-    pub fn new(routes: &Routes, is_parent: impl Fn(usize) -> bool, client: Client) -> Self {
+    pub(crate) fn new(routes: &Routes, is_parent: impl Fn(usize) -> bool, client: Client) -> Self {
         let tables = routes
             .tables()
             .iter()
@@ -114,14 +114,14 @@ impl Parents {
     }
 
     /// A new transaction: forgets what was deleted or missing in the last.
-    pub fn begin(&mut self) {
+    pub(crate) fn begin(&mut self) {
         self.gone.clear();
         self.missing.clear();
     }
 
     /// Follows one change of routed table `index` (a no-op unless it is a
     /// parent table): the row's organization after the change.
-    pub fn observe(&mut self, index: usize, change: &RowChange<'_>) {
+    pub(crate) fn observe(&mut self, index: usize, change: &RowChange<'_>) {
         let Some(Some(table)) = self.tables.get(index) else {
             return;
         };
@@ -158,7 +158,7 @@ impl Parents {
     }
 
     /// What is known of `key` (call [`Parents::fetch`] for it first).
-    pub fn org(&self, key: &ParentKey) -> ParentOrg<'_> {
+    pub(crate) fn org(&self, key: &ParentKey) -> ParentOrg<'_> {
         if self.gone.contains(key) || self.missing.contains(key) {
             return ParentOrg::Gone;
         }
@@ -170,7 +170,7 @@ impl Parents {
 
     /// Looks up in the database every key that is neither cached nor known
     /// gone: one query per parent table.
-    pub async fn fetch<'k>(
+    pub(crate) async fn fetch<'k>(
         &mut self,
         keys: impl IntoIterator<Item = &'k ParentKey>,
     ) -> Result<(), ParentsError> {

@@ -16,7 +16,7 @@ const SESSION_OPTIONS: &str =
 
 /// Builds the replication config from an ordinary Postgres URL. Streaming
 /// starts at the slot's confirmed position (`start_lsn` 0).
-pub fn config_from_url(
+pub(crate) fn config_from_url(
     url: &str,
     slot: &str,
     publication: &str,

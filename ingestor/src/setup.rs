@@ -102,7 +102,7 @@ impl SetupError {
 }
 
 /// Where a URL points, for messages: host, port and database, never the password.
-pub fn describe_target(url: &str) -> String {
+pub(crate) fn describe_target(url: &str) -> String {
     match postgres_tls::parse(url) {
         Ok((c, _)) => {
             let host = c
@@ -125,7 +125,7 @@ pub fn describe_target(url: &str) -> String {
 /// as the URL's `sslmode`/`sslrootcert` ask (see
 /// [`realtime_shared::postgres_tls`]): setup, the heartbeat and the replica
 /// identity manager all come through here.
-pub async fn connect(url: &str, timeout: Duration) -> Result<Client, SetupError> {
+pub(crate) async fn connect(url: &str, timeout: Duration) -> Result<Client, SetupError> {
     let (config, tls) = postgres_tls::parse(url).map_err(bad_url)?;
     let connector = tls.connector()?;
     let target = describe_target(url);
@@ -154,7 +154,7 @@ pub(crate) fn bad_url(e: PgTlsError) -> SetupError {
 }
 
 /// `"name"` with embedded quotes doubled.
-pub fn quote_ident(name: &str) -> String {
+pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
@@ -168,7 +168,7 @@ fn qualified(route: &TableRoute) -> String {
 
 /// Runs every check and the idempotent DDL. Safe to run by several
 /// ingestors at once (a lost creation race is not an error).
-pub async fn prepare(
+pub(crate) async fn prepare(
     client: &Client,
     routes: &Routes,
     publication: &str,
@@ -191,7 +191,7 @@ pub async fn prepare(
 /// table write, and a rolled-back transaction never names anyone. Any role
 /// may call it (`pg_logical_emit_message` is callable by every role, and the
 /// function adds no privilege: it is `SECURITY INVOKER`).
-pub const ACTOR_FUNCTION: &str = "\
+pub(crate) const ACTOR_FUNCTION: &str = "\
 CREATE SCHEMA IF NOT EXISTS realtime;
 GRANT USAGE ON SCHEMA realtime TO PUBLIC;
 CREATE OR REPLACE FUNCTION realtime.set_actor(actor text) RETURNS void
@@ -305,7 +305,7 @@ async fn check_table(
 /// the `ALTER TABLE` waits at most `lock_timeout` for its lock, so it never
 /// queues application transactions behind it for long.
 /// `Ok(true)`: it was altered.
-pub async fn restore_replica_identity(
+pub(crate) async fn restore_replica_identity(
     client: &Client,
     schema: &str,
     table: &str,

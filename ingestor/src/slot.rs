@@ -61,10 +61,10 @@ use tokio_postgres::error::SqlState;
 use crate::metrics as m;
 
 /// The `reason` of the data.sync sent after a lost slot (DESIGN §9).
-pub const SLOT_LOST: &str = "slot_lost";
+pub(crate) const SLOT_LOST: &str = "slot_lost";
 
 #[derive(Debug, thiserror::Error)]
-pub enum SlotError {
+pub(crate) enum SlotError {
     #[error("Postgres refused {what}: {source}")]
     Sql {
         what: &'static str,
@@ -92,13 +92,13 @@ fn sql(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> SlotError {
 }
 
 /// `<prefix>:{slot}:<slot name>`: where the slot record lives.
-pub fn record_key(keys: &Keys, slot: &str) -> String {
+pub(crate) fn record_key(keys: &Keys, slot: &str) -> String {
     format!("{}:{{slot}}:{slot}", keys.prefix())
 }
 
 /// What a session needs from the record: how to name events.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlotRecord {
+pub(crate) struct SlotRecord {
     /// The Redis hash (the session writes the acknowledged LSN into it).
     pub key: String,
     /// Added to every commit LSN to make an event id (see the module docs).
@@ -169,7 +169,7 @@ impl SlotRow {
 /// Checks the slot against the Redis record before a session and recovers
 /// a lost slot (module docs). On `Ok` the slot exists and is usable, no
 /// recovery is pending, and the returned record says how to name events.
-pub async fn reconcile(
+pub(crate) async fn reconcile(
     client: &Client,
     publisher: &mut Publisher,
     slot: &str,

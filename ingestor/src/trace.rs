@@ -17,7 +17,7 @@ use opentelemetry::{Context, KeyValue};
 use realtime_shared::telemetry::{self, Span};
 
 /// The trace of one transaction while it is being ingested.
-pub struct TxnTrace {
+pub(crate) struct TxnTrace {
     span: Span,
     context: SpanContext,
     /// The span's context as a `traceparent`, copied into each event.
@@ -31,7 +31,7 @@ pub struct TxnTrace {
 impl TxnTrace {
     /// Starts the span of the transaction that Begin announced; `None` when
     /// tracing is off or the sampler does not keep this transaction.
-    pub fn start(xid: u32, commit_lsn: u64) -> Option<TxnTrace> {
+    pub(crate) fn start(xid: u32, commit_lsn: u64) -> Option<TxnTrace> {
         let tracer = telemetry::tracer()?;
         let span = tracer
             .span_builder("realtime.ingest")
@@ -58,7 +58,7 @@ impl TxnTrace {
 
     /// Counts one more event of the transaction, batched for Redis, and
     /// returns the `traceparent` for its envelope.
-    pub fn event(&mut self) -> String {
+    pub(crate) fn event(&mut self) -> String {
         self.events += 1;
         self.in_batch += 1;
         self.traceparent.clone()
@@ -66,7 +66,7 @@ impl TxnTrace {
 
     /// Starts the child span of a Redis pipeline of `batch_len` events that
     /// holds some of this transaction's; `None` when it holds none.
-    pub fn publish_span(&self, batch_len: usize) -> Option<Span> {
+    pub(crate) fn publish_span(&self, batch_len: usize) -> Option<Span> {
         if self.in_batch == 0 {
             return None;
         }
@@ -88,13 +88,13 @@ impl TxnTrace {
 
     /// The batch was sent (or failed): this transaction has nothing
     /// batched any more.
-    pub fn flushed(&mut self) {
+    pub(crate) fn flushed(&mut self) {
         self.in_batch = 0;
     }
 
     /// Ends the span once every event of the transaction is in Redis.
     /// `changes` counts the transaction's changes, routed or not.
-    pub fn finish(mut self, changes: u64) {
+    pub(crate) fn finish(mut self, changes: u64) {
         self.span
             .set_attribute(KeyValue::new("realtime.events", self.events as i64));
         self.span
@@ -104,14 +104,14 @@ impl TxnTrace {
 
     /// Ends the span of a transaction whose events Redis did not take (the
     /// session reconnects and Postgres sends the transaction again).
-    pub fn fail(mut self, error: &str) {
+    pub(crate) fn fail(mut self, error: &str) {
         self.span.set_status(Status::error(error.to_owned()));
         self.span.end();
     }
 }
 
 /// Ends the publish spans of one Redis pipeline with its outcome.
-pub fn end_publish(spans: Vec<Span>, duplicates: usize, error: Option<&str>) {
+pub(crate) fn end_publish(spans: Vec<Span>, duplicates: usize, error: Option<&str>) {
     for mut span in spans {
         match error {
             Some(error) => span.set_status(Status::error(error.to_owned())),

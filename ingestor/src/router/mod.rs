@@ -40,11 +40,11 @@ mod tests;
 use crate::change::{Operation, Row, RowChange};
 use kinds::Ctx;
 
-pub use realtime_shared::message::{Draft, MESSAGE_PREFIX, MessageError};
+pub(crate) use realtime_shared::message::{Draft, MESSAGE_PREFIX, MessageError};
 
 /// Which row of a change a problem is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
+pub(crate) enum Side {
     Old,
     New,
 }
@@ -61,7 +61,7 @@ impl std::fmt::Display for Side {
 /// Why a change or message produced no event. The caller logs it and skips
 /// the change; messages name tables and columns, never values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RouteError {
+pub(crate) enum RouteError {
     #[error("{table}: {operation:?} without its {side} row (is REPLICA IDENTITY FULL set?)")]
     MissingRow {
         table: String,
@@ -92,14 +92,14 @@ pub enum RouteError {
 /// A row's parent: which routed table (its index in [`Routes::tables`]) and
 /// the parent row's id. The child's event goes to that row's organization.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ParentKey {
+pub(crate) struct ParentKey {
     pub table: usize,
     pub id: String,
 }
 
 /// One event of a row change, as routed; the session completes it at commit.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Routed {
+pub(crate) struct Routed {
     /// Complete, except that a child's `organization_id` (and its payload's
     /// `organizationId`) is `None`/`null` until `parent` is resolved, and the
     /// `actor` field holds its value without an actor.
@@ -134,7 +134,7 @@ impl Routed {
 
     /// Addresses the event to `org`: the draft and, when its payload has
     /// one, the payload's `organizationId` (a child's is `null` until now).
-    pub fn address(&mut self, org: &str) {
+    pub(crate) fn address(&mut self, org: &str) {
         self.draft.organization_id = Some(org.to_owned());
         if let Some(slot) = self
             .draft
@@ -147,7 +147,7 @@ impl Routed {
     }
 
     /// Sets the actor field to the transaction's actor.
-    pub fn set_actor(&mut self, actor: &str) {
+    pub(crate) fn set_actor(&mut self, actor: &str) {
         if let (Some(field), Some(p)) = (self.actor, self.draft.payload.as_object_mut()) {
             p.insert(field.into(), Value::String(actor.to_owned()));
         }
@@ -156,7 +156,7 @@ impl Routed {
 
 /// Routes changes by a validated [`Routes`] config.
 #[derive(Debug, Clone)]
-pub struct Router {
+pub(crate) struct Router {
     routes: Routes,
     /// Per table index: its parents' table indexes (child routes only).
     parents: Vec<Vec<usize>>,
@@ -165,7 +165,7 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(routes: Routes) -> Self {
+    pub(crate) fn new(routes: Routes) -> Self {
         let index = |schema: &str, table: &str| {
             routes
                 .tables()
@@ -194,12 +194,12 @@ impl Router {
         }
     }
 
-    pub fn routes(&self) -> &Routes {
+    pub(crate) fn routes(&self) -> &Routes {
         &self.routes
     }
 
     /// The index in [`Routes::tables`] of `schema.table`, if routed.
-    pub fn index_of(&self, schema: &str, table: &str) -> Option<usize> {
+    pub(crate) fn index_of(&self, schema: &str, table: &str) -> Option<usize> {
         self.routes
             .tables()
             .iter()
@@ -208,7 +208,7 @@ impl Router {
 
     /// Whether the table at `index` is some route's parent: the session then
     /// follows its rows' organizations (see [`crate::parents`]).
-    pub fn is_parent(&self, index: usize) -> bool {
+    pub(crate) fn is_parent(&self, index: usize) -> bool {
         self.is_parent.get(index).copied().unwrap_or(false)
     }
 
@@ -216,7 +216,7 @@ impl Router {
     /// is not routed, or this operation produces no event for its kind. Two:
     /// an update moved the row between organizations (or users, for a
     /// membership, or parents, for a child), see the module docs.
-    pub fn route_change(&self, change: &RowChange<'_>) -> Result<Vec<Routed>, RouteError> {
+    pub(crate) fn route_change(&self, change: &RowChange<'_>) -> Result<Vec<Routed>, RouteError> {
         let Some(index) = self.index_of(change.schema, change.table) else {
             return Ok(Vec::new());
         };
@@ -239,7 +239,7 @@ impl Router {
     /// Truncate of a routed table → `data.sync {entityType: <table>,
     /// operation: "truncate"}` to every organization: a truncate carries no
     /// rows, so which organizations lost data is unknown.
-    pub fn route_truncate(&self, schema: &str, table: &str) -> Option<Draft> {
+    pub(crate) fn route_truncate(&self, schema: &str, table: &str) -> Option<Draft> {
         let route = self.routes.find(schema, table)?;
         Some(Draft {
             event_type: EventType::DataSync,
@@ -260,7 +260,7 @@ impl Router {
     /// `organizationId` would otherwise turn an organization's event into a
     /// broadcast to everyone. For the same reason `null` ids are refused:
     /// omit the field to broadcast.
-    pub fn route_message(&self, prefix: &str, content: &[u8]) -> Result<Option<Draft>, RouteError> {
+    pub(crate) fn route_message(&self, prefix: &str, content: &[u8]) -> Result<Option<Draft>, RouteError> {
         if prefix != MESSAGE_PREFIX {
             return Ok(None);
         }
@@ -280,7 +280,7 @@ impl Router {
 /// anything else, and forwards this event to no browser. It takes its place
 /// among the transaction's events like any other (same ids, same publish
 /// path), so it is ordered and durable in the broadcast history.
-pub fn unknown_member_leave() -> Draft {
+pub(crate) fn unknown_member_leave() -> Draft {
     Draft {
         event_type: EventType::MemberLeave,
         source: Source::Postgres,
@@ -291,7 +291,7 @@ pub fn unknown_member_leave() -> Draft {
 }
 
 /// Whether `draft` is an [`unknown_member_leave`].
-pub fn is_unknown_member_leave(draft: &Draft) -> bool {
+pub(crate) fn is_unknown_member_leave(draft: &Draft) -> bool {
     draft.event_type == EventType::MemberLeave && draft.organization_id.is_none()
 }
 

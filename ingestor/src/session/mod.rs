@@ -55,11 +55,11 @@ use crate::trace::{self, TxnTrace};
 use crate::value::{self, TypeRegistry};
 
 /// The prefix of our heartbeat messages (DESIGN §2).
-pub const HEARTBEAT_PREFIX: &str = "realtime-heartbeat";
+pub(crate) const HEARTBEAT_PREFIX: &str = "realtime-heartbeat";
 
 /// The prefix of `realtime.set_actor(user)`'s transactional message: its
 /// content (a user id) names who made the transaction's changes.
-pub const ACTOR_PREFIX: &str = "realtime-actor";
+pub(crate) const ACTOR_PREFIX: &str = "realtime-actor";
 
 /// The longest actor id accepted; a longer one is ignored (and logged).
 const MAX_ACTOR_BYTES: usize = 256;
@@ -68,7 +68,7 @@ const MAX_ACTOR_BYTES: usize = 256;
 const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 
 #[derive(Debug, thiserror::Error)]
-pub enum SessionError {
+pub(crate) enum SessionError {
     #[error("replication stream: {0}")]
     Replication(#[from] PgWireError),
     #[error("replication stream ended")]
@@ -87,7 +87,7 @@ pub enum SessionError {
 
 impl SessionError {
     /// Another ingestor holds the slot: this one is a hot standby.
-    pub fn is_slot_busy(&self) -> bool {
+    pub(crate) fn is_slot_busy(&self) -> bool {
         match self {
             SessionError::Replication(PgWireError::Server(msg)) => msg.contains("55006"),
             SessionError::Slot(SlotError::Busy(_)) => true,
@@ -98,7 +98,7 @@ impl SessionError {
 
 /// Why a session ended without an error.
 #[derive(Debug, PartialEq, Eq)]
-pub enum SessionEnd {
+pub(crate) enum SessionEnd {
     Shutdown,
 }
 
@@ -121,7 +121,7 @@ struct Sent {
     commit_ms: i64,
 }
 
-pub struct Session<'a> {
+pub(crate) struct Session<'a> {
     client: ReplicationClient,
     publisher: &'a mut Publisher,
     router: &'a Router,
@@ -152,7 +152,7 @@ pub struct Session<'a> {
 const RECORD_INTERVAL: Duration = Duration::from_secs(1);
 
 impl<'a> Session<'a> {
-    pub fn new(
+    pub(crate) fn new(
         client: ReplicationClient,
         publisher: &'a mut Publisher,
         router: &'a Router,
@@ -183,7 +183,7 @@ impl<'a> Session<'a> {
     /// Streams until `shutdown` is cancelled (→ `Ok`) or something fails
     /// (→ `Err`; the caller reconnects and Postgres re-sends everything
     /// after the last acknowledged position).
-    pub async fn run(mut self, shutdown: &CancellationToken) -> Result<SessionEnd, SessionError> {
+    pub(crate) async fn run(mut self, shutdown: &CancellationToken) -> Result<SessionEnd, SessionError> {
         let result = self.stream(shutdown).await;
         if result.is_ok() {
             // Let the worker send the final acknowledgement and end the
