@@ -6,6 +6,14 @@
  * gateway produce: `test/schema.test.ts` fails when a type, a channel, an
  * event field or a payload field differs (name or optionality). Change the Rust
  * side first, regenerate the file, then this one.
+ *
+ * The payloads follow the original Oikion app's own declarations (its
+ * `src/realtime/types/realtime.ts`), so an app handler typed with those
+ * accepts these events: `test/app-types.test.ts` compiles each payload
+ * against a reconstruction of them (`test/fixtures/oikion-app-events.ts`) and
+ * lists the few fields that are wider here (a `null` actor, column values of
+ * configurable routes, the gateway's own `data.sync` signals, free-form
+ * `system.alert`).
  */
 
 /** Every event type, in the order of the Rust `EventType::ALL`. */
@@ -40,28 +48,67 @@ export type Channel = keyof typeof CHANNELS | "all";
 /** A column value as the ingestor encodes it (numeric as a string, timestamps as ISO-8601). */
 export type ColumnValue = string | number | boolean | null | ColumnValue[] | { [key: string]: unknown };
 
-/** A row, or the changed columns of a row, keyed by column name. */
+/**
+ * A row, or the changed fields of a row, keyed by the app's field name: the
+ * route's column renames applied (the built-in Oikion routes turn the Prisma
+ * `@map` columns back into `createdAt`, `updatedAt`, `joinedAt`, `uploadedAt`,
+ * `stripeCustomerId`, …; other columns keep their own names).
+ */
 export type Row = Record<string, ColumnValue>;
 
-/** A `properties` row was created, updated or deleted. */
+/**
+ * The acting user of the transaction that made the change: the id the app
+ * passed to `SELECT realtime.set_actor(<userId>)` as the first statement of
+ * that transaction, or `null` when it named none. The key is always present.
+ * (The app's own declarations type it `string`; `null` is the one value they
+ * do not foresee.)
+ */
+export type Actor = string | null;
+
+/**
+ * A property was created, updated, archived or deleted: a `properties` row
+ * changed, or a row of one of its child tables (`listings`, `addresses`,
+ * `media_assets`), which is routed through its parent property.
+ */
 export interface PropertyUpdatePayload {
+  /** The property's id (for a child row: its `propertyId`). A number only from routes over integer keys. */
   propertyId: string | number;
+  /** The property's organization (for a child row: its parent property's, looked up by the ingestor). */
   organizationId: string;
-  operation: "create" | "update" | "delete";
-  /** Changed column names, sorted; updates only. */
+  /**
+   * `archive`: a listing's `marketingStatus` became `ARCHIVED` (the app's
+   * `archiveProperty()`); a child row's other changes are `update`s.
+   */
+  operation: "create" | "update" | "archive" | "delete";
+  /**
+   * Changed field names, sorted; updates and archives only. A child row's
+   * fields are prefixed with its field on the property: `listing.archivedAt`.
+   */
   updatedFields?: string[];
-  /** Create: the whole new row. Update: the changed columns' new values. Delete: the old row. */
+  /**
+   * Create: the whole new row. Update and archive: the changed fields' new
+   * values. Delete: the old row. A child row's fields are nested under its
+   * field on the property (`listing`, `address`, `mediaAssets`):
+   * `{"listing": {"marketingStatus": "ARCHIVED", "archivedAt": "…"}}`.
+   */
   changes: Row;
-  /** The configured `updated_by_column`'s value, when set and not null (not on deletes). */
-  updatedBy?: ColumnValue;
+  /** Who made the change (see {@link Actor}). */
+  updatedBy: Actor;
 }
 
 /** An organization row changed. */
 export interface OrganizationChangePayload {
   organizationId: string;
-  /** The one watched column that changed (`name`, `plan`, `settings`), else `"update"`. */
-  changeType: string;
+  /**
+   * `name` when only the name changed, `billing` when only the plan changed,
+   * else `settings` (several fields, or any other one). `permissions` is in
+   * the app's union; no row change produces it.
+   */
+  changeType: "name" | "settings" | "permissions" | "billing";
+  /** The changed fields' new values. */
   changes: Row;
+  /** Who made the change (see {@link Actor}). */
+  updatedBy: Actor;
 }
 
 /** A membership was created or its role changed. */
@@ -70,12 +117,20 @@ export interface MemberJoinPayload {
   memberId: string;
   organizationId: string;
   role: ColumnValue;
+  /** Who added the member or changed the role (see {@link Actor}). */
+  invitedBy: Actor;
 }
 
 /** A membership was removed: that user's streams of the organization close. */
 export interface MemberLeavePayload {
   memberId: string;
   organizationId: string;
+  /**
+   * In the app's type. A removed row carries none; the ingestor's
+   * `"unknown"` leave (a membership table without REPLICA IDENTITY FULL) is
+   * consumed by the gateway and never reaches a browser.
+   */
+  reason?: string;
 }
 
 /** An `activities` row was inserted. */
@@ -101,6 +156,21 @@ export interface NotificationNewPayload {
 /** Whatever the application published (`POST /api/realtime/publish` or `pg_logical_emit_message`). */
 export type SystemAlertPayload = Record<string, unknown>;
 
+/**
+ * A row of a `data.sync` route changed (the Oikion routes: `clients` →
+ * `client`, `tasks` → `task`, `notes` → `note`, `interactions` →
+ * `interaction`; notes and interactions belong to the organization of their
+ * client or property). This is the app's own `data.sync` shape.
+ */
+export interface RoutedSyncPayload {
+  entityType: string;
+  /** The row's id. A number only from routes over integer keys. */
+  entityId: string | number;
+  operation: "create" | "update" | "delete";
+  /** Create and update: the new row. Delete: the old row. */
+  data: Row;
+}
+
 /** A routed table was truncated: every organization should refetch that entity. */
 export interface TruncateSyncPayload {
   entityType: string;
@@ -114,7 +184,23 @@ export interface GapSyncPayload {
   lastEventId: string | null;
 }
 
-export type DataSyncPayload = TruncateSyncPayload | GapSyncPayload;
+/**
+ * The replication slot was lost or invalidated, so changes may be missing:
+ * sent to every organization; refetch.
+ */
+export interface SlotLostSyncPayload {
+  reason: "slot_lost";
+}
+
+/**
+ * `data.sync`: the app's routed shape, or one of the gateway's and ingestor's
+ * own signals to refetch (truncate, gap, slot lost). Those signals are a
+ * superset of the app's `data.sync` payload: they lack `entityId` and `data`
+ * (and the gap notice an event `id`), so code typed with the app's
+ * declarations must not read those fields without checking `reason` /
+ * `operation` first. Narrow on `"reason" in payload` or on `operation`.
+ */
+export type DataSyncPayload = RoutedSyncPayload | TruncateSyncPayload | GapSyncPayload | SlotLostSyncPayload;
 
 /** The fields every event shares. */
 interface EventBase<T extends EventType, P> {
