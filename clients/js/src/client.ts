@@ -147,7 +147,11 @@ export interface RealtimeClient {
   onEvent(handler: (event: RealtimeEvent) => void): Unsubscribe;
   /** Calls `handler` on every state change (not with the current state). */
   onStateChange(handler: (state: ConnectionState) => void): Unsubscribe;
-  /** Calls `handler` on each `data.sync`: the app should refetch its data. */
+  /**
+   * Calls `handler` on each `data.sync`: a signal to refetch (`reason` gap or
+   * slot_lost, `operation` truncate), or one routed row that changed
+   * (`entityId` and `data` present).
+   */
   onResync(handler: (event: DataSyncEvent) => void): Unsubscribe;
   /** Calls `handler` with each connection's first message. */
   onConnection(handler: (message: ConnectionMessage) => void): Unsubscribe;
