@@ -58,10 +58,11 @@ export type Row = Record<string, ColumnValue>;
 
 /**
  * The acting user of the transaction that made the change: the id the app
- * passed to `SELECT realtime.set_actor(<userId>)` as the first statement of
- * that transaction, or `null` when it named none. The key is always present.
- * (The app's own declarations type it `string`; `null` is the one value they
- * do not foresee.)
+ * passed to `SELECT realtime.set_actor(<userId>)` in that transaction, or
+ * `null` when it named none (a property route with `updated_by_column` gives
+ * that column's value instead; the built-in routes have none). The key is
+ * always present. (The app's own declarations type it `string`; `null` is the
+ * one value they do not foresee.)
  */
 export type Actor = string | null;
 
@@ -100,9 +101,11 @@ export interface PropertyUpdatePayload {
 export interface OrganizationChangePayload {
   organizationId: string;
   /**
-   * `name` when only the name changed, `billing` when only the plan changed,
-   * else `settings` (several fields, or any other one). `permissions` is in
-   * the app's union; no row change produces it.
+   * With the built-in routes: `name` when only the name changed, `billing`
+   * when only the plan changed, else `settings` (several fields, or any other
+   * one). `permissions` is in the app's union; no built-in route produces it.
+   * A routes file's `change_types` / `default_change_type` name these values
+   * and must keep to the four for this type to hold.
    */
   changeType: "name" | "settings" | "permissions" | "billing";
   /** The changed fields' new values. */
@@ -125,12 +128,9 @@ export interface MemberJoinPayload {
 export interface MemberLeavePayload {
   memberId: string;
   organizationId: string;
-  /**
-   * In the app's type. A removed row carries none; the ingestor's
-   * `"unknown"` leave (a membership table without REPLICA IDENTITY FULL) is
-   * consumed by the gateway and never reaches a browser.
-   */
-  reason?: string;
+  // No `reason` (optional in the app's type): a removed row has none to give,
+  // and the ingestor's `"unknown"` leave (a membership table without REPLICA
+  // IDENTITY FULL) is consumed by the gateway and never reaches a browser.
 }
 
 /** An `activities` row was inserted. */

@@ -80,7 +80,11 @@ describe("our events against the original app's declarations", () => {
       `operation: "create" | "update" | "delete";`,
     ],
     ["invitedBy dropped", "  invitedBy: Actor;\n", ""],
-    ["member.leave reason widened", "  reason?: string;\n", "  reason?: string | number;\n"],
+    [
+      "member.leave memberId widened",
+      "export interface MemberLeavePayload {\n  memberId: string;",
+      "export interface MemberLeavePayload {\n  memberId: string | number;",
+    ],
     [
       "routed data.sync operation widened",
       `  operation: "create" | "update" | "delete";\n  /** Create and update: the new row.`,
