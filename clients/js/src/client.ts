@@ -148,9 +148,10 @@ export interface RealtimeClient {
   /** Calls `handler` on every state change (not with the current state). */
   onStateChange(handler: (state: ConnectionState) => void): Unsubscribe;
   /**
-   * Calls `handler` on each `data.sync`: a signal to refetch (`reason` gap or
-   * slot_lost, `operation` truncate), or one routed row that changed
-   * (`entityId` and `data` present).
+   * Calls `handler` on each signal to refetch: a `data.sync` with a `reason`
+   * (gap, slot_lost) or `operation: "truncate"`. A routed row that changed
+   * (`data.sync` with `entityId` and `data`) is an ordinary event: use
+   * `on("data.sync", …)` for those.
    */
   onResync(handler: (event: DataSyncEvent) => void): Unsubscribe;
   /** Calls `handler` with each connection's first message. */
@@ -419,7 +420,7 @@ export function connect(options: ConnectOptions): RealtimeClient {
     }
     emit(typed.get(type) ?? [], event as never);
     emit(any, event);
-    if (event.type === "data.sync") emit(resyncHandlers, event);
+    if (event.type === "data.sync" && !("entityId" in event.payload)) emit(resyncHandlers, event);
   }
 
   function controlUrl(): string | undefined {

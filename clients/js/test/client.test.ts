@@ -159,6 +159,20 @@ describe("connect", () => {
     expect(client.lastEventId).toBe("90-0");
   });
 
+  it("a routed row's data.sync is an event, not a signal to refetch", () => {
+    const { client } = open();
+    const resyncs: unknown[] = [];
+    const rows: unknown[] = [];
+    client.onResync((e) => resyncs.push(e.payload));
+    client.on("data.sync", (e) => rows.push(e.payload));
+    const es = FakeEventSource.last.accept();
+    const row = { entityType: "client", entityId: "c1", operation: "update", data: { id: "c1" } };
+    es.send({ id: "5-0", type: "data.sync", timestamp: 1, source: "postgres", version: "1.0", organizationId: "org1", payload: row });
+    es.send({ id: "6-0", type: "data.sync", timestamp: 2, source: "postgres", version: "1.0", organizationId: null, payload: { entityType: "clients", operation: "truncate" } });
+    expect(rows).toHaveLength(2);
+    expect(resyncs).toEqual([{ entityType: "clients", operation: "truncate" }]);
+  });
+
   it("persists the last id per organization and resumes from it", () => {
     const storage = memoryStorage();
     const { client } = open({ persist: true, storage });
