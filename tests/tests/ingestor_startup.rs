@@ -56,19 +56,19 @@ async fn malformed_routes_file_is_one_clear_line() {
 #[tokio::test]
 async fn routed_table_without_its_org_column_is_one_clear_line() {
     let ctx = TestContext::new().await;
-    ctx.batch("CREATE TABLE listings (id text PRIMARY KEY, owner text)")
+    ctx.batch("CREATE TABLE deals (id text PRIMARY KEY, owner text)")
         .await;
     let path = ctx.temp_dir().join("routes.toml");
     std::fs::write(
         &path,
-        "[[tables]]\ntable = \"listings\"\nkind = \"property\"\norg_column = \"organizationId\"\n",
+        "[[tables]]\ntable = \"deals\"\nkind = \"property\"\norg_column = \"organizationId\"\n",
     )
     .expect("write");
     let mut env = base_env(&ctx);
     set(&mut env, "REALTIME_ROUTES", path.display().to_string());
     let (line, _) = run_failing(env).await;
     assert!(
-        line.contains("listings") && line.contains("organizationId"),
+        line.contains("deals") && line.contains("organizationId"),
         "{line}"
     );
 }
