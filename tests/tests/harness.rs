@@ -9,12 +9,19 @@ use realtime_tests::{
     ChildProcess, PostgresServer, RedisServer, TestContext, binary_path, shared, wait_until,
 };
 
-const OIKION_TABLES: [&str; 6] = [
+const OIKION_TABLES: [&str; 13] = [
     "activities",
+    "addresses",
+    "clients",
+    "interactions",
+    "listings",
+    "media_assets",
+    "notes",
     "organization_members",
     "organizations",
     "properties",
     "sessions",
+    "tasks",
     "users",
 ];
 
