@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-/// Column name → JSON value (DESIGN §2 mapping).
+/// Column name → JSON value (ARCHITECTURE.md §2 mapping).
 pub(crate) type Row = Map<String, Value>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

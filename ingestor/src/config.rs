@@ -1,5 +1,5 @@
 //! The ingestor's settings: environment variables and the same-named flags
-//! (DESIGN §5). `realtime-ingestor --help` lists them all with defaults.
+//! (ARCHITECTURE.md §5). `realtime-ingestor --help` lists them all with defaults.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! The ingestor's metric names (DESIGN §5), in one place. Labels are
+//! The ingestor's metric names (ARCHITECTURE.md §5), in one place. Labels are
 //! low-cardinality: event types only, never organizations or tables' rows.
 
 pub(crate) const EVENTS_PUBLISHED: &str = "realtime_ingestor_events_published_total";

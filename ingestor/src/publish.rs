@@ -1,5 +1,5 @@
 //! Publishing events to Redis: the atomic XADD-then-PUBLISH function of
-//! DESIGN §4 and a pipelined [`Publisher`].
+//! ARCHITECTURE.md §4 and a pipelined [`Publisher`].
 //!
 //! The function appends the event to its scope's history stream with the
 //! event id as the stream entry id, then PUBLISHes the same bytes, in one

@@ -21,7 +21,7 @@
 //! server is another cluster (its system identifier changed: a restore, a
 //! branch, a failover to a rebuilt server). Then it logs one error, drops an
 //! invalidated slot, creates the slot when missing, and publishes one
-//! `data.sync` `{"reason":"slot_lost"}` (DESIGN §9) to every organization
+//! `data.sync` `{"reason":"slot_lost"}` (ARCHITECTURE.md §2, Slots) to every organization
 //! that has a history stream and to the broadcast stream, through the normal
 //! publish function, before streaming anything. A first start (no record)
 //! only writes the record: nothing can have been missed.
@@ -60,7 +60,7 @@ use tokio_postgres::error::SqlState;
 
 use crate::metrics as m;
 
-/// The `reason` of the data.sync sent after a lost slot (DESIGN §9).
+/// The `reason` of the data.sync sent after a lost slot (ARCHITECTURE.md §2, Slots).
 pub(crate) const SLOT_LOST: &str = "slot_lost";
 
 #[derive(Debug, thiserror::Error)]

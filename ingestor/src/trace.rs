@@ -1,4 +1,4 @@
-//! OpenTelemetry spans of the ingestor (DESIGN §5).
+//! OpenTelemetry spans of the ingestor (ARCHITECTURE.md §5).
 //!
 //! One `realtime.ingest` span per replicated transaction, from its Begin
 //! until Redis accepted its last event, with one `realtime.publish` child per

@@ -1,4 +1,4 @@
-//! Column values → JSON by type OID (DESIGN §2).
+//! Column values → JSON by type OID (ARCHITECTURE.md §2).
 //!
 //! pgoutput sends each value in its type's text output form. Integers and
 //! floats become JSON numbers, bool a boolean, json/jsonb is embedded, numeric

@@ -1,4 +1,4 @@
-//! Configuration helpers shared by both binaries (DESIGN §5).
+//! Configuration helpers shared by both binaries (ARCHITECTURE.md §5).
 //!
 //! Every setting is an environment variable and the same-named `--flag`
 //! (kebab-case: `REALTIME_HISTORY_LEN` ↔ `--realtime-history-len`), parsed by

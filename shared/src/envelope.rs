@@ -1,6 +1,6 @@
 //! What is stored in Redis for one event: the event JSON plus routing metadata.
 //!
-//! DESIGN §4: each history entry has one field `e`, and PUBLISH carries the
+//! ARCHITECTURE.md §4: each history entry has one field `e`, and PUBLISH carries the
 //! same bytes. The bytes are a JSON object
 //! `{"event":{…wire event…},"userId":"…"?,"traceparent":"…"?}`:
 //! `event` is exactly what clients receive (the gateway can forward it as a raw

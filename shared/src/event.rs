@@ -1,6 +1,6 @@
 //! The event model: what the ingestor publishes and the gateway serves.
 //!
-//! Wire shape (DESIGN §3), one JSON object per event:
+//! Wire shape (ARCHITECTURE.md §3), one JSON object per event:
 //! `{"id","type","timestamp","source","version":"1.0","organizationId","payload"}`.
 //! `timestamp` is the commit time in milliseconds since the Unix epoch;
 //! `organizationId` is `null` for broadcast events (to every organization).
@@ -11,7 +11,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// The event types of DESIGN §3/§6. The set is closed: channels filter on it.
+/// The event types of ARCHITECTURE.md §3/§6. The set is closed: channels filter on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EventType {
     #[serde(rename = "property.update")]

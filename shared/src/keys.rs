@@ -1,4 +1,4 @@
-//! Redis key and channel names (DESIGN §4), all under one prefix
+//! Redis key and channel names (ARCHITECTURE.md §4), all under one prefix
 //! (`REALTIME_KEY_PREFIX`, default `rt`).
 //!
 //! Hash tags (`{org:<id>}`) keep an organization's history and channel in one

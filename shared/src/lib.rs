@@ -1,13 +1,13 @@
 //! Shared by the ingestor and the gateway: only what both use.
 //!
 //! Layout:
-//! - [`event`]: the event model and its wire JSON (DESIGN §3).
+//! - [`event`]: the event model and its wire JSON (ARCHITECTURE.md §3).
 //! - [`envelope`]: the bytes stored in Redis per event (event + routing metadata).
-//! - [`keys`]: Redis key and channel names (DESIGN §4).
+//! - [`keys`]: Redis key and channel names (ARCHITECTURE.md §4).
 //! - [`message`]: application events sent as Postgres logical messages, validated.
 //! - [`postgres_tls`]: libpq `sslmode`/`sslrootcert` for every Postgres connection (rustls).
 //! - [`redis_conn`]: the one Redis client constructor (TLS, CA bundle, ACL user) and its start-up errors.
-//! - [`config`]: durations and start-up validation helpers (DESIGN §5).
+//! - [`config`]: durations and start-up validation helpers (ARCHITECTURE.md §5).
 //! - [`telemetry`]: logging setup.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`shutdown`]: SIGTERM/SIGINT as a future.

@@ -1,5 +1,5 @@
 //! Application events written as Postgres logical messages
-//! (`pg_logical_emit_message(true, 'realtime', json)`, DESIGN §3): the one
+//! (`pg_logical_emit_message(true, 'realtime', json)`, ARCHITECTURE.md §3): the one
 //! validation shared by the ingestor, which routes them, and the gateway's
 //! publish API, which refuses with a 400 what the ingestor would skip.
 

@@ -1,4 +1,4 @@
-//! The one way both binaries build their Redis client (DESIGN §9, TLS):
+//! The one way both binaries build their Redis client (ARCHITECTURE.md §5; README, TLS):
 //! `redis://` or `rediss://` URLs, an ACL user and password in the URL
 //! (`rediss://user:password@host:port`), and for `rediss://` either the
 //! platform's trust store or the PEM bundle named by `REALTIME_REDIS_CA`

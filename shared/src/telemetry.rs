@@ -3,7 +3,7 @@
 //! **Logs**: `tracing` with an env filter (`RUST_LOG`, default `info`), JSON
 //! lines when `LOG_FORMAT=json`, human-readable otherwise.
 //!
-//! **Traces** (DESIGN §5): OpenTelemetry, exported over OTLP/HTTP with
+//! **Traces** (ARCHITECTURE.md §5): OpenTelemetry, exported over OTLP/HTTP with
 //! protobuf bodies when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set. The standard OTel variables
 //! apply: `OTEL_SERVICE_NAME` (default: the binary's name, e.g.
@@ -28,7 +28,7 @@
 //! layer installed beside the log layer.
 //!
 //! Contract kept by every caller: tokens, cookies and row values are never
-//! logged nor put into span attributes (DESIGN §5); use table names, event
+//! logged nor put into span attributes (ARCHITECTURE.md §5); use table names, event
 //! types, ids and LSNs instead.
 
 use std::sync::OnceLock;

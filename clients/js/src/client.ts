@@ -42,7 +42,7 @@ import {
   isEventType,
 } from "./events.js";
 
-/** The stream path on a gateway (DESIGN §3). */
+/** The stream path on a gateway (ARCHITECTURE.md §3). */
 export const STREAM_PATH = "/api/realtime/stream";
 
 /** Longest wait for the gateway to answer `close()`'s DELETE before the socket is dropped anyway. */

@@ -1,5 +1,5 @@
 /**
- * The gateway's wire format (DESIGN §3, §6) as TypeScript types.
+ * The gateway's wire format (ARCHITECTURE.md §3, §6) as TypeScript types.
  *
  * These definitions are checked against `schema/events.json`, which the Rust
  * test `tests/tests/client_js.rs` writes from what the real ingestor and

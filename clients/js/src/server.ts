@@ -1,6 +1,6 @@
 /**
  * `@oikion/realtime/server`: publish events from server code through the
- * gateway's `POST /api/realtime/publish` (DESIGN §3).
+ * gateway's `POST /api/realtime/publish` (ARCHITECTURE.md §3).
  *
  * Server-side only (Node ≥ 18, Next.js route handlers and server actions,
  * edge runtimes): it needs the gateway's publish key (`REALTIME_PUBLISH_KEY`),

@@ -32,7 +32,7 @@ type Fails<T extends false> = T;
 
 /**
  * The fields where ours is wider than the app's, per event type, and why.
- * Each is a deliberate consequence of the spec (payload-spec, DESIGN §9).
+ * Each is a deliberate consequence of the spec (ARCHITECTURE.md §6).
  */
 interface Gaps {
   /**

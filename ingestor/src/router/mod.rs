@@ -1,5 +1,5 @@
 //! Turns decoded row changes, truncates and logical messages into event
-//! drafts (DESIGN §6): type, audience and payload, without id or timestamp,
+//! drafts (ARCHITECTURE.md §6): type, audience and payload, without id or timestamp,
 //! which the pipeline adds from the transaction.
 //!
 //! The one invariant this module owns: a draft is addressed to an

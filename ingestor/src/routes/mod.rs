@@ -1,4 +1,4 @@
-//! The routing config: which tables become which events (DESIGN §2, §6).
+//! The routing config: which tables become which events (ARCHITECTURE.md §2, §6).
 //!
 //! A TOML file (`REALTIME_ROUTES`) of `[[tables]]` entries; the built-in
 //! default is `ingestor/routes/oikion.toml`, embedded and parsed like any other
@@ -29,7 +29,7 @@ use std::path::Path;
 pub use error::{Entry, Position, Problem, RoutesError};
 use file::{RawConfig, check_parents};
 
-/// The built-in default: the Oikion schema of DESIGN §6.
+/// The built-in default: the Oikion schema of ARCHITECTURE.md §6.
 const OIKION_TOML: &str = include_str!("../../routes/oikion.toml");
 
 /// The schema of an entry that names none.
@@ -80,7 +80,7 @@ pub struct Parent {
     pub column: String,
 }
 
-/// The payload shape of a table (DESIGN §6), with the columns it reads.
+/// The payload shape of a table (ARCHITECTURE.md §6), with the columns it reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteKind {
     /// I/U/D → `property.update`.

@@ -54,7 +54,7 @@ use crate::slot::{SlotError, SlotRecord};
 use crate::trace::{self, TxnTrace};
 use crate::value::{self, TypeRegistry};
 
-/// The prefix of our heartbeat messages (DESIGN §2).
+/// The prefix of our heartbeat messages (ARCHITECTURE.md §2).
 pub(crate) const HEARTBEAT_PREFIX: &str = "realtime-heartbeat";
 
 /// The prefix of `realtime.set_actor(user)`'s transactional message: its
