@@ -16,7 +16,8 @@ pub(crate) const SKIPPED: &str = "realtime_ingestor_skipped_total";
 
 /// Relation messages of routed tables that need old rows showing a replica
 /// identity other than FULL, by table (routed tables only: bounded).
-pub(crate) const REPLICA_IDENTITY_NOT_FULL: &str = "realtime_ingestor_replica_identity_not_full_total";
+pub(crate) const REPLICA_IDENTITY_NOT_FULL: &str =
+    "realtime_ingestor_replica_identity_not_full_total";
 /// Membership changes that arrived without their old row and were published
 /// as a broadcast `member.leave` with a null member (gateways re-check).
 pub(crate) const UNKNOWN_MEMBER_LEAVES: &str = "realtime_ingestor_unknown_member_leaves_total";

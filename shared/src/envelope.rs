@@ -94,7 +94,10 @@ mod tests {
         owned.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
         let bytes = owned.to_bytes();
         let raw = RawEnvelope::parse(&bytes).unwrap();
-        assert_eq!(raw.event.get(), serde_json::to_string(&owned.event).unwrap());
+        assert_eq!(
+            raw.event.get(),
+            serde_json::to_string(&owned.event).unwrap()
+        );
         assert_eq!(raw.user_id.as_deref(), Some("u\"7"));
         assert_eq!(raw.traceparent.as_deref(), owned.traceparent.as_deref());
         let back: Event = serde_json::from_str(raw.event.get()).unwrap();
@@ -109,6 +112,9 @@ mod tests {
         assert!(!String::from_utf8_lossy(&bytes).contains("userId"));
         let raw = RawEnvelope::parse(&bytes).unwrap();
         assert_eq!((raw.user_id, raw.traceparent), (None, None));
-        assert!(RawEnvelope::parse(b"{\"userId\":\"u\"}").is_err(), "event is required");
+        assert!(
+            RawEnvelope::parse(b"{\"userId\":\"u\"}").is_err(),
+            "event is required"
+        );
     }
 }

@@ -260,7 +260,11 @@ impl Router {
     /// `organizationId` would otherwise turn an organization's event into a
     /// broadcast to everyone. For the same reason `null` ids are refused:
     /// omit the field to broadcast.
-    pub(crate) fn route_message(&self, prefix: &str, content: &[u8]) -> Result<Option<Draft>, RouteError> {
+    pub(crate) fn route_message(
+        &self,
+        prefix: &str,
+        content: &[u8],
+    ) -> Result<Option<Draft>, RouteError> {
         if prefix != MESSAGE_PREFIX {
             return Ok(None);
         }

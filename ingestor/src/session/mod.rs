@@ -183,7 +183,10 @@ impl<'a> Session<'a> {
     /// Streams until `shutdown` is cancelled (→ `Ok`) or something fails
     /// (→ `Err`; the caller reconnects and Postgres re-sends everything
     /// after the last acknowledged position).
-    pub(crate) async fn run(mut self, shutdown: &CancellationToken) -> Result<SessionEnd, SessionError> {
+    pub(crate) async fn run(
+        mut self,
+        shutdown: &CancellationToken,
+    ) -> Result<SessionEnd, SessionError> {
         let result = self.stream(shutdown).await;
         if result.is_ok() {
             // Let the worker send the final acknowledgement and end the
