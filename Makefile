@@ -25,8 +25,9 @@ deps:
 
 ## test: every unit, integration and doc test, after `deps`. The binaries are
 ## built first because crash tests run them as real processes
-## (realtime_tests::binary_path). `cargo test` rather than nextest: each test
-## binary then shares one Postgres and one Redis between its tests; nextest's
+## (realtime_tests::binary_path). The integration tests are one binary
+## (tests/tests/main.rs, `--test integration`), linked once, whose tests share
+## one Postgres and one Redis. `cargo test` rather than nextest: nextest's
 ## process per test would start a pair per test. test-deploy first: it takes
 ## seconds.
 test: deps build test-deploy test-js

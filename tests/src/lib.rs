@@ -11,8 +11,8 @@
 //! - [`redis`]: [`RedisServer`], a `redis-server` without persistence
 //!   (optionally TLS-only with an ACL user).
 //! - [`certs`]: [`TestCerts`], a CA and server certificate made at test time.
-//! - [`services`]: [`shared()`], one Postgres and one Redis per test binary,
-//!   started on first use.
+//! - [`services`]: [`shared()`], one Postgres and one Redis per test process
+//!   (every integration test: they are one binary), started on first use.
 //! - [`context`]: [`TestContext`], a test's own database (Oikion schema),
 //!   slot, publication and Redis key prefix on those servers.
 //! - [`process`]: [`ChildProcess`] and [`binary_path`], for running

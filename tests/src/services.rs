@@ -1,4 +1,5 @@
-//! The Postgres and Redis servers shared by every test of one test binary.
+//! The Postgres and Redis servers shared by every test of one test process:
+//! all the integration tests, which are one binary (`tests/tests/main.rs`).
 
 use std::sync::OnceLock;
 

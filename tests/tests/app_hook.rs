@@ -37,16 +37,14 @@
 
 #![allow(clippy::unwrap_used)] // test helpers, not only #[test] fns
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::sse::SseClient;
+use crate::support::start_ready;
 use realtime_tests::front::Forwarded;
 use realtime_tests::{Browser, ChildProcess, Front, RedisServer, TestContext, free_port};
 use serde_json::Value;
-use support::sse::SseClient;
-use support::start_ready;
 
 /// The longest any one step may take to recover.
 const WAIT: Duration = Duration::from_secs(20);

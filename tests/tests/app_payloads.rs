@@ -12,15 +12,15 @@
 
 #![allow(clippy::unwrap_used)] // test helpers, not only #[test] fns
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::support::{
+    Entry, InProcess, config_for, history, http_get, metric_value, wait_for_history,
+};
 use realtime_ingestor::Ingestor;
 use realtime_tests::{TestContext, wait_until};
 use serde_json::{Value, json};
-use support::{Entry, InProcess, config_for, history, http_get, metric_value, wait_for_history};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 

@@ -5,13 +5,11 @@
 
 #![allow(clippy::unwrap_used)] // test helpers, not only #[test] fns
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::gateway::{RunningGateway, gateway_config, token_with};
+use crate::support::sse::SseClient;
 use serde_json::Value;
-use support::gateway::{RunningGateway, gateway_config, token_with};
-use support::sse::SseClient;
 
 const FIXTURES: &str = include_str!("../../gateway/tests/fixtures/auth/tokens.json");
 

@@ -8,18 +8,16 @@
 //! Requests are raw HTTP/1.1 over `TcpStream`: HTTP clients refuse to send
 //! most of these bytes.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, Once, OnceLock};
 use std::time::Duration;
 
+use crate::support::gateway::{JWT_SECRET, RunningGateway, gateway_config, token};
+use crate::support::sse::{Message, SseClient};
+use crate::support::{RunningIngestor, config_for, http_get, metric_value};
 use futures_util::StreamExt;
-use support::gateway::{JWT_SECRET, RunningGateway, gateway_config, token};
-use support::sse::{Message, SseClient};
-use support::{RunningIngestor, config_for, http_get, metric_value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
@@ -959,7 +957,9 @@ async fn bad_input() {
     let ctx = realtime_tests::TestContext::new().await;
     seed(&ctx).await;
     let ing = RunningIngestor::start(ctx.clone(), config_for(&ctx)).await;
-    let gw = RunningGateway::start(gateway_config(&ctx)).await;
+    // Alone: the end waits for the process-wide gauge of open streams to be
+    // 0, which other tests' in-process gateways would also count.
+    let gw = RunningGateway::start_alone(gateway_config(&ctx)).await;
     let tok = token("ua", 600);
 
     let mut failures = Vec::new();

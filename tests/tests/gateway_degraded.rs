@@ -13,11 +13,14 @@
 
 #![allow(clippy::unwrap_used)] // test helpers, not only #[test] fns
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::gateway::{JWT_SECRET, token};
+use crate::support::http_get;
+use crate::support::sse::{Message, SseClient};
 use realtime_ingestor::publish::{Outgoing, Publisher};
 use realtime_shared::envelope::Envelope;
 use realtime_shared::event::{Event, EventId};
@@ -25,9 +28,6 @@ use realtime_shared::keys::Keys;
 use realtime_tests::{
     ChildProcess, PostgresServer, TestContext, binary_path, free_port, wait_until,
 };
-use support::gateway::{JWT_SECRET, token};
-use support::http_get;
-use support::sse::{Message, SseClient};
 
 const WAIT: Duration = Duration::from_secs(30);
 /// `REALTIME_RETRY` of the gateway under test.

@@ -11,17 +11,15 @@
 
 #![allow(clippy::unwrap_used)] // test helpers, not only #[test] fns
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::gateway::{JWT_SECRET, token};
+use crate::support::http_get;
 use futures_util::StreamExt;
 use realtime_tests::{ChildProcess, TestContext, binary_path, free_port, wait_until};
-use support::gateway::{JWT_SECRET, token};
-use support::http_get;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;

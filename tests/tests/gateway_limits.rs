@@ -16,15 +16,13 @@
 
 #![allow(clippy::unwrap_used)] // test helpers, not only #[test] fns
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::gateway::{JWT_SECRET, RunningGateway, gateway_config, token};
+use crate::support::sse::SseClient;
 use futures_util::StreamExt;
 use realtime_tests::{ChildProcess, TestContext, binary_path, free_port};
 use reqwest::Method;
-use support::gateway::{JWT_SECRET, RunningGateway, gateway_config, token};
-use support::sse::SseClient;
 
 const WAIT: Duration = Duration::from_secs(30);
 const PUBLISH_KEY: &str = "test-publish-key-at-least-32-bytes-long";

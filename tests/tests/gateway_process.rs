@@ -3,13 +3,13 @@
 
 #![allow(clippy::unwrap_used)] // test helpers, not only #[test] fns
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
+use crate::support::gateway::{JWT_SECRET, token};
+use crate::support::sse::SseClient;
 use realtime_tests::{ChildProcess, TestContext, binary_path, free_port};
-use support::gateway::{JWT_SECRET, token};
-use support::sse::SseClient;
 
 fn env(ctx: &TestContext, listen_port: u16) -> Vec<(&'static str, String)> {
     let mut env = ctx.gateway_env(([127, 0, 0, 1], listen_port).into(), JWT_SECRET);

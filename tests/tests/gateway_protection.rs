@@ -7,17 +7,15 @@
 
 #![allow(clippy::unwrap_used)] // test helpers, not only #[test] fns
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::gateway::{JWT_SECRET, RunningGateway, gateway_config, token};
+use crate::support::sse::SseClient;
+use crate::support::{RunningIngestor, config_for, http_get, metric_value};
 use realtime_tests::{ChildProcess, TestContext, binary_path, free_port, wait_until};
 use serde_json::{Value, json};
-use support::gateway::{JWT_SECRET, RunningGateway, gateway_config, token};
-use support::sse::SseClient;
-use support::{RunningIngestor, config_for, http_get, metric_value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -15,17 +15,17 @@
 
 #![allow(clippy::unwrap_used)] // test helpers, not only #[test] fns
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::gateway::{RunningGateway, gateway_config, token};
+use crate::support::sse::SseClient;
+use crate::support::{RunningIngestor, config_for};
 use realtime_tests::{RedisServer, TestContext, wait_until};
-use support::gateway::{RunningGateway, gateway_config, token};
-use support::sse::SseClient;
-use support::{RunningIngestor, config_for};
 
 /// An event id as numbers, to check order.
 type Id = (u64, u64);

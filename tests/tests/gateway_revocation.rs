@@ -10,20 +10,18 @@
 
 #![allow(clippy::unwrap_used)] // test helpers, not only #[test] fns
 
-mod support;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::gateway::{JWT_SECRET, token};
+use crate::support::http_get;
+use crate::support::sse::SseClient;
+use crate::support::start_ready;
 use rand::Rng as _;
 use rand::seq::IndexedRandom as _;
 use realtime_tests::{ChildProcess, TestContext, free_port, wait_until};
 use serde_json::Value;
-use support::gateway::{JWT_SECRET, token};
-use support::http_get;
-use support::sse::SseClient;
-use support::start_ready;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

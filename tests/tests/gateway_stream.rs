@@ -2,16 +2,16 @@
 //! replicas: auth statuses, wire format, organization isolation, user
 //! targeting, resume across replicas, gap detection and revocation.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use crate::support::gateway::{RunningGateway, gateway_config, token, token_with};
+use crate::support::sse::SseClient;
+use crate::support::{RunningIngestor, config_for};
 use rand::Rng;
 use rand::seq::IndexedRandom;
-use support::gateway::{RunningGateway, gateway_config, token, token_with};
-use support::sse::SseClient;
-use support::{RunningIngestor, config_for};
 
 const WAIT: Duration = Duration::from_secs(20);
 

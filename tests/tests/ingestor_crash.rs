@@ -9,17 +9,17 @@
 
 #![allow(clippy::unwrap_used)] // test helpers, not only #[test] fns
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::gateway::{JWT_SECRET, token};
+use crate::support::http_get;
+use crate::support::sse::SseClient;
+use crate::support::start_ready;
 use realtime_tests::{PostgresServer, TestContext, free_port, wait_until};
-use support::gateway::{JWT_SECRET, token};
-use support::http_get;
-use support::sse::SseClient;
-use support::start_ready;
 use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(30);

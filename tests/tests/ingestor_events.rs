@@ -2,13 +2,11 @@
 //! becomes its DESIGN §6 event, values map as §2 says, and a transaction's
 //! events keep their order and ids.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{RunningIngestor, history, wait_for_history};
 use realtime_tests::wait_until;
 use serde_json::{Value, json};
-use support::{RunningIngestor, history, wait_for_history};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 

@@ -3,15 +3,13 @@
 //! publication next to busy unrouted tables. Invariants: every committed
 //! change lands in the history exactly once; the slot never pins WAL.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::support::{RunningIngestor, config_for, history, http_get, metric_value};
 use realtime_tests::{
     ChildProcess, PostgresServer, RedisServer, TestContext, binary_path, wait_until,
 };
-use support::{RunningIngestor, config_for, history, http_get, metric_value};
 
 /// Inserts properties `p<from>`..`p<to>` of org `org1`, one transaction each.
 async fn insert_properties(ctx: &TestContext, from: usize, to: usize) {

@@ -6,13 +6,11 @@
 
 #![allow(clippy::unwrap_used)] // test helpers, not only #[test] fns
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{history, http_get, metric_value, wait_for_history};
 use realtime_tests::{ChildProcess, TestContext, binary_path, wait_until};
 use serde_json::json;
-use support::{history, http_get, metric_value, wait_for_history};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 

@@ -8,17 +8,15 @@
 
 #![allow(clippy::unwrap_used)] // test helpers, not only #[test] fns
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::gateway::{JWT_SECRET, token};
+use crate::support::sse::{Message, SseClient};
+use crate::support::start_ready;
+use crate::support::{history, http_get, metric_value, wait_for_history};
 use realtime_tests::{ChildProcess, PostgresServer, TestContext, free_port, wait_until};
 use serde_json::Value;
-use support::gateway::{JWT_SECRET, token};
-use support::sse::{Message, SseClient};
-use support::start_ready;
-use support::{history, http_get, metric_value, wait_for_history};
 
 const WAIT: Duration = Duration::from_secs(30);
 

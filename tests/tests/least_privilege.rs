@@ -11,15 +11,13 @@
 
 #![allow(clippy::unwrap_used)] // test helpers, not only #[test] fns
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::gateway::{JWT_SECRET, token};
+use crate::support::sse::SseClient;
+use crate::support::start_ready;
 use realtime_tests::{ChildProcess, PostgresServer, TestContext, binary_path, free_port};
-use support::gateway::{JWT_SECRET, token};
-use support::sse::SseClient;
-use support::start_ready;
 
 const WAIT: Duration = Duration::from_secs(30);
 const ROLES_SQL_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/postgres/roles.sql");

@@ -19,16 +19,16 @@
 
 #![allow(clippy::unwrap_used)] // test helpers, not only #[test] fns
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::gateway::{JWT_SECRET, token};
+use crate::support::sse::SseClient;
 use realtime_tests::{ChildProcess, TestContext, binary_path, free_port, wait_until};
 use serde_json::Value;
-use support::gateway::{JWT_SECRET, token};
-use support::sse::SseClient;
 
 const DASHBOARD: &str = include_str!("../../deploy/grafana/dashboard.json");
 const ALERTS: &str = include_str!("../../deploy/grafana/alerts.yaml");

@@ -11,23 +11,21 @@
 
 #![allow(clippy::unwrap_used)] // test helpers, not only #[test] fns
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::support::gateway::{JWT_SECRET, token};
+use crate::support::sse::SseClient;
+use crate::support::start_ready;
 use realtime_tests::{
     ChildProcess, PostgresServer, TestCa, TestContext, TlsOptions, binary_path, free_port,
 };
-use support::gateway::{JWT_SECRET, token};
-use support::sse::SseClient;
-use support::start_ready;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// The TLS-only server of this test binary, started on first use. Its
+/// The TLS-only server of this module's tests, started on first use. Its
 /// certificate names `localhost` only, not `127.0.0.1`.
 fn server() -> &'static PostgresServer {
     static SERVER: OnceLock<PostgresServer> = OnceLock::new();

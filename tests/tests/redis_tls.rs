@@ -9,17 +9,15 @@
 
 #![allow(clippy::unwrap_used)] // test helpers, not only #[test] fns
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::gateway::{JWT_SECRET, token};
+use crate::support::sse::SseClient;
+use crate::support::start_ready;
 use realtime_tests::{
     ChildProcess, RedisServer, TestCerts, TestContext, binary_path, free_port, wait_until,
 };
-use support::gateway::{JWT_SECRET, token};
-use support::sse::SseClient;
-use support::start_ready;
 
 const WAIT: Duration = Duration::from_secs(30);
 const USER: &str = "realtime_app";

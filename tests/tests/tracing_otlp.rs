@@ -6,12 +6,13 @@
 
 #![allow(clippy::unwrap_used)] // test helpers, not only #[test] fns
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::gateway::{JWT_SECRET, token};
+use crate::support::http_get;
+use crate::support::sse::SseClient;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -22,9 +23,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use prost::Message as _;
 use realtime_tests::{ChildProcess, TestContext, binary_path, free_port, wait_until};
-use support::gateway::{JWT_SECRET, token};
-use support::http_get;
-use support::sse::SseClient;
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -1,5 +1,5 @@
-//! Helpers shared by the ingestor test binaries: an in-process ingestor on
-//! a fresh test context, and readers of the Redis history.
+//! Helpers shared by the integration tests' modules: an in-process ingestor
+//! on a fresh test context, and readers of the Redis history.
 #![allow(dead_code)]
 
 pub mod gateway;
