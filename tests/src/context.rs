@@ -16,7 +16,7 @@ use crate::postgres::PostgresServer;
 use crate::redis::RedisServer;
 use crate::services::shared;
 
-/// Where the Oikion schema fixture lives (a copy of `shared/oikion-schema.sql`).
+/// Where the Oikion schema fixture lives (the app's tables as Prisma creates them).
 pub const OIKION_SCHEMA_PATH: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/oikion-schema.sql");
 

@@ -4,7 +4,7 @@
 //! every disruption the gateway answers with a transient refusal?
 //!
 //! The page (`tests/fixtures/app-hook.html`) holds the app's hook as
-//! `shared/oikion-app.md` §3 states it: `new EventSource('/api/realtime/
+//! the app (steveapo/Oikion-MVP f5c8194, ARCHITECTURE.md §6) has it: `new EventSource('/api/realtime/
 //! stream?organizationId=…&channel=property', { withCredentials: true })`, a
 //! message handler that acts on `property.update` only, a no-op `onerror`.
 //! Its URL is relative, so the page is served by a test-side front origin

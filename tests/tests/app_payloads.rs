@@ -2,7 +2,7 @@
 //! properties with their listings, clients, tasks, notes, members,
 //! organizations) and the built-in Oikion routes, each kind of change the
 //! app makes produces exactly the payload type the app declares
-//! (`shared/oikion-app.md` §3, copied below as [`APP_TYPES`]), checked field
+//! (steveapo/Oikion-MVP f5c8194, summarised in ARCHITECTURE.md §6; copied below as [`APP_TYPES`]), checked field
 //! by field against a real ingestor, Postgres and Redis: the acting user
 //! named with `realtime.set_actor` arrives as `updatedBy` / `invitedBy`
 //! (null without it), archiving goes through `listings`, and child rows
@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// The app's payload declarations (steveapo/Oikion-MVP f5c8194, its realtime
-/// event types, as recorded in `shared/oikion-app.md` §3): event type,
+/// event types, summarised in ARCHITECTURE.md §6): event type,
 /// required fields, optional fields.
 const APP_TYPES: &[(&str, &[&str], &[&str])] = &[
     (

@@ -49,7 +49,7 @@ const WAIT: Duration = Duration::from_secs(30);
 /// Set to rewrite `clients/js/schema/events.json` instead of comparing.
 const UPDATE_VAR: &str = "REALTIME_UPDATE_CLIENT_SCHEMA";
 
-/// The channel names of DESIGN §3 (`all` is every type).
+/// The channel names of ARCHITECTURE.md §3 (`all` is every type).
 const CHANNELS: [&str; 5] = [
     "property",
     "organization",

@@ -1,4 +1,4 @@
-//! The gateway against hostile and broken input (DESIGN §7, invariant 4):
+//! The gateway against hostile and broken input (ARCHITECTURE.md §7, invariant 4):
 //! malformed query strings, huge and non-UTF-8 headers, NUL bytes, bogus
 //! `Last-Event-ID`s, bad credentials, non-HTTP bytes; and 9,000 idle
 //! streams opened and dropped. Each bad request gets a clear 4xx (or the
@@ -1298,7 +1298,7 @@ async fn nine_thousand_idle_streams_opened_and_dropped_leave_memory_at_baseline(
     let mut env = ctx.gateway_env(addr, JWT_SECRET);
     env.extend([
         // Connection churn from one address is the point here: lift the
-        // per-IP connect rate limit (DESIGN §3) for this test.
+        // per-IP connect rate limit (ARCHITECTURE.md §3) for this test.
         ("REALTIME_CONNECT_RATE", "100000".to_owned()),
         ("REALTIME_CONNECT_BURST", "100000".to_owned()),
         ("REALTIME_MAX_CONNECTIONS_PER_USER", "100000".to_owned()),

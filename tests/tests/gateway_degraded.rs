@@ -5,7 +5,7 @@
 //! events published to Redis; a client resuming with `Last-Event-ID` whose
 //! membership is cached gets its replay from Redis history; a new
 //! `EventSource` request that needs a membership query gets the transient
-//! answer of DESIGN §9 (200 `text/event-stream`, jittered `retry:`, a
+//! answer of ARCHITECTURE.md §3 (200 `text/event-stream`, jittered `retry:`, a
 //! `: <reason>` comment, end), and so does one authenticated by a database
 //! session; another caller gets a 503 with `Retry-After`; a bad token stays
 //! a final 401. When Postgres is back, the

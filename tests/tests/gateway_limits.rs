@@ -1,5 +1,5 @@
 //! Per-IP limits on every method, and the smaller protections of security
-//! issue 11 (DESIGN §3), against real Postgres and Redis and the gateway
+//! issue 11 (ARCHITECTURE.md §3), against real Postgres and Redis and the gateway
 //! in-process (or its real binary for start-up refusals):
 //!
 //! - `HEAD`, `POST`, `PUT`, `DELETE` floods from one address get 429 after

@@ -1,4 +1,4 @@
-//! Gateway protection and control (DESIGN §3) against real Postgres, Redis,
+//! Gateway protection and control (ARCHITECTURE.md §3) against real Postgres, Redis,
 //! the ingestor and two gateway replicas: connection caps counted across
 //! replicas with expiring leases, the per-IP connect rate limit behind
 //! trusted proxies, PUT/DELETE on a stream held by the other replica, the
@@ -900,7 +900,7 @@ async fn emit_padded(ctx: &TestContext, first: u64, last: u64) {
 const PAD: usize = 4_000;
 
 /// What a stalled stream may hold in the gateway's memory, by design
-/// (DESIGN §3 fan-out): its organization's live channel holds at most
+/// (ARCHITECTURE.md §3 fan-out): its organization's live channel holds at most
 /// `REALTIME_CLIENT_BUFFER` frames (256 by default; shared by the
 /// organization's streams, there whether or not one stalls), a stream
 /// catching up holds one history page (`PAGE` = 256 entries from each of

@@ -1,4 +1,4 @@
-//! Revocation never depends on where a stream stands (DESIGN §7, invariant
+//! Revocation never depends on where a stream stands (ARCHITECTURE.md §7, invariant
 //! 1), with the real ingestor and gateway binaries on real Postgres and
 //! Redis: a member removed while her stream lags past the history, while it
 //! is caught up page by page, in the window between the membership check and

@@ -5,7 +5,7 @@
 //! whose insert returned OK reaches the client exactly once, in commit
 //! order; a row whose insert failed in the crash (its commit may or may not
 //! have happened) arrives at most once, and only if it is in the table
-//! after recovery. Nothing reaches the client twice (DESIGN §7, invariant 2).
+//! after recovery. Nothing reaches the client twice (ARCHITECTURE.md §7, invariant 2).
 
 #![allow(clippy::unwrap_used)] // test helpers, not only #[test] fns
 

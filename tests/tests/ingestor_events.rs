@@ -1,5 +1,5 @@
 //! The ingestor against real Postgres and Redis: each routed operation
-//! becomes its DESIGN §6 event, values map as §2 says, and a transaction's
+//! becomes its ARCHITECTURE.md §6 event, values map as §2 says, and a transaction's
 //! events keep their order and ids.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Redis over TLS with an ACL user, as managed Redis runs (DESIGN §9, TLS):
+//! Redis over TLS with an ACL user, as managed Redis runs (ARCHITECTURE.md §5; README, TLS):
 //! the real ingestor and gateway binaries against a `redis-server` that
 //! listens only on `--tls-port`, whose `default` user is off, reached as
 //! `rediss://user:password@127.0.0.1:port` with `REALTIME_REDIS_CA` = the

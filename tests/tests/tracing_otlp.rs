@@ -1,4 +1,4 @@
-//! OpenTelemetry traces across the real binaries (DESIGN §5): the ingestor
+//! OpenTelemetry traces across the real binaries (ARCHITECTURE.md §5): the ingestor
 //! and a gateway export OTLP/HTTP to a receiver in this test; one inserted
 //! row makes one trace: the ingestor's transaction span (whose context is
 //! the `traceparent` stored with the event in Redis), its publish child, and
