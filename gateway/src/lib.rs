@@ -22,10 +22,10 @@
 //! - [`publishing`]: events posted over HTTP, written through Postgres.
 //! - [`serve`]: the listener: SSE streams written directly, other requests through hyper.
 //! - [`slots`]: the listener's connection cap, evicting connections still waiting for a head.
-//! - [`app`]: the HTTP routes; [`gateway`]: build and run a replica, and drain it.
+//! - [`api`]: the HTTP routes, one file per endpoint; [`gateway`]: build and run a replica, and drain it.
 #![forbid(unsafe_code)]
 
-pub mod app;
+pub mod api;
 pub mod auth;
 pub mod caps;
 pub mod channels;
