@@ -43,18 +43,17 @@ use crate::auth::{self, Verification, Verifier};
 use crate::caps::{CapError, Caps};
 use crate::channels::ChannelFilter;
 use crate::client_ip::{self, ClientIp};
+use crate::connection::{Connection, Lease, gap_message};
 use crate::control::{Command, Control};
-use crate::frame::data_only;
+use crate::delivery::{Hub, Outlet};
+use crate::frame::{data_only, now_ms};
 use crate::history::History;
-use crate::hub::Hub;
 use crate::membership::{Membership, MembershipError};
 use crate::metrics as m;
 use crate::origin::Origins;
 use crate::publishing::{self, Emitter, PublishError};
 use crate::registry::Registry;
-use crate::serve::StreamSink;
-use crate::sink::Sink;
-use crate::stream::{Connection, Lease, gap_message, now_ms};
+use crate::serve::StreamOutlet;
 use crate::strikes::Strikes;
 
 /// Longest organization id accepted (ids are short text keys).
@@ -745,14 +744,14 @@ async fn open_stream(app: Arc<AppState>, headers: HeaderMap, raw: Option<String>
     metrics::counter!(m::CONNECTIONS_TOTAL, "result" => "accepted").increment(1);
     let delivered = metrics::counter!(m::EVENTS_DELIVERED);
     let latency = metrics::histogram!(m::COMMIT_TO_SEND);
-    // Used only if the listener serves this stream itself (`serve.rs`).
-    let sink = Sink::new(
+    // Used only if the listener serves this stream itself (`crate::serve`).
+    let outlet = Outlet::new(
         user.as_str().into(),
         registration.handle.clone(),
         delivered.clone(),
         latency.clone(),
     );
-    sub.set_sink(sink.clone());
+    sub.set_outlet(outlet.clone());
     let conn = Connection {
         org,
         user,
@@ -775,7 +774,7 @@ async fn open_stream(app: Arc<AppState>, headers: HeaderMap, raw: Option<String>
     let body = Body::from_stream(conn.into_body(m::ConnectionGuard::new(), registration, lease));
     Response::builder()
         .status(StatusCode::OK)
-        .extension(StreamSink(sink))
+        .extension(StreamOutlet(outlet))
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache, no-transform")
         .header("x-accel-buffering", "no")
