@@ -61,11 +61,15 @@ pub fn decide(
     user: &str,
     filter: ChannelFilter,
 ) -> Verdict {
-    match frame.leave() {
-        Some(Leave::Member(member)) if member == user => Verdict::Revoke(Revocation::Member),
-        Some(Leave::Unknown) => Verdict::Revoke(Revocation::Unknown),
-        _ => admit(frame, last_seen, user, filter),
+    if frame.revokes(user) {
+        // Its user's own leave, or a leave naming nobody.
+        let why = match frame.leave() {
+            Some(Leave::Unknown) => Revocation::Unknown,
+            _ => Revocation::Member,
+        };
+        return Verdict::Revoke(why);
     }
+    admit(frame, last_seen, user, filter)
 }
 
 /// The rule past revocation (steps 2 and 3): [`Verdict::Duplicate`],
