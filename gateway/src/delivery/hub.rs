@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -26,24 +26,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::FeedMessage;
 use super::feed::OrgFeed;
+use super::joined::{Command, Entry, Joined};
 use super::subscription::Subscription;
 use crate::frame::{Frame, Leave};
 use crate::trace::Fanout;
 use realtime_shared::event::EventId;
-
-enum Command {
-    Subscribe(String),
-    Unsubscribe(String),
-}
-
-struct Entry {
-    org: String,
-    feed: Arc<OrgFeed>,
-    refs: usize,
-    /// When Redis confirmed the current subscription; `None` while not
-    /// subscribed. Since then, every event of the org passes through here.
-    ready: watch::Sender<Option<Instant>>,
-}
 
 /// Called for every `member.leave` seen, with its organization (`None` for
 /// a broadcast one), before the leave is queued to any stream.
@@ -55,10 +42,8 @@ type ControlHook = Box<dyn Fn(&[u8]) + Send + Sync>;
 struct Inner {
     keys: Keys,
     capacity: usize,
-    /// Channel name → entry. A std mutex: held for map operations only,
-    /// never across an await.
-    entries: Mutex<HashMap<String, Entry>>,
-    commands: mpsc::UnboundedSender<Command>,
+    /// The channels joined, shared with every [`Subscription`].
+    joined: Arc<Joined>,
     /// Called once per `member.leave` frame (membership cache invalidation
     /// and closing the member's streams through the registry).
     on_leave: LeaveHook,
@@ -156,8 +141,7 @@ impl Hub {
             inner: Arc::new(Inner {
                 keys,
                 capacity,
-                entries: Mutex::new(HashMap::new()),
-                commands: tx,
+                joined: Arc::new(Joined::new(tx)),
                 on_leave: Box::new(on_leave),
                 on_control: Box::new(on_control),
                 shards,
@@ -176,10 +160,9 @@ impl Hub {
             .channel(&Scope::Organization(org.to_owned()));
         let mut entries = self.lock();
         let entry = entries.entry(channel.clone()).or_insert_with(|| {
-            let _ = self
-                .inner
-                .commands
-                .send(Command::Subscribe(channel.clone()));
+            self.inner
+                .joined
+                .command(Command::Subscribe(channel.clone()));
             Entry {
                 org: org.to_owned(),
                 feed: Arc::new(OrgFeed::new(
@@ -192,7 +175,7 @@ impl Hub {
         });
         entry.refs += 1;
         Subscription::new(
-            self.clone(),
+            self.inner.joined.clone(),
             channel,
             entry.feed.tx.subscribe(),
             entry.ready.subscribe(),
@@ -200,26 +183,8 @@ impl Hub {
         )
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.inner
-            .entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// A stream let go of `channel` (its [`Subscription`] was dropped).
-    pub(super) fn leave(&self, channel: &str) {
-        let mut entries = self.lock();
-        if let Some(entry) = entries.get_mut(channel) {
-            entry.refs -= 1;
-            if entry.refs == 0 {
-                entries.remove(channel);
-                let _ = self
-                    .inner
-                    .commands
-                    .send(Command::Unsubscribe(channel.to_owned()));
-            }
-        }
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        self.inner.joined.lock()
     }
 
     async fn run(

@@ -15,7 +15,9 @@
 //!   channel's capacity behind gets `Lagged` and catches up from history;
 //!   memory never grows with a slow client.
 //! - [`Subscription`] (`subscription.rs`): a stream's hold on its feed, with
-//!   the park and unpark calls below.
+//!   the park and unpark calls below; `joined.rs`: the channels joined, with
+//!   how many streams hold each (the last one to let go ends the Redis
+//!   subscription).
 //! - [`Outlet`] (`outlet.rs`): a stream's socket and what a direct write to
 //!   it needs, shared by the three parties below.
 //! - [`decide`] (`rule.rs`): who gets a frame (revocation, duplicate, user
@@ -76,6 +78,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 mod feed;
 mod hub;
+mod joined;
 mod outlet;
 mod rule;
 mod subscription;

@@ -10,7 +10,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::FeedMessage;
 use super::feed::OrgFeed;
-use super::hub::Hub;
+use super::joined::Joined;
 use super::outlet::{Outlet, Unparked};
 
 /// A stream's hold on an organization's feed; dropping it releases the
@@ -21,7 +21,7 @@ use super::outlet::{Outlet, Unparked};
 /// socket until the stream takes it back ([`Subscription::unpark`]) or the
 /// feed hands it back. While parked, `rx` is `None`.
 pub struct Subscription {
-    hub: Hub,
+    joined: Arc<Joined>,
     channel: String,
     rx: Option<broadcast::Receiver<FeedMessage>>,
     ready: watch::Receiver<Option<Instant>>,
@@ -30,16 +30,16 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Made by [`Hub::join`], which counted it in.
+    /// Made by [`super::Hub::join`], which counted it in.
     pub(super) fn new(
-        hub: Hub,
+        joined: Arc<Joined>,
         channel: String,
         rx: broadcast::Receiver<FeedMessage>,
         ready: watch::Receiver<Option<Instant>>,
         feed: Arc<OrgFeed>,
     ) -> Self {
         Subscription {
-            hub,
+            joined,
             channel,
             rx: Some(rx),
             ready,
@@ -143,6 +143,6 @@ impl Drop for Subscription {
         if let (Some(outlet), None) = (&self.outlet, &self.rx) {
             drop(self.feed.unpark(outlet));
         }
-        self.hub.leave(&self.channel);
+        self.joined.leave(&self.channel);
     }
 }
