@@ -61,18 +61,17 @@ use crate::auth::{self, Verification, Verifier};
 use crate::caps::{CapError, Caps};
 use crate::channels::ChannelFilter;
 use crate::client_ip::{self, ClientIp};
+use crate::connection::{Connection, Lease, gap_message};
 use crate::control::{Command, Control};
-use crate::frame::data_only;
+use crate::delivery::{Hub, Outlet};
+use crate::frame::{data_only, now_ms};
 use crate::history::History;
-use crate::hub::Hub;
 use crate::membership::{Membership, MembershipError};
 use crate::metrics as m;
 use crate::origin::Origins;
 use crate::publishing::{self, Emitter, PublishError};
 use crate::registry::Registry;
-use crate::serve::StreamSink;
-use crate::sink::Sink;
-use crate::stream::{Connection, Lease, gap_message, now_ms};
+use crate::serve::StreamOutlet;
 use crate::strikes::Strikes;
 
 /// Longest organization id accepted (ids are short text keys).

@@ -222,14 +222,14 @@ pub(super) async fn open_stream(
     metrics::counter!(m::CONNECTIONS_TOTAL, "result" => "accepted").increment(1);
     let delivered = metrics::counter!(m::EVENTS_DELIVERED);
     let latency = metrics::histogram!(m::COMMIT_TO_SEND);
-    // Used only if the listener serves this stream itself (`serve.rs`).
-    let sink = Sink::new(
+    // Used only if the listener serves this stream itself (`crate::serve`).
+    let outlet = Outlet::new(
         user.as_str().into(),
         registration.handle.clone(),
         delivered.clone(),
         latency.clone(),
     );
-    sub.set_sink(sink.clone());
+    sub.set_outlet(outlet.clone());
     let conn = Connection {
         org,
         user,
@@ -252,7 +252,7 @@ pub(super) async fn open_stream(
     let body = Body::from_stream(conn.into_body(m::ConnectionGuard::new(), registration, lease));
     Response::builder()
         .status(StatusCode::OK)
-        .extension(StreamSink(sink))
+        .extension(StreamOutlet(outlet))
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache, no-transform")
         .header("x-accel-buffering", "no")
