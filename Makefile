@@ -46,9 +46,11 @@ test-js: deps
 test-deploy: deps
 	$(PYTHON) deploy/k8s/check.py
 
-## lint: formatting and clippy, warnings are errors
+## lint: formatting, no import cycle among a crate's top-level modules
+## (scripts/check-module-cycles), and clippy, warnings are errors
 lint:
 	$(CARGO) fmt --all -- --check
+	$(PYTHON) scripts/check-module-cycles
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## fmt: format the workspace

@@ -1,6 +1,8 @@
 //! One event as this replica delivers it: parsed once and encoded once into
 //! its SSE frame, then shared (`Arc`) by every local connection.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use bytes::{BufMut, Bytes, BytesMut};
 use realtime_shared::event::{EventId, EventType};
 use serde::Deserialize;
@@ -111,6 +113,21 @@ impl Frame {
             Some(Leave::Unknown) => true,
             None => false,
         }
+    }
+}
+
+/// Milliseconds since the Unix epoch: the clock of [`Frame::commit_ms`].
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Frame {
+    /// Commit → `now_ms`, in seconds (never negative): what the
+    /// commit-to-send histogram records for a live delivery.
+    pub fn latency_secs(&self, now_ms: i64) -> f64 {
+        (now_ms - self.commit_ms).max(0) as f64 / 1000.0
     }
 }
 

@@ -14,15 +14,15 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::app::{self, AppState, RouterOptions};
+use crate::api::{self, AppState, RouterOptions};
 use crate::auth::{AuthConfig, AuthEnv, Verifier};
 use crate::caps::Caps;
 use crate::client_ip::{self, ClientIp};
 use crate::config::{Config, ConfigError};
 use crate::control::Control;
+use crate::delivery::Hub;
 use crate::frame::Leave;
 use crate::history::History;
-use crate::hub::Hub;
 use crate::membership::{Membership, MembershipError, QueryShapeError};
 use crate::metrics as m;
 use crate::origin::Origins;
@@ -248,7 +248,7 @@ impl Gateway {
             control,
             emitter: Emitter::new(self.membership.pool()),
             publish_key: self.config.publish_key.clone().filter(|k| !k.is_empty()),
-            activity_limiter: app::activity_limiter(
+            activity_limiter: api::activity_limiter(
                 self.config.activity_rate,
                 self.config.activity_burst,
             ),
@@ -271,7 +271,7 @@ impl Gateway {
                 tracing::error!(error = %e, "admin server failed");
             }
         });
-        let app = app::router(
+        let app = api::router(
             state,
             RouterOptions {
                 cors_origins: self.config.cors_origins.clone(),

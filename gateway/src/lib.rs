@@ -7,12 +7,14 @@
 //! - [`auth`]: credentials → a verified user (JWTs, Auth.js/NextAuth cookies).
 //! - [`membership`]: the membership query with its cache, and database sessions.
 //! - [`sessions`]: streams opened with a database session, re-checked at an interval.
-//! - [`hub`]: one Redis subscription per organization per replica, frames shared by all streams.
+//! - [`delivery`]: live delivery: one Redis subscription per organization per replica, each
+//!   organization's feed, parked streams written directly, and the rule of who gets a frame.
 //! - [`frame`]: an event parsed and encoded once into its SSE frame.
+//! - [`chunked`]: HTTP/1.1 chunked encoding written straight to a socket.
 //! - [`history`]: reading the Redis histories for resume and catch-up.
 //! - [`channels`]: channel filters.
 //! - [`trace`]: OpenTelemetry fan-out spans continuing the ingestor's traces.
-//! - [`stream`]: one SSE connection's body.
+//! - [`connection`]: one SSE stream's task: its body, from resume and catch-up to close.
 //! - [`registry`]: this replica's open streams, by connection id.
 //! - [`caps`]: per-user and per-organization connection caps, leased in Redis.
 //! - [`control`]: PUT/DELETE on a stream held by any replica.
@@ -22,20 +24,22 @@
 //! - [`publishing`]: events posted over HTTP, written through Postgres.
 //! - [`serve`]: the listener: SSE streams written directly, other requests through hyper.
 //! - [`slots`]: the listener's connection cap, evicting connections still waiting for a head.
-//! - [`app`]: the HTTP routes; [`gateway`]: build and run a replica, and drain it.
+//! - [`api`]: the HTTP routes, one file per endpoint; [`gateway`]: build and run a replica, and drain it.
 #![forbid(unsafe_code)]
 
-pub mod app;
+pub mod api;
 pub mod auth;
 pub mod caps;
 pub mod channels;
+pub mod chunked;
 pub mod client_ip;
 pub mod config;
+pub mod connection;
 pub mod control;
+pub mod delivery;
 pub mod frame;
 pub mod gateway;
 pub mod history;
-pub mod hub;
 pub mod membership;
 pub mod metrics;
 pub mod origin;
@@ -43,9 +47,7 @@ pub mod publishing;
 pub mod registry;
 pub mod serve;
 pub mod sessions;
-pub mod sink;
 pub mod slots;
-pub mod stream;
 pub mod strikes;
 pub mod trace;
 

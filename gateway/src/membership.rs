@@ -4,7 +4,7 @@
 //!
 //! The cache is only trusted for answers obtained after the replica's Redis
 //! subscription to the organization was confirmed (see
-//! [`crate::hub::Subscription::ready`]): from then on every `member.leave` of
+//! [`crate::delivery::Subscription::ready`]): from then on every `member.leave` of
 //! the organization passes through this replica and drops the entry, so a
 //! revoked membership is never served from the cache. Negative answers are
 //! not cached (a new member is let in at once).

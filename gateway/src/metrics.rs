@@ -41,7 +41,7 @@ pub const OTHER_REJECTIONS: [&str; 3] = [
 ];
 /// The `reason`s of [`REVOKED`].
 pub const REVOKE_REASONS: [&str; 3] = ["member_left", "recheck", "session"];
-/// The `reason`s of [`SOCKETS_CLOSED`] (`serve.rs`).
+/// The `reason`s of [`SOCKETS_CLOSED`] (`crate::serve`).
 pub const SOCKET_CLOSE_REASONS: [&str; 3] = ["head_timeout", "idle", "evicted"];
 /// The `by` values of [`SOCKETS_SERVED`].
 pub const SERVED_BY: [&str; 2] = ["direct", "hyper"];

@@ -697,7 +697,7 @@ async fn members_post_activity_as_themselves_within_a_rate() {
     assert_eq!(post("ua2", "orgA", ok).await.0, 202);
 }
 
-/// Streams parked with the hub (`gateway/src/sink.rs`: the hub writes their
+/// Streams parked with their feed (`gateway/src/delivery/`: the feed writes their
 /// frames straight to their sockets) are handed back and parked again all
 /// the time here: heartbeats every 20 ms take them back (one replica), slow readers with
 /// small receive buffers that stop reading for a second leave chunks

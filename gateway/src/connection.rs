@@ -21,7 +21,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -35,9 +35,9 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use std::sync::Arc;
 
 use crate::caps::Caps;
-use crate::frame::{Frame, Leave, data_only};
+use crate::delivery::{FeedMessage, Revocation, Subscription, Verdict, admit, decide};
+use crate::frame::{Frame, data_only, now_ms};
 use crate::history::History;
-use crate::hub::{HubMessage, Subscription};
 use crate::membership::Membership;
 use crate::metrics as m;
 use crate::registry::{CloseReason, Handle, Registration};
@@ -89,12 +89,6 @@ pub fn gap_message(org: &str, last: Option<EventId>) -> Bytes {
         "payload": {"reason": "gap", "lastEventId": last.map(|id| id.to_string())},
     });
     data_only(&json.to_string())
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// First wait before asking Redis again after an error while catching up.
@@ -195,41 +189,40 @@ impl Connection {
         })
     }
 
-    /// Takes a frame from the feed (`live`) or a replay: drops duplicates,
-    /// applies the channel filter and the user target, notices revocation.
-    /// Commit→send latency is recorded for live frames only: a replay's
-    /// age says how long the client was away, not how fast we are.
+    /// Takes a frame from the feed (`live`) or a replay through the
+    /// delivery rule ([`decide`]: revocation, duplicates, user target,
+    /// channel filter) and queues it if it is to be sent. Commit→send
+    /// latency is recorded for live frames only: a replay's age says how
+    /// long the client was away, not how fast we are.
     ///
-    /// A leave that revokes this stream is looked at before de-duplication:
-    /// a leave at or below the stream's position still counts (the
-    /// membership may have been checked before it was committed and the
-    /// position taken after). Nothing is offered once the stream is closing
-    /// or must re-check its membership; a catch-up stops there.
+    /// A revocation is acted on here: the user's own leave closes the
+    /// stream after the leave itself is offered ([`admit`]); a leave naming
+    /// nobody asks for a membership re-check and is never forwarded.
+    /// Nothing is offered once the stream is closing or must re-check its
+    /// membership; a catch-up stops there.
     fn offer(&mut self, frame: &Frame, live: bool) {
         if self.closing || self.recheck {
             return;
         }
-        match frame.leave() {
-            Some(Leave::Member(member)) if member == self.user.as_str() => self.closing = true,
-            Some(Leave::Unknown) => {
+        let filter = self.handle.filter();
+        let verdict = match decide(frame, &mut self.last_seen, &self.user, filter) {
+            Verdict::Revoke(Revocation::Member) => {
+                self.closing = true;
+                admit(frame, &mut self.last_seen, &self.user, filter)
+            }
+            Verdict::Revoke(Revocation::Unknown) => {
                 // Never forwarded: it only says "ask again".
                 self.recheck = true;
                 self.last_seen = self.last_seen.max(Some(frame.id));
                 return;
             }
-            _ => {}
-        }
-        if self.last_seen.is_some_and(|last| frame.id <= last) {
-            return;
-        }
-        self.last_seen = Some(frame.id);
-        let for_me = frame.user_id.as_deref().is_none_or(|u| u == self.user);
-        if for_me && self.handle.filter().passes(frame.event_type) {
+            verdict => verdict,
+        };
+        if verdict == Verdict::Send {
             self.pending.push_back(frame.bytes.clone());
             self.delivered.increment(1);
             if live {
-                let latency = (now_ms() - frame.commit_ms).max(0) as f64 / 1000.0;
-                self.latency.record(latency);
+                self.latency.record(frame.latency_secs(now_ms()));
             }
         }
     }
@@ -400,19 +393,19 @@ impl Running {
             if conn.handle.close_reason() != CloseReason::None {
                 return conn.close();
             }
-            // Nothing of its own to send: hand the socket to the hub (see
-            // `crate::sink`), unless a frame is already waiting.
+            // Nothing of its own to send: hand the socket to the feed (see
+            // `crate::delivery`), unless a frame is already waiting.
             if conn.sub.park(conn.last_seen) {
                 continue;
             }
             // Not parked because the listener is still writing: try again
             // once it is done (the last branch below).
-            let (Some(rx), waiting) = conn.sub.receiver_and_waiting_sink() else {
+            let (Some(rx), waiting) = conn.sub.receiver_and_waiting_outlet() else {
                 continue;
             };
             let listener_idle = async {
                 match waiting {
-                    Some(sink) => sink.listener_idle().await,
+                    Some(outlet) => outlet.listener_idle().await,
                     None => std::future::pending().await,
                 }
             };
@@ -420,8 +413,8 @@ impl Running {
             tokio::select! {
                 biased;
                 message = rx.recv() => match message {
-                    Ok(HubMessage::Frame(frame)) => conn.offer(&frame, true),
-                    Ok(HubMessage::Resync) | Err(RecvError::Lagged(_)) => conn.ask_catch_up(),
+                    Ok(FeedMessage::Frame(frame)) => conn.offer(&frame, true),
+                    Ok(FeedMessage::Resync) | Err(RecvError::Lagged(_)) => conn.ask_catch_up(),
                     Err(RecvError::Closed) => return None,
                 },
                 _ = self.closed.as_mut() => return conn.close(),
@@ -480,11 +473,11 @@ impl Running {
         }
     }
 
-    /// Parked: waits until the hub hands the stream back or one of the
+    /// Parked: waits until the feed hands the stream back or one of the
     /// stream's own reasons comes (close, expiry, heartbeat), then takes
     /// the stream back. `Some(out)`: what [`Running::next`] returns; `None`:
     /// go on. An empty frame tells the listener to write the rest of a
-    /// chunk the hub began (`Sink::take_leftover`).
+    /// chunk the feed began (`Outlet::take_leftover`).
     async fn wait_parked(&mut self) -> Option<Option<Bytes>> {
         let expiry = expired(&mut self.expiry);
         let woke = tokio::select! {
@@ -504,7 +497,7 @@ impl Running {
         } else {
             conn.last_seen = last_seen;
         }
-        let flush = conn.sub.sink().is_some_and(|s| s.has_leftover());
+        let flush = conn.sub.outlet().is_some_and(|o| o.has_leftover());
         match woke {
             Woke::Closed => Some(conn.close()),
             Woke::Expired => Some(None),

@@ -1,62 +1,36 @@
-//! Fan-out on one replica: one Redis subscription per organization that has
-//! local connections (plus the broadcast channel), each message parsed and
-//! encoded once ([`Frame`]) and shared by every local connection of the org.
+//! The [`Hub`]: one Redis subscription per organization that has local
+//! streams (plus the broadcast and control channels), each message parsed
+//! and encoded once ([`Frame`]) and handed to the organization's
+//! [`OrgFeed`] by a fan-out shard.
 //!
-//! Every organization gets one bounded `broadcast` channel. Broadcast-scope
-//! events are forwarded into every organization's channel, so a connection
-//! reads ONE totally ordered sequence (Redis delivers one connection's
-//! messages in publish order, which is commit order) and can drop duplicates
-//! by comparing ids. A connection that falls more than the channel's capacity
-//! behind gets `Lagged` and catches up from history; memory never grows with
-//! a slow client.
-//!
-//! Streams with nothing of their own to send park with their organization's
-//! [`OrgFeed`]: the hub then writes each frame straight to their sockets
-//! instead of waking their tasks, and hands a stream back (with a fresh
-//! receiver, subscribed before the frame is sent) when a write would block
-//! or the frame is one the stream must act on; see `crate::sink`.
+//! Broadcast-scope events are forwarded into every organization's feed, so
+//! a stream reads ONE totally ordered sequence (Redis delivers one
+//! connection's messages in publish order, which is commit order) and can
+//! drop duplicates by comparing ids.
 //!
 //! A SUBSCRIBE is confirmed before [`Subscription::ready`] resolves, so a
-//! connection that subscribes, then replays history, misses nothing.
-//! After a Redis disconnection the task resubscribes everything and sends
-//! [`HubMessage::Resync`], telling connections to fill the gap from history.
+//! stream that subscribes, then replays history, misses nothing. After a
+//! Redis disconnection the task resubscribes everything and sends
+//! [`FeedMessage::Resync`], telling streams to fill the gap from history.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use realtime_shared::event::Scope;
 use realtime_shared::keys::Keys;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::FeedMessage;
+use super::feed::OrgFeed;
+use super::joined::{Command, Entry, Joined};
+use super::subscription::Subscription;
 use crate::frame::{Frame, Leave};
-use crate::sink::{Handback, OrgFeed, Sink};
 use crate::trace::Fanout;
 use realtime_shared::event::EventId;
-
-#[derive(Debug, Clone)]
-pub enum HubMessage {
-    Frame(Arc<Frame>),
-    /// The live feed may have missed messages: catch up from history.
-    Resync,
-}
-
-enum Command {
-    Subscribe(String),
-    Unsubscribe(String),
-}
-
-struct Entry {
-    org: String,
-    feed: Arc<OrgFeed>,
-    refs: usize,
-    /// When Redis confirmed the current subscription; `None` while not
-    /// subscribed. Since then, every event of the org passes through here.
-    ready: watch::Sender<Option<Instant>>,
-}
 
 /// Called for every `member.leave` seen, with its organization (`None` for
 /// a broadcast one), before the leave is queued to any stream.
@@ -68,10 +42,8 @@ type ControlHook = Box<dyn Fn(&[u8]) + Send + Sync>;
 struct Inner {
     keys: Keys,
     capacity: usize,
-    /// Channel name → entry. A std mutex: held for map operations only,
-    /// never across an await.
-    entries: Mutex<HashMap<String, Entry>>,
-    commands: mpsc::UnboundedSender<Command>,
+    /// The channels joined, shared with every [`Subscription`].
+    joined: Arc<Joined>,
     /// Called once per `member.leave` frame (membership cache invalidation
     /// and closing the member's streams through the registry).
     on_leave: LeaveHook,
@@ -93,7 +65,7 @@ const SHARD_QUEUE: usize = 4096;
 /// One message for one organization's feed.
 struct Job {
     feed: Arc<OrgFeed>,
-    message: HubMessage,
+    message: FeedMessage,
     /// The event's fan-out span, ended once every feed had the event.
     trace: Option<Arc<TraceDone>>,
 }
@@ -144,22 +116,6 @@ pub struct Hub {
     inner: Arc<Inner>,
 }
 
-/// A connection's hold on an organization's feed; dropping it releases the
-/// Redis subscription when it was the last one on this replica.
-///
-/// A stream with a [`Sink`] can park ([`Subscription::park`]): it gives up
-/// its receiver and the hub writes its live frames straight to its socket
-/// until it takes it back ([`Subscription::unpark`]) or the hub hands it
-/// back. While parked, `rx` is `None`.
-pub struct Subscription {
-    hub: Hub,
-    channel: String,
-    pub rx: Option<broadcast::Receiver<HubMessage>>,
-    ready: watch::Receiver<Option<Instant>>,
-    feed: Arc<OrgFeed>,
-    sink: Option<Arc<Sink>>,
-}
-
 impl Hub {
     /// Starts the subscriber task; it runs until `shutdown`. `redis` is the
     /// replica's one client (TLS and ACL user included): every pub/sub
@@ -185,8 +141,7 @@ impl Hub {
             inner: Arc::new(Inner {
                 keys,
                 capacity,
-                entries: Mutex::new(HashMap::new()),
-                commands: tx,
+                joined: Arc::new(Joined::new(tx)),
                 on_leave: Box::new(on_leave),
                 on_control: Box::new(on_control),
                 shards,
@@ -205,10 +160,9 @@ impl Hub {
             .channel(&Scope::Organization(org.to_owned()));
         let mut entries = self.lock();
         let entry = entries.entry(channel.clone()).or_insert_with(|| {
-            let _ = self
-                .inner
-                .commands
-                .send(Command::Subscribe(channel.clone()));
+            self.inner
+                .joined
+                .command(Command::Subscribe(channel.clone()));
             Entry {
                 org: org.to_owned(),
                 feed: Arc::new(OrgFeed::new(
@@ -220,35 +174,17 @@ impl Hub {
             }
         });
         entry.refs += 1;
-        Subscription {
-            hub: self.clone(),
-            rx: Some(entry.feed.tx.subscribe()),
-            ready: entry.ready.subscribe(),
-            feed: entry.feed.clone(),
-            sink: None,
+        Subscription::new(
+            self.inner.joined.clone(),
             channel,
-        }
+            entry.feed.tx.subscribe(),
+            entry.ready.subscribe(),
+            entry.feed.clone(),
+        )
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.inner
-            .entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn leave(&self, channel: &str) {
-        let mut entries = self.lock();
-        if let Some(entry) = entries.get_mut(channel) {
-            entry.refs -= 1;
-            if entry.refs == 0 {
-                entries.remove(channel);
-                let _ = self
-                    .inner
-                    .commands
-                    .send(Command::Unsubscribe(channel.to_owned()));
-            }
-        }
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        self.inner.joined.lock()
     }
 
     async fn run(
@@ -291,15 +227,15 @@ impl Hub {
         shutdown: &CancellationToken,
         first: bool,
     ) -> redis::RedisResult<()> {
-        let (mut sink, mut stream) = client.get_async_pubsub().await?.split();
-        sink.subscribe(broadcast_channel).await?;
+        let (mut subscriber, mut messages) = client.get_async_pubsub().await?.split();
+        subscriber.subscribe(broadcast_channel).await?;
         let control_channel = self.inner.keys.control();
-        sink.subscribe(&control_channel).await?;
+        subscriber.subscribe(&control_channel).await?;
         // Commands queued while disconnected are reflected in the map.
         while commands.try_recv().is_ok() {}
         let channels: Vec<String> = self.lock().keys().cloned().collect();
         for channel in &channels {
-            sink.subscribe(channel).await?;
+            subscriber.subscribe(channel).await?;
         }
         let now = Instant::now();
         let feeds: Vec<Arc<OrgFeed>> = self
@@ -312,7 +248,7 @@ impl Hub {
             .collect();
         if !first {
             for feed in feeds {
-                self.enqueue(feed, HubMessage::Resync, None).await;
+                self.enqueue(feed, FeedMessage::Resync, None).await;
             }
         }
         loop {
@@ -321,7 +257,7 @@ impl Hub {
                 _ = shutdown.cancelled() => return Ok(()),
                 command = commands.recv() => match command {
                     Some(Command::Subscribe(channel)) => {
-                        sink.subscribe(&channel).await?;
+                        subscriber.subscribe(&channel).await?;
                         if let Some(entry) = self.lock().get(&channel) {
                             entry.ready.send_replace(Some(Instant::now()));
                         }
@@ -329,12 +265,12 @@ impl Hub {
                     Some(Command::Unsubscribe(channel)) => {
                         // Re-joined meanwhile: keep the subscription.
                         if !self.lock().contains_key(&channel) {
-                            sink.unsubscribe(&channel).await?;
+                            subscriber.unsubscribe(&channel).await?;
                         }
                     }
                     None => return Ok(()),
                 },
-                message = stream.next() => match message {
+                message = messages.next() => match message {
                     Some(message) if message.get_channel_name() == control_channel => {
                         (self.inner.on_control)(message.get_payload_bytes());
                     }
@@ -349,7 +285,7 @@ impl Hub {
     async fn enqueue(
         &self,
         feed: Arc<OrgFeed>,
-        message: HubMessage,
+        message: FeedMessage,
         trace: Option<Arc<TraceDone>>,
     ) {
         let shard = &self.inner.shards[feed.shard];
@@ -411,105 +347,8 @@ impl Hub {
             })
         });
         for feed in feeds {
-            self.enqueue(feed, HubMessage::Frame(frame.clone()), trace.clone())
+            self.enqueue(feed, FeedMessage::Frame(frame.clone()), trace.clone())
                 .await;
         }
-    }
-}
-
-impl Subscription {
-    /// Makes this stream able to park: the listener writes its body itself.
-    pub fn set_sink(&mut self, sink: Arc<Sink>) {
-        self.sink = Some(sink);
-    }
-
-    pub fn sink(&self) -> Option<&Arc<Sink>> {
-        self.sink.as_ref()
-    }
-
-    /// The receiver (`None` while parked) and, when the stream could park
-    /// but for the listener still writing, its sink.
-    pub fn receiver_and_waiting_sink(
-        &mut self,
-    ) -> (Option<&mut broadcast::Receiver<HubMessage>>, Option<&Sink>) {
-        let sink = self
-            .sink
-            .as_deref()
-            .filter(|sink| sink.waits_for_listener());
-        (self.rx.as_mut(), sink)
-    }
-
-    pub fn is_parked(&self) -> bool {
-        self.rx.is_none()
-    }
-
-    /// Parks the stream when it can: it has a sink with a socket and its
-    /// receiver holds nothing unread (checked under the feed's lock, so no
-    /// frame falls between the receiver and the direct writes). `last_seen`
-    /// travels with it. Returns whether it is parked.
-    pub fn park(&mut self, last_seen: Option<EventId>) -> bool {
-        let (Some(sink), Some(rx)) = (&self.sink, self.rx.take()) else {
-            return self.rx.is_none();
-        };
-        match self.feed.park(sink, rx, last_seen) {
-            Ok(()) => true,
-            Err(rx) => {
-                self.rx = Some(rx);
-                false
-            }
-        }
-    }
-
-    /// Takes the stream back (it is parked) with a fresh receiver. Returns
-    /// the newest id the hub passed for it, and whether its place was lost
-    /// (never expected; the stream then catches up from history).
-    pub fn unpark(&mut self) -> (Option<EventId>, bool) {
-        let back = match &self.sink {
-            Some(sink) => self.feed.unpark(sink),
-            None => self.feed.lost(),
-        };
-        let Handback {
-            rx,
-            last_seen,
-            lost,
-        } = back;
-        self.rx = Some(rx);
-        (last_seen, lost)
-    }
-
-    /// Waits until the hub hands the parked stream back (or, rarely, wakes
-    /// it for nothing: unparking is right either way).
-    pub async fn handed_back(&self) {
-        match &self.sink {
-            Some(sink) => sink.handed_back().await,
-            None => std::future::pending().await,
-        }
-    }
-
-    /// When Redis confirmed the current subscription to the organization;
-    /// `None` while it is down (see [`Self::ready`]).
-    pub fn subscribed_since(&self) -> Option<Instant> {
-        *self.ready.borrow()
-    }
-
-    /// Resolves once Redis confirmed the subscription (or at once when it
-    /// already had) with the time it did: every event of the organization
-    /// published since then reaches this replica, so a membership checked
-    /// after it cannot have been revoked unseen. `None` if not confirmed
-    /// within `timeout`.
-    pub async fn ready(&mut self, timeout: Duration) -> Option<Instant> {
-        match tokio::time::timeout(timeout, self.ready.wait_for(Option::is_some)).await {
-            Ok(Ok(since)) => *since,
-            _ => None,
-        }
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        if let (Some(sink), None) = (&self.sink, &self.rx) {
-            drop(self.feed.unpark(sink));
-        }
-        self.hub.leave(&self.channel);
     }
 }

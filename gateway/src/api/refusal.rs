@@ -1,0 +1,101 @@
+//! Refusals: the plain-text answers, their metrics, and the form an
+//! `EventSource` retries by itself.
+
+use super::*;
+
+pub(super) fn reject(status: StatusCode, reason: &'static str, why: &str) -> Response {
+    metrics::counter!(m::REJECTED, "reason" => reason).increment(1);
+    metrics::counter!(m::CONNECTIONS_TOTAL, "result" => reason).increment(1);
+    let mut response = (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{why}\n"),
+    )
+        .into_response();
+    response.extensions_mut().insert(Refusal(why.to_owned()));
+    response
+}
+
+/// Why a stream was refused, kept on the refusal so
+/// [`for_event_source`] can say it in an SSE comment.
+#[derive(Clone)]
+pub(super) struct Refusal(pub(super) String);
+
+/// Whether the request is an `EventSource`'s (or any client that says it
+/// reads `text/event-stream`).
+pub(super) fn accepts_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .any(|v| v.as_bytes().windows(17).any(|w| w == b"text/event-stream"))
+}
+
+/// DESIGN §9 "Transient refusals for EventSource": a browser's
+/// `EventSource` stops for good on any status but 200 (and on a 200 that is
+/// not `text/event-stream`), so a refusal that is only transient (503:
+/// Postgres, Redis or credentials unavailable, draining; 429: connection
+/// caps) becomes a 200 `text/event-stream` holding a jittered `retry:` and
+/// a `: <reason>` comment, then the end of the stream: the browser
+/// reconnects by itself after that delay, spread out so a recovering
+/// dependency is not hit by every client at once. The delay is drawn from
+/// [base/2, 3·base/2) with base the larger of `REALTIME_RETRY` and the
+/// refusal's `Retry-After`. 401, 403 and 400 stay final; callers that do
+/// not accept `text/event-stream` keep the 429/503 with `Retry-After`.
+pub(super) fn for_event_source(response: Response, retry: Duration) -> Response {
+    let status = response.status();
+    if status != StatusCode::SERVICE_UNAVAILABLE && status != StatusCode::TOO_MANY_REQUESTS {
+        return response;
+    }
+    let why = response
+        .extensions()
+        .get::<Refusal>()
+        .map(|r| r.0.clone())
+        .unwrap_or_else(|| "unavailable; retry".to_owned());
+    let retry_after = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or_default();
+    let base = retry.max(retry_after).as_millis().max(2) as u64;
+    let ms = base / 2 + rand::random_range(0..base);
+    // One line: a comment cannot span lines.
+    let why: String = why.chars().filter(|c| !c.is_control()).collect();
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache, no-transform")
+        .header("x-accel-buffering", "no")
+        .body(Body::from(format!("retry: {ms}\n: {why}\n\n")))
+        .unwrap_or_else(|_| status.into_response())
+}
+
+/// 429 with `Retry-After` (seconds) and a reason.
+pub(super) fn too_many(reason: &'static str, why: &str, retry_after_secs: u64) -> Response {
+    let mut response = reject(StatusCode::TOO_MANY_REQUESTS, reason, why);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    response
+}
+
+/// A `text/plain` answer of the non-stream endpoints (not counted as
+/// stream connections).
+pub(super) fn plain(status: StatusCode, why: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{why}\n"),
+    )
+        .into_response()
+}
+
+pub(super) fn json_response(status: StatusCode, value: serde_json::Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        value.to_string(),
+    )
+        .into_response()
+}
