@@ -1,5 +1,5 @@
 //! Concurrent-connection caps per user and per organization, counted
-//! across every replica in Redis (DESIGN §3, §4).
+//! across every replica in Redis (ARCHITECTURE.md §3, §4).
 //!
 //! Each open stream holds a lease: its connection id in two sorted sets,
 //! `rt:{caps}:user:<user>` and `rt:{caps}:org:<org>`, scored with the lease's

@@ -1,4 +1,4 @@
-//! Channel filters (DESIGN §3): `property` → property.update;
+//! Channel filters (ARCHITECTURE.md §3): `property` → property.update;
 //! `organization` → organization.change, member.join, member.leave;
 //! `user` → user.activity; `notifications` → notification.new;
 //! `system` → system.alert; absent or `all` → everything. `data.sync`

@@ -1,5 +1,5 @@
 //! The client IP behind a request, for the per-IP connect rate limit
-//! (DESIGN §3, `REALTIME_TRUSTED_PROXIES`).
+//! (ARCHITECTURE.md §3, `REALTIME_TRUSTED_PROXIES`).
 //!
 //! The TCP peer is the client unless it is a trusted proxy; then the
 //! `X-Forwarded-For` chain (or, without it, `X-Real-IP`) is read from the

@@ -1,5 +1,5 @@
 //! The gateway's settings: environment variables and the same-named flags
-//! (DESIGN §5). `realtime-gateway --help` lists them all with defaults.
+//! (ARCHITECTURE.md §5). `realtime-gateway --help` lists them all with defaults.
 //!
 //! Secrets are the exception to "the same-named flag": they are read from
 //! the environment only and must be at least [`MIN_SECRET_BYTES`] long
@@ -60,7 +60,7 @@ pub enum ConfigError {
     ShortSecret { var: &'static str, len: usize },
 }
 
-/// The membership query of DESIGN §6: `$1` user id, `$2` organization id;
+/// The membership query of ARCHITECTURE.md §6: `$1` user id, `$2` organization id;
 /// one row with the organization's name when the user is a member.
 pub const DEFAULT_MEMBERSHIP_QUERY: &str = "SELECT o.name FROM organization_members m JOIN organizations o ON o.id = m.\"organizationId\" WHERE m.\"userId\" = $1 AND m.\"organizationId\" = $2";
 

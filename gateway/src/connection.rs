@@ -10,7 +10,7 @@
 //! the last one sent are dropped, so a resumed or caught-up connection never
 //! gets an event twice.
 //!
-//! Revocation never depends on the stream's position (DESIGN §7, invariant
+//! Revocation never depends on the stream's position (ARCHITECTURE.md §7, invariant
 //! 1): a `member.leave` of the stream's user is acted on before
 //! de-duplication, the hub closes the member's streams through the registry
 //! as the leave passes, and the membership is checked again before any

@@ -1,5 +1,5 @@
 //! `PUT`/`DELETE /api/realtime/stream` acting on a stream whichever replica
-//! holds it (DESIGN §3, §4): applied at once when the stream is local, and
+//! holds it (ARCHITECTURE.md §3, §4): applied at once when the stream is local, and
 //! published on `rt:{control}` otherwise, where every replica's hub hears
 //! it and applies it to its own streams.
 //!

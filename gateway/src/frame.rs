@@ -4,9 +4,9 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use realtime_shared::envelope::RawEnvelope;
 use realtime_shared::event::{EventId, EventType};
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
 #[derive(Debug)]
 pub struct Frame {
@@ -28,14 +28,6 @@ pub struct Frame {
 pub struct FrameError(#[from] serde_json::Error);
 
 #[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(borrow)]
-    event: &'a RawValue,
-    #[serde(rename = "userId", default)]
-    user_id: Option<String>,
-}
-
-#[derive(Deserialize)]
 struct EventHead {
     id: EventId,
     #[serde(rename = "type")]
@@ -52,11 +44,11 @@ struct PayloadHead {
 }
 
 impl Frame {
-    /// Parses the envelope stored in Redis (DESIGN §4) and encodes the SSE
+    /// Parses the envelope stored in Redis (ARCHITECTURE.md §4; the wire names in `realtime_shared::envelope`) and encodes the SSE
     /// frame. The event JSON is forwarded byte for byte (compact JSON has no
     /// newline, so it fits one `data:` line).
     pub fn parse(envelope: &[u8]) -> Result<Frame, FrameError> {
-        let env: Envelope<'_> = serde_json::from_slice(envelope)?;
+        let env = RawEnvelope::parse(envelope)?;
         let head: EventHead = serde_json::from_str(env.event.get())?;
         let json = env.event.get().trim();
         let id = head.id.to_string();
@@ -74,7 +66,7 @@ impl Frame {
             id: head.id,
             event_type: head.event_type,
             commit_ms: head.timestamp,
-            user_id: env.user_id.map(String::into_boxed_str),
+            user_id: env.user_id.map(|u| Box::from(&*u)),
             leaving_member,
             bytes: buf.freeze(),
         })

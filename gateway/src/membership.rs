@@ -1,4 +1,4 @@
-//! Who may read which organization: the membership query (DESIGN §6,
+//! Who may read which organization: the membership query (ARCHITECTURE.md §6,
 //! `REALTIME_MEMBERSHIP_QUERY`) behind a short cache, and Auth.js database
 //! sessions.
 //!

@@ -1,4 +1,4 @@
-//! The gateway's metric names (DESIGN §5).
+//! The gateway's metric names (ARCHITECTURE.md §5).
 
 pub const CONNECTIONS: &str = "realtime_gateway_connections";
 pub const CONNECTIONS_TOTAL: &str = "realtime_gateway_connections_total";

@@ -1,4 +1,4 @@
-//! Events published over HTTP (DESIGN §3): `POST /api/realtime/stream`
+//! Events published over HTTP (ARCHITECTURE.md §3): `POST /api/realtime/stream`
 //! (a member's `user.activity`) and `POST /api/realtime/publish` (server-side,
 //! any type). Both are written to Postgres with
 //! `pg_logical_emit_message(true, 'realtime', json)`, so they travel the

@@ -1,4 +1,4 @@
-//! OpenTelemetry spans of the gateway (DESIGN §5): the trace an event
+//! OpenTelemetry spans of the gateway (ARCHITECTURE.md §5): the trace an event
 //! started in the ingestor continues here.
 //!
 //! Per event and replica, when the envelope carries a `traceparent` and
@@ -18,15 +18,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer};
 use realtime_shared::event::EventType;
 use realtime_shared::telemetry::{self, Span};
-use serde::Deserialize;
-
-/// The trace context field of an envelope; other fields are skipped
-/// without being decoded.
-#[derive(Deserialize)]
-struct TraceHead<'a> {
-    #[serde(borrow, default)]
-    traceparent: Option<&'a str>,
-}
+use realtime_shared::envelope::RawEnvelope;
 
 /// The fan-out span of one event on this replica.
 pub struct Fanout {
@@ -39,8 +31,8 @@ impl Fanout {
     /// envelope carries no (valid) `traceparent`, or the sampler drops it.
     pub fn start(envelope: &[u8]) -> Option<Fanout> {
         let tracer = telemetry::tracer()?;
-        let head: TraceHead<'_> = serde_json::from_slice(envelope).ok()?;
-        let parent = telemetry::remote_context(head.traceparent?)?;
+        let head = RawEnvelope::parse(envelope).ok()?;
+        let parent = telemetry::remote_context(head.traceparent.as_deref()?)?;
         let span = tracer
             .span_builder("realtime.fanout")
             .with_kind(SpanKind::Consumer)
@@ -89,14 +81,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_only_the_trace_context() {
+    fn reads_the_envelopes_trace_context_not_the_payloads() {
         let env = br#"{"event":{"id":"5-1","type":"member.leave","payload":{"traceparent":"x"}},"userId":"u9","traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}"#;
-        let head: TraceHead<'_> = serde_json::from_slice(env).unwrap();
+        let head = RawEnvelope::parse(env).unwrap();
         assert_eq!(
-            head.traceparent,
+            head.traceparent.as_deref(),
             Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
         );
-        let head: TraceHead<'_> = serde_json::from_slice(br#"{"event":{}}"#).unwrap();
+        let head = RawEnvelope::parse(br#"{"event":{}}"#).unwrap();
         assert_eq!(head.traceparent, None);
     }
 

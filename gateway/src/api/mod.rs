@@ -1,4 +1,4 @@
-//! The public HTTP API (DESIGN §3): `GET`, `POST`, `PUT`, `DELETE
+//! The public HTTP API (ARCHITECTURE.md §3): `GET`, `POST`, `PUT`, `DELETE
 //! /api/realtime/stream`, `POST /api/realtime/publish`, CORS, and the
 //! per-IP rate limits.
 //!

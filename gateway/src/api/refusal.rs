@@ -30,7 +30,7 @@ pub(super) fn accepts_event_stream(headers: &HeaderMap) -> bool {
         .any(|v| v.as_bytes().windows(17).any(|w| w == b"text/event-stream"))
 }
 
-/// DESIGN §9 "Transient refusals for EventSource": a browser's
+/// Transient refusals for EventSource (ARCHITECTURE.md §3): a browser's
 /// `EventSource` stops for good on any status but 200 (and on a 200 that is
 /// not `text/event-stream`), so a refusal that is only transient (503:
 /// Postgres, Redis or credentials unavailable, draining; 429: connection

@@ -36,7 +36,7 @@ const SESSION_COOKIES: [&str; 4] = [
     NEXTAUTH_V4_COOKIES[1],
 ];
 
-/// Returns the request's credential in DESIGN §3 order, or `None` when it has none.
+/// Returns the request's credential in ARCHITECTURE.md §3 order, or `None` when it has none.
 pub fn credentials_from_headers(headers: &HeaderMap) -> Option<Credential<'_>> {
     if let Some(token) = bearer(headers) {
         return Some(Credential::Bearer(token));

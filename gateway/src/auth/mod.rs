@@ -1,6 +1,6 @@
 //! Credential verification: turns the credentials of a request into a verified user id.
 //!
-//! The order (DESIGN §3) is fixed and the first credential *present* wins; a bad one is not
+//! The order (ARCHITECTURE.md §3) is fixed and the first credential *present* wins; a bad one is not
 //! skipped in favour of the next, so a client always learns why its credential failed:
 //!
 //! 1. `Authorization: Bearer <JWT>`: HS256 with `REALTIME_JWT_SECRET`, or RS*/PS*/ES256/
@@ -51,7 +51,7 @@ pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 /// characters, so anything longer cannot match a row.
 pub const MAX_SESSION_TOKEN_LEN: usize = 256;
 
-/// Default clock-skew allowance for `exp` and `nbf` (DESIGN §3).
+/// Default clock-skew allowance for `exp` and `nbf` (ARCHITECTURE.md §3).
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(15);
 
 /// Auth.js v5 session cookie names, in the order they are tried.

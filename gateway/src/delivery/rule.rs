@@ -5,7 +5,7 @@
 //! 1. **Revocation** (a `member.leave` of the stream's user, or one naming
 //!    nobody) is looked at before the stream's position: a leave at or
 //!    below it still counts. The membership may have been checked before
-//!    the leave was committed and the position taken after (DESIGN §7,
+//!    the leave was committed and the position taken after (ARCHITECTURE.md §7,
 //!    invariant 1).
 //! 2. **Duplicate**: at or below the newest id the stream has passed (a
 //!    fresh receiver after a hand-back, a catch-up, a resume repeat frames
