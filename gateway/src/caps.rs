@@ -86,7 +86,7 @@ return 0
 ";
 
 #[derive(Debug, thiserror::Error)]
-pub enum CapError {
+pub(crate) enum CapError {
     #[error("too many open streams for this user")]
     User,
     #[error("too many open streams for this organization")]
@@ -103,7 +103,7 @@ struct Scripts {
 }
 
 #[derive(Clone)]
-pub struct Caps {
+pub(crate) struct Caps {
     redis: ConnectionManager,
     keys: Keys,
     per_user: u32,
@@ -113,7 +113,7 @@ pub struct Caps {
 }
 
 impl Caps {
-    pub fn new(
+    pub(crate) fn new(
         redis: ConnectionManager,
         keys: Keys,
         per_user: u32,
@@ -145,7 +145,7 @@ impl Caps {
 
     /// `Retry-After` for a cap: places free up as streams end, and at the
     /// latest when a dead replica's leases expire.
-    pub fn retry_after_secs(&self) -> u64 {
+    pub(crate) fn retry_after_secs(&self) -> u64 {
         (self.lease.as_secs() / 3).clamp(1, 10)
     }
 
@@ -154,7 +154,7 @@ impl Caps {
     }
 
     /// Takes a lease for a new stream, or says which cap is reached.
-    pub async fn acquire(&self, id: &str, user: &str, org: &str) -> Result<(), CapError> {
+    pub(crate) async fn acquire(&self, id: &str, user: &str, org: &str) -> Result<(), CapError> {
         let mut redis = self.redis.clone();
         let verdict: i64 = self
             .scripts
@@ -177,7 +177,7 @@ impl Caps {
     /// Gives a lease back (best effort: an unreleased lease expires). Safe
     /// to call from a drop while the runtime shuts down: without one, the
     /// lease is left to expire.
-    pub fn release(&self, id: Arc<str>, user: Arc<str>, org: Arc<str>) {
+    pub(crate) fn release(&self, id: Arc<str>, user: Arc<str>, org: Arc<str>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -198,7 +198,7 @@ impl Caps {
     }
 
     /// Whether `id` is a live stream of `user`, on any replica.
-    pub async fn owns(&self, user: &str, id: &str) -> Result<bool, redis::RedisError> {
+    pub(crate) async fn owns(&self, user: &str, id: &str) -> Result<bool, redis::RedisError> {
         let mut redis = self.redis.clone();
         let owned: i64 = self
             .scripts
@@ -212,7 +212,11 @@ impl Caps {
 
     /// Whether `user` holds a live stream in `org`, on any replica (what
     /// `DELETE ?organizationId=` would close).
-    pub async fn has_stream_in(&self, user: &str, org: &str) -> Result<bool, redis::RedisError> {
+    pub(crate) async fn has_stream_in(
+        &self,
+        user: &str,
+        org: &str,
+    ) -> Result<bool, redis::RedisError> {
         let mut redis = self.redis.clone();
         let found: i64 = self
             .scripts
@@ -226,7 +230,7 @@ impl Caps {
 
     /// Renews the leases of every stream in `registry` every third of a
     /// lease period until `stop`.
-    pub async fn renew_until(self, registry: Registry, stop: CancellationToken) {
+    pub(crate) async fn renew_until(self, registry: Registry, stop: CancellationToken) {
         let mut tick = tokio::time::interval(self.lease / 3);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;

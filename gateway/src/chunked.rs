@@ -15,11 +15,11 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The last chunk: the body is over.
-pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+pub(crate) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 /// One chunk holding `frames` (`bytes` in all), in as few `writev` calls
 /// as the socket allows.
-pub async fn write_chunk<W: AsyncWrite + Unpin>(
+pub(crate) async fn write_chunk<W: AsyncWrite + Unpin>(
     writer: &mut W,
     frames: &[Bytes],
     bytes: usize,
@@ -51,7 +51,7 @@ pub async fn write_chunk<W: AsyncWrite + Unpin>(
 /// took only part (or none, when it would block) and `rest` is what is left
 /// of the chunk, to be written before anything else. `Err`: the client is
 /// gone.
-pub fn try_write_chunk(socket: &TcpStream, frame: &[u8]) -> std::io::Result<Option<Bytes>> {
+pub(crate) fn try_write_chunk(socket: &TcpStream, frame: &[u8]) -> std::io::Result<Option<Bytes>> {
     let mut size_buf = [0u8; 18];
     let size = chunk_size_line(frame.len(), &mut size_buf);
     let parts: [&[u8]; 3] = [size, frame, b"\r\n"];
@@ -69,7 +69,7 @@ pub fn try_write_chunk(socket: &TcpStream, frame: &[u8]) -> std::io::Result<Opti
 }
 
 /// `<hex size>\r\n`, written into `buf`.
-pub fn chunk_size_line(size: usize, buf: &mut [u8; 18]) -> &[u8] {
+pub(crate) fn chunk_size_line(size: usize, buf: &mut [u8; 18]) -> &[u8] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut start = 16;
     let mut n = size;

@@ -23,7 +23,7 @@ use tower_governor::GovernorError;
 use tower_governor::key_extractor::KeyExtractor;
 
 /// Parses `REALTIME_TRUSTED_PROXIES` items: an address or a CIDR.
-pub fn parse_trusted(items: &[String]) -> Result<Vec<IpNet>, String> {
+pub(crate) fn parse_trusted(items: &[String]) -> Result<Vec<IpNet>, String> {
     items
         .iter()
         .map(|s| s.trim())
@@ -37,12 +37,12 @@ pub fn parse_trusted(items: &[String]) -> Result<Vec<IpNet>, String> {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct ClientIp {
+pub(crate) struct ClientIp {
     trusted: Arc<[IpNet]>,
 }
 
 impl ClientIp {
-    pub fn new(trusted: Vec<IpNet>) -> Self {
+    pub(crate) fn new(trusted: Vec<IpNet>) -> Self {
         ClientIp {
             trusted: trusted.into(),
         }
@@ -59,7 +59,7 @@ impl ClientIp {
     /// parse (or a header that is not text) stops the walk at the last
     /// trusted hop, which is then the key: never an address further left,
     /// which the client may have written itself.
-    pub fn resolve(&self, peer: IpAddr, headers: &axum::http::HeaderMap) -> IpAddr {
+    pub(crate) fn resolve(&self, peer: IpAddr, headers: &axum::http::HeaderMap) -> IpAddr {
         if !self.is_trusted(peer) {
             return peer;
         }
@@ -108,7 +108,7 @@ fn parse_hop(item: &str) -> Option<IpAddr> {
 }
 
 /// The rate-limit key: the address, IPv6 cut to its /64.
-pub fn limit_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn limit_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -16,7 +16,7 @@ use realtime_shared::config::{parse_key_prefix, parse_positive_duration};
 /// `npx auth secret` print (32 random bytes, 43–44 characters) passes, a
 /// word or a short phrase does not. An HS256 key or an HKDF input shorter
 /// than the hash's 32 bytes can be guessed offline from one token.
-pub const MIN_SECRET_BYTES: usize = 32;
+pub(crate) const MIN_SECRET_BYTES: usize = 32;
 
 /// The secret settings: clap id, variable, flag. They are read from the
 /// environment only: a flag's value is visible to every local user in
@@ -62,7 +62,7 @@ pub enum ConfigError {
 
 /// The membership query of ARCHITECTURE.md §6: `$1` user id, `$2` organization id;
 /// one row with the organization's name when the user is a member.
-pub const DEFAULT_MEMBERSHIP_QUERY: &str = "SELECT o.name FROM organization_members m JOIN organizations o ON o.id = m.\"organizationId\" WHERE m.\"userId\" = $1 AND m.\"organizationId\" = $2";
+pub(crate) const DEFAULT_MEMBERSHIP_QUERY: &str = "SELECT o.name FROM organization_members m JOIN organizations o ON o.id = m.\"organizationId\" WHERE m.\"userId\" = $1 AND m.\"organizationId\" = $2";
 
 #[derive(Debug, Clone, Parser)]
 #[command(

@@ -42,7 +42,7 @@ use crate::membership::Membership;
 use crate::metrics as m;
 use crate::registry::{CloseReason, Handle, Registration};
 
-pub struct Connection {
+pub(crate) struct Connection {
     pub org: String,
     pub user: String,
     /// Filter and close signal, shared with PUT/DELETE and the drain.
@@ -122,7 +122,7 @@ struct Running {
 }
 
 /// A stream's place in the connection caps, given back when it ends.
-pub struct Lease {
+pub(crate) struct Lease {
     caps: Caps,
     id: Arc<str>,
     user: Arc<str>,
@@ -130,7 +130,7 @@ pub struct Lease {
 }
 
 impl Lease {
-    pub fn new(caps: Caps, handle: &Handle) -> Self {
+    pub(crate) fn new(caps: Caps, handle: &Handle) -> Self {
         Lease {
             caps,
             id: handle.id.clone(),
@@ -149,7 +149,7 @@ impl Drop for Lease {
 
 /// `retry:` drawn uniformly from [retry/2, 3·retry/2): clients closed at
 /// the same moment of a drain come back spread out.
-pub fn jittered_retry(retry: Duration) -> Bytes {
+pub(crate) fn jittered_retry(retry: Duration) -> Bytes {
     let base = retry.as_millis().max(2) as u64;
     let ms = base / 2 + rand::random_range(0..base);
     Bytes::from(format!("retry: {ms}\n\n"))
@@ -160,7 +160,7 @@ impl Connection {
     /// failure while catching up is waited out (bounded backoff, heartbeats
     /// still sent, close and expiry still honoured), never read as "no
     /// history".
-    pub fn into_body(
+    pub(crate) fn into_body(
         self,
         guard: m::ConnectionGuard,
         registration: Registration,

@@ -16,7 +16,7 @@ use crate::registry::{CloseReason, Registry};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "camelCase")]
-pub enum Command {
+pub(crate) enum Command {
     /// Change one stream's channel filter.
     #[serde(rename_all = "camelCase")]
     Filter {
@@ -39,14 +39,14 @@ pub enum Command {
 }
 
 #[derive(Clone)]
-pub struct Control {
+pub(crate) struct Control {
     redis: ConnectionManager,
     channel: String,
     registry: Registry,
 }
 
 impl Control {
-    pub fn new(redis: ConnectionManager, channel: String, registry: Registry) -> Self {
+    pub(crate) fn new(redis: ConnectionManager, channel: String, registry: Registry) -> Self {
         Control {
             redis,
             channel,
@@ -55,7 +55,7 @@ impl Control {
     }
 
     /// Applies locally when it can, else tells the other replicas.
-    pub async fn send(&self, command: Command) -> Result<(), redis::RedisError> {
+    pub(crate) async fn send(&self, command: Command) -> Result<(), redis::RedisError> {
         let done_here = self.apply(&command);
         if done_here {
             return Ok(());
@@ -73,7 +73,7 @@ impl Control {
     }
 
     /// A message heard on the control channel.
-    pub fn on_message(&self, payload: &[u8]) {
+    pub(crate) fn on_message(&self, payload: &[u8]) {
         match serde_json::from_slice::<Command>(payload) {
             Ok(command) => {
                 self.apply(&command);

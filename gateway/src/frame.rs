@@ -9,7 +9,7 @@ use realtime_shared::event::{EventId, EventType};
 use serde::Deserialize;
 
 #[derive(Debug)]
-pub struct Frame {
+pub(crate) struct Frame {
     pub id: EventId,
     pub event_type: EventType,
     /// Commit time (ms since the Unix epoch), for the latency histogram.
@@ -25,7 +25,7 @@ pub struct Frame {
 
 #[derive(Debug, thiserror::Error)]
 #[error("not an event envelope: {0}")]
-pub struct FrameError(#[from] serde_json::Error);
+pub(crate) struct FrameError(#[from] serde_json::Error);
 
 #[derive(Deserialize)]
 struct EventHead {
@@ -47,7 +47,7 @@ impl Frame {
     /// Parses the envelope stored in Redis (ARCHITECTURE.md §4; the wire names in `realtime_shared::envelope`) and encodes the SSE
     /// frame. The event JSON is forwarded byte for byte (compact JSON has no
     /// newline, so it fits one `data:` line).
-    pub fn parse(envelope: &[u8]) -> Result<Frame, FrameError> {
+    pub(crate) fn parse(envelope: &[u8]) -> Result<Frame, FrameError> {
         let env = RawEnvelope::parse(envelope)?;
         let head: EventHead = serde_json::from_str(env.event.get())?;
         let json = env.event.get().trim();
@@ -75,7 +75,7 @@ impl Frame {
 
 /// What a `member.leave` takes away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Leave<'a> {
+pub(crate) enum Leave<'a> {
     /// This member left the event's organization.
     Member(&'a str),
     /// Some membership ended but the ingestor could not tell whose (the
@@ -87,7 +87,7 @@ pub enum Leave<'a> {
 
 impl Frame {
     /// `Some` for a `member.leave`: whose membership it ends.
-    pub fn leave(&self) -> Option<Leave<'_>> {
+    pub(crate) fn leave(&self) -> Option<Leave<'_>> {
         if self.event_type != EventType::MemberLeave {
             return None;
         }
@@ -99,7 +99,7 @@ impl Frame {
 
     /// Whether the stream of `user` must act on this frame before anything
     /// after it is sent: the user's own leave, or a leave naming nobody.
-    pub fn revokes(&self, user: &str) -> bool {
+    pub(crate) fn revokes(&self, user: &str) -> bool {
         match self.leave() {
             Some(Leave::Member(member)) => member == user,
             Some(Leave::Unknown) => true,
@@ -109,7 +109,7 @@ impl Frame {
 }
 
 /// Milliseconds since the Unix epoch: the clock of [`Frame::commit_ms`].
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -118,14 +118,14 @@ pub fn now_ms() -> i64 {
 impl Frame {
     /// Commit → `now_ms`, in seconds (never negative): what the
     /// commit-to-send histogram records for a live delivery.
-    pub fn latency_secs(&self, now_ms: i64) -> f64 {
+    pub(crate) fn latency_secs(&self, now_ms: i64) -> f64 {
         (now_ms - self.commit_ms).max(0) as f64 / 1000.0
     }
 }
 
 /// A `data:`-only message (no `id:`, so it does not move the client's
 /// Last-Event-ID): the connection message and `data.sync`.
-pub fn data_only(json: &str) -> Bytes {
+pub(crate) fn data_only(json: &str) -> Bytes {
     let mut buf = BytesMut::with_capacity(json.len() + 8);
     buf.put_slice(b"data: ");
     buf.put_slice(json.as_bytes());

@@ -10,19 +10,19 @@ use redis::aio::ConnectionManager;
 use crate::frame::Frame;
 
 /// Entries read per stream per page: bounds memory per catching-up client.
-pub const PAGE: usize = 256;
+pub(crate) const PAGE: usize = 256;
 
 type RawEntry = (String, Vec<(String, Vec<u8>)>);
 
 #[derive(Clone)]
-pub struct History {
+pub(crate) struct History {
     /// Reconnects by itself after a Redis restart.
     conn: ConnectionManager,
     keys: Keys,
 }
 
 /// One page of a merged replay.
-pub struct Page {
+pub(crate) struct Page {
     pub frames: Vec<Arc<Frame>>,
     /// More entries may follow the last one.
     pub more: bool,
@@ -32,7 +32,7 @@ pub struct Page {
 }
 
 impl History {
-    pub fn new(conn: ConnectionManager, keys: Keys) -> Self {
+    pub(crate) fn new(conn: ConnectionManager, keys: Keys) -> Self {
         Self { conn, keys }
     }
 
@@ -40,7 +40,7 @@ impl History {
     /// merged in id order, at most [`PAGE`] per stream. `more` is set when
     /// either stream may hold further entries; the caller asks again after
     /// the last frame it got.
-    pub async fn page(&self, org: &str, after: Option<EventId>) -> redis::RedisResult<Page> {
+    pub(crate) async fn page(&self, org: &str, after: Option<EventId>) -> redis::RedisResult<Page> {
         let org_key = self.keys.history(&Scope::Organization(org.to_owned()));
         let all_key = self.keys.history(&Scope::Broadcast);
         let start = match after {
@@ -120,7 +120,7 @@ impl History {
     /// Only Redis's `ERR no such key` counts as a missing stream; any other
     /// error is returned, and callers retry or refuse transiently, never
     /// send `data.sync` on it.
-    pub async fn has_gap(&self, org: &str, last: EventId) -> redis::RedisResult<bool> {
+    pub(crate) async fn has_gap(&self, org: &str, last: EventId) -> redis::RedisResult<bool> {
         let mut newest: Option<EventId> = None;
         for scope in [Scope::Organization(org.to_owned()), Scope::Broadcast] {
             let key = self.keys.history(&scope);
@@ -225,7 +225,7 @@ fn value_str(v: &redis::Value) -> Option<String> {
 
 impl History {
     /// The newest id in either stream (`None` when both are empty).
-    pub async fn newest(&self, org: &str) -> redis::RedisResult<Option<EventId>> {
+    pub(crate) async fn newest(&self, org: &str) -> redis::RedisResult<Option<EventId>> {
         let org_key = self.keys.history(&Scope::Organization(org.to_owned()));
         let all_key = self.keys.history(&Scope::Broadcast);
         let mut conn = self.conn.clone();

@@ -27,29 +27,31 @@
 //! - [`api`]: the HTTP routes, one file per endpoint; [`gateway`]: build and run a replica, and drain it.
 #![forbid(unsafe_code)]
 
-pub mod api;
+mod api;
 pub mod auth;
-pub mod caps;
+mod caps;
 pub mod channels;
-pub mod chunked;
-pub mod client_ip;
-pub mod config;
-pub mod connection;
-pub mod control;
-pub mod delivery;
-pub mod frame;
-pub mod gateway;
-pub mod history;
-pub mod membership;
-pub mod metrics;
-pub mod origin;
+mod chunked;
+mod client_ip;
+mod config;
+mod connection;
+mod control;
+mod delivery;
+mod frame;
+mod gateway;
+mod history;
+mod membership;
+mod metrics;
+mod origin;
 pub mod publishing;
-pub mod registry;
+mod registry;
 pub mod serve;
-pub mod sessions;
+mod sessions;
 pub mod slots;
-pub mod strikes;
-pub mod trace;
+mod strikes;
+mod trace;
 
 pub use crate::config::Config;
+/// The `data.sync` gap notice a stream sends (for the client schema test).
+pub use crate::connection::gap_message;
 pub use crate::gateway::Gateway;

@@ -84,7 +84,10 @@ fn is_text(ty: &Type) -> bool {
 /// organization id) and exactly one text column (the organization's name).
 /// Anything else (a boolean from `EXISTS`, a number from `count(*)`, a query
 /// ignoring the organization) could answer "member" for everyone.
-pub fn check_query_shape(params: &[Type], columns: &[(&str, Type)]) -> Result<(), QueryShapeError> {
+pub(crate) fn check_query_shape(
+    params: &[Type],
+    columns: &[(&str, Type)],
+) -> Result<(), QueryShapeError> {
     if params.len() != 2 {
         return Err(QueryShapeError::ParameterCount(params.len()));
     }
@@ -119,7 +122,7 @@ struct Cached {
     checked_at: Instant,
 }
 
-pub struct Membership {
+pub(crate) struct Membership {
     pool: Pool,
     query: String,
     sessions_sql: String,
@@ -132,7 +135,7 @@ pub struct Membership {
 }
 
 impl Membership {
-    pub fn new(
+    pub(crate) fn new(
         database_url: &str,
         query: String,
         sessions_table: &str,
@@ -182,7 +185,7 @@ impl Membership {
     }
 
     /// Checks Postgres answers (for `/readyz` and start-up).
-    pub async fn ping(&self) -> Result<(), MembershipError> {
+    pub(crate) async fn ping(&self) -> Result<(), MembershipError> {
         let client = self.client().await?;
         client
             .simple_query("SELECT 1")
@@ -196,7 +199,7 @@ impl Membership {
     /// replica whose query could let everyone in must not start. A query
     /// Postgres refuses (syntax, unknown table) is a [`QueryShapeError`]
     /// too; only a lost connection is [`MembershipError::Unavailable`].
-    pub async fn validate_query(&self) -> Result<(), MembershipError> {
+    pub(crate) async fn validate_query(&self) -> Result<(), MembershipError> {
         let client = self.client().await?;
         let statement =
             client
@@ -216,7 +219,7 @@ impl Membership {
     }
 
     /// The connection pool, shared with the publish endpoints.
-    pub fn pool(&self) -> Pool {
+    pub(crate) fn pool(&self) -> Pool {
         self.pool.clone()
     }
 
@@ -230,7 +233,7 @@ impl Membership {
     /// The organization's name when `user` is a member of `org`, `None`
     /// when not. `subscribed_since`: when this replica's subscription to the
     /// organization was confirmed; older cache entries are not trusted.
-    pub async fn organization_name(
+    pub(crate) async fn organization_name(
         &self,
         user: &str,
         org: &str,
@@ -283,7 +286,11 @@ impl Membership {
     /// without a SUBSCRIBE/UNSUBSCRIBE round; a member is checked again
     /// after the subscription ([`Self::organization_name`]), which is the
     /// check that guards revocation.
-    pub async fn precheck(&self, user: &str, org: &str) -> Result<Option<String>, MembershipError> {
+    pub(crate) async fn precheck(
+        &self,
+        user: &str,
+        org: &str,
+    ) -> Result<Option<String>, MembershipError> {
         let any_fresh = Instant::now()
             .checked_sub(self.ttl)
             .unwrap_or_else(Instant::now);
@@ -291,21 +298,21 @@ impl Membership {
     }
 
     /// A `member.leave` passed: forget the cached membership.
-    pub fn revoke(&self, user: &str, org: &str) {
+    pub(crate) fn revoke(&self, user: &str, org: &str) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.lock().remove(&(user.to_owned(), org.to_owned()));
     }
 
     /// A `member.leave` naming nobody passed (see
     /// [`crate::frame::Leave::Unknown`]): forget every cached membership.
-    pub fn revoke_all(&self) {
+    pub(crate) fn revoke_all(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.lock().clear();
     }
 
     /// The user of an Auth.js database session, with its expiry; `None`
     /// when unknown or expired.
-    pub async fn session_user(
+    pub(crate) async fn session_user(
         &self,
         token: &str,
     ) -> Result<Option<(String, SystemTime)>, MembershipError> {
@@ -328,7 +335,7 @@ impl Membership {
     /// Which of `tokens` are still live database sessions (present, not
     /// expired). One query for all of them: the periodic re-check of every
     /// stream opened with a session (`crate::sessions`).
-    pub async fn live_sessions(
+    pub(crate) async fn live_sessions(
         &self,
         tokens: &[&str],
     ) -> Result<std::collections::HashSet<String>, MembershipError> {

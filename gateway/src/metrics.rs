@@ -1,27 +1,27 @@
 //! The gateway's metric names (ARCHITECTURE.md §5).
 
-pub const CONNECTIONS: &str = "realtime_gateway_connections";
-pub const CONNECTIONS_TOTAL: &str = "realtime_gateway_connections_total";
-pub const EVENTS_DELIVERED: &str = "realtime_gateway_events_delivered_total";
-pub const COMMIT_TO_SEND: &str = "realtime_gateway_commit_to_send_seconds";
-pub const REPLAYED: &str = "realtime_gateway_replayed_events_total";
-pub const REJECTED: &str = "realtime_gateway_rejected_total";
-pub const PUBLISHED: &str = "realtime_gateway_published_total";
-pub const DRAINED: &str = "realtime_gateway_drained_total";
-pub const REVOKED: &str = "realtime_gateway_revoked_total";
+pub(crate) const CONNECTIONS: &str = "realtime_gateway_connections";
+pub(crate) const CONNECTIONS_TOTAL: &str = "realtime_gateway_connections_total";
+pub(crate) const EVENTS_DELIVERED: &str = "realtime_gateway_events_delivered_total";
+pub(crate) const COMMIT_TO_SEND: &str = "realtime_gateway_commit_to_send_seconds";
+pub(crate) const REPLAYED: &str = "realtime_gateway_replayed_events_total";
+pub(crate) const REJECTED: &str = "realtime_gateway_rejected_total";
+pub(crate) const PUBLISHED: &str = "realtime_gateway_published_total";
+pub(crate) const DRAINED: &str = "realtime_gateway_drained_total";
+pub(crate) const REVOKED: &str = "realtime_gateway_revoked_total";
 /// Public-listener connections (sockets), whatever they carry.
-pub const SOCKETS: &str = "realtime_gateway_sockets";
-pub const SOCKETS_REFUSED: &str = "realtime_gateway_sockets_refused_total";
-pub const SOCKETS_CLOSED: &str = "realtime_gateway_sockets_closed_total";
-pub const SOCKETS_SERVED: &str = "realtime_gateway_sockets_served_total";
+pub(crate) const SOCKETS: &str = "realtime_gateway_sockets";
+pub(crate) const SOCKETS_REFUSED: &str = "realtime_gateway_sockets_refused_total";
+pub(crate) const SOCKETS_CLOSED: &str = "realtime_gateway_sockets_closed_total";
+pub(crate) const SOCKETS_SERVED: &str = "realtime_gateway_sockets_served_total";
 /// 1 while the replica's Postgres answers, 0 while it is degraded without
 /// it (`/readyz` stays 200 then, so this is what alerts watch).
-pub const POSTGRES_UP: &str = "realtime_gateway_postgres_up";
+pub(crate) const POSTGRES_UP: &str = "realtime_gateway_postgres_up";
 
 /// The `reason` of a refused stream request (`app.rs`: `reject` and
 /// `too_many`), counted in both [`REJECTED`] and [`CONNECTIONS_TOTAL`]
 /// (`result`).
-pub const STREAM_REFUSALS: [&str; 10] = [
+pub(crate) const STREAM_REFUSALS: [&str; 10] = [
     "unauthenticated",
     "forbidden",
     "bad_request",
@@ -34,23 +34,23 @@ pub const STREAM_REFUSALS: [&str; 10] = [
     "error",
 ];
 /// The other `reason`s of [`REJECTED`] (requests that are not streams).
-pub const OTHER_REJECTIONS: [&str; 3] = [
+pub(crate) const OTHER_REJECTIONS: [&str; 3] = [
     "request_rate_limited",
     "cross_origin",
     "publish_key_failures",
 ];
 /// The `reason`s of [`REVOKED`].
-pub const REVOKE_REASONS: [&str; 3] = ["member_left", "recheck", "session"];
+pub(crate) const REVOKE_REASONS: [&str; 3] = ["member_left", "recheck", "session"];
 /// The `reason`s of [`SOCKETS_CLOSED`] (`crate::serve`).
-pub const SOCKET_CLOSE_REASONS: [&str; 3] = ["head_timeout", "idle", "evicted"];
+pub(crate) const SOCKET_CLOSE_REASONS: [&str; 3] = ["head_timeout", "idle", "evicted"];
 /// The `by` values of [`SOCKETS_SERVED`].
-pub const SERVED_BY: [&str; 2] = ["direct", "hyper"];
+pub(crate) const SERVED_BY: [&str; 2] = ["direct", "hyper"];
 
 /// Registers descriptions, and exports every series the dashboard and the
 /// alerts read from start-up (counters at 0 for each known label value,
 /// gauges at 0, empty histograms): a series that appears only at its first
 /// increment shows as "no data" in panels and has no `rate()` until then.
-pub fn describe() {
+pub(crate) fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     metrics::gauge!(CONNECTIONS).increment(0.0);
     metrics::counter!(CONNECTIONS_TOTAL, "result" => "accepted").increment(0);
@@ -131,10 +131,10 @@ pub fn describe() {
 }
 
 /// Counts one open stream while alive.
-pub struct ConnectionGuard(());
+pub(crate) struct ConnectionGuard(());
 
 impl ConnectionGuard {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         metrics::gauge!(CONNECTIONS).increment(1.0);
         ConnectionGuard(())
     }

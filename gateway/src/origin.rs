@@ -20,13 +20,13 @@ use axum::http::{HeaderMap, Uri, header};
 /// The origins allowed to send cookie-authenticated changes, normalized
 /// (`scheme://host[:port]`, lower case, no trailing slash).
 #[derive(Debug, Clone, Default)]
-pub struct Origins {
+pub(crate) struct Origins {
     allowed: Vec<String>,
 }
 
 impl Origins {
     /// From the `REALTIME_CORS_ORIGINS` items (blank items ignored).
-    pub fn new(items: &[String]) -> Self {
+    pub(crate) fn new(items: &[String]) -> Self {
         Origins {
             allowed: items
                 .iter()
@@ -39,7 +39,7 @@ impl Origins {
     /// Whether the request's origin may change state with the caller's
     /// cookie: listed, or the gateway's own (same authority as the
     /// request's `Host`, or the URI's authority over HTTP/2).
-    pub fn allows(&self, headers: &HeaderMap, uri: &Uri) -> bool {
+    pub(crate) fn allows(&self, headers: &HeaderMap, uri: &Uri) -> bool {
         let Some(origin) = request_origin(headers) else {
             return false;
         };

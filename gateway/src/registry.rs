@@ -84,12 +84,12 @@ impl Handle {
 }
 
 #[derive(Clone, Default)]
-pub struct Registry {
+pub(crate) struct Registry {
     inner: Arc<Mutex<HashMap<Arc<str>, Arc<Handle>>>>,
 }
 
 /// Removes its handle from the registry when the stream ends.
-pub struct Registration {
+pub(crate) struct Registration {
     registry: Registry,
     pub handle: Arc<Handle>,
 }
@@ -99,7 +99,7 @@ impl Registry {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn register(
+    pub(crate) fn register(
         &self,
         id: Arc<str>,
         user: Arc<str>,
@@ -124,12 +124,12 @@ impl Registry {
         }
     }
 
-    pub fn get(&self, id: &str) -> Option<Arc<Handle>> {
+    pub(crate) fn get(&self, id: &str) -> Option<Arc<Handle>> {
         self.lock().get(id).cloned()
     }
 
     /// The user's streams of one organization on this replica.
-    pub fn of_user_in_org(&self, user: &str, org: &str) -> Vec<Arc<Handle>> {
+    pub(crate) fn of_user_in_org(&self, user: &str, org: &str) -> Vec<Arc<Handle>> {
         self.lock()
             .values()
             .filter(|h| &*h.user == user && &*h.org == org)
@@ -143,7 +143,7 @@ impl Registry {
     ///
     /// Called by the hub before the leave is queued to any stream, so no
     /// event after the leave is written to these streams.
-    pub fn revoke_member(&self, user: &str, org: &str) -> usize {
+    pub(crate) fn revoke_member(&self, user: &str, org: &str) -> usize {
         let handles = self.of_user_in_org(user, org);
         for handle in &handles {
             handle.close(CloseReason::Revoked);
@@ -152,7 +152,7 @@ impl Registry {
     }
 
     /// The open streams opened with a database session.
-    pub fn with_sessions(&self) -> Vec<Arc<Handle>> {
+    pub(crate) fn with_sessions(&self) -> Vec<Arc<Handle>> {
         self.lock()
             .values()
             .filter(|h| h.session.is_some())
@@ -161,16 +161,14 @@ impl Registry {
     }
 
     /// Every open stream, for lease renewal and draining.
-    pub fn all(&self) -> Vec<Arc<Handle>> {
+    pub(crate) fn all(&self) -> Vec<Arc<Handle>> {
         self.lock().values().cloned().collect()
     }
 
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Whether no stream is open (tests).
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.lock().is_empty()
     }
 }
 

@@ -25,7 +25,7 @@ use crate::registry::{CloseReason, Registry};
 const BATCH: usize = 1000;
 
 /// Re-checks every `interval` until `stop`.
-pub async fn recheck_until(
+pub(crate) async fn recheck_until(
     registry: Registry,
     membership: Arc<Membership>,
     interval: Duration,
@@ -47,7 +47,7 @@ pub async fn recheck_until(
 
 /// One round: closes the streams whose session is gone or expired.
 /// Returns how many were closed.
-pub async fn recheck(
+pub(crate) async fn recheck(
     registry: &Registry,
     membership: &Membership,
 ) -> Result<usize, crate::membership::MembershipError> {

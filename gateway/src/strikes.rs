@@ -19,9 +19,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Most clients tracked at once.
-pub const MAX_CLIENTS: usize = 100_000;
+pub(crate) const MAX_CLIENTS: usize = 100_000;
 
-pub struct Strikes {
+pub(crate) struct Strikes {
     allowed: u32,
     period: Duration,
     /// Per client: when its count will have drained to zero.
@@ -30,7 +30,7 @@ pub struct Strikes {
 
 impl Strikes {
     /// `allowed` failures per client (at least 1), one forgotten per `period`.
-    pub fn new(allowed: u32, period: Duration) -> Self {
+    pub(crate) fn new(allowed: u32, period: Duration) -> Self {
         Strikes {
             allowed: allowed.max(1),
             period: period.max(Duration::from_millis(1)),
@@ -46,7 +46,7 @@ impl Strikes {
 
     /// `Err(wait)` while `client` has used up its failures: how long until
     /// it may try again.
-    pub fn check(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn check(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
         let Some(clear_at) = self.lock().get(&client).copied() else {
             return Ok(());
         };
@@ -60,7 +60,7 @@ impl Strikes {
     }
 
     /// Counts one failure of `client`.
-    pub fn fail(&self, client: IpAddr, now: Instant) {
+    pub(crate) fn fail(&self, client: IpAddr, now: Instant) {
         let mut table = self.lock();
         if table.len() >= MAX_CLIENTS && !table.contains_key(&client) {
             table.retain(|_, clear_at| *clear_at > now);
@@ -78,7 +78,7 @@ impl Strikes {
 
     /// Drops the clients whose failures have all drained (called
     /// periodically so the table holds only recent offenders).
-    pub fn forget_drained(&self, now: Instant) {
+    pub(crate) fn forget_drained(&self, now: Instant) {
         let mut table = self.lock();
         table.retain(|_, clear_at| *clear_at > now);
         table.shrink_to_fit();

@@ -16,12 +16,12 @@
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer};
+use realtime_shared::envelope::RawEnvelope;
 use realtime_shared::event::EventType;
 use realtime_shared::telemetry::{self, Span};
-use realtime_shared::envelope::RawEnvelope;
 
 /// The fan-out span of one event on this replica.
-pub struct Fanout {
+pub(crate) struct Fanout {
     span: Span,
 }
 
@@ -29,7 +29,7 @@ impl Fanout {
     /// Starts the span of an envelope received from Redis, as a child of the
     /// context in its `traceparent`; `None` when tracing is off, the
     /// envelope carries no (valid) `traceparent`, or the sampler drops it.
-    pub fn start(envelope: &[u8]) -> Option<Fanout> {
+    pub(crate) fn start(envelope: &[u8]) -> Option<Fanout> {
         let tracer = telemetry::tracer()?;
         let head = RawEnvelope::parse(envelope).ok()?;
         let parent = telemetry::remote_context(head.traceparent.as_deref()?)?;
@@ -46,7 +46,7 @@ impl Fanout {
 
     /// Ends the span once the frame is queued for `connections` local
     /// streams (`broadcast`: the event was for every organization).
-    pub fn finish(
+    pub(crate) fn finish(
         mut self,
         event_type: EventType,
         event_id: &impl std::fmt::Display,
@@ -70,7 +70,7 @@ impl Fanout {
     }
 
     /// Ends the span of an envelope that could not be parsed.
-    pub fn fail(mut self, error: &str) {
+    pub(crate) fn fail(mut self, error: &str) {
         self.span.set_status(Status::error(error.to_owned()));
         self.span.end();
     }

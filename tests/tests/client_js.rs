@@ -185,7 +185,7 @@ async fn describe_rust_side() -> Value {
     );
 
     // The gap `data.sync` and the connection message come from the gateway.
-    let gap = realtime_gateway::connection::gap_message("orgA", Some(EventId::new(1, 0)));
+    let gap = realtime_gateway::gap_message("orgA", Some(EventId::new(1, 0)));
     let gap = std::str::from_utf8(&gap).expect("UTF-8 frame");
     let gap: Value = serde_json::from_str(
         gap.trim()

@@ -77,7 +77,7 @@ use crate::strikes::Strikes;
 /// Longest organization id accepted (ids are short text keys).
 const MAX_ORG_ID: usize = 256;
 
-pub struct AppState {
+pub(crate) struct AppState {
     pub hub: Hub,
     pub history: History,
     pub membership: Arc<Membership>,
@@ -106,7 +106,7 @@ pub struct AppState {
 }
 
 /// How the public router limits and shares.
-pub struct RouterOptions {
+pub(crate) struct RouterOptions {
     pub cors_origins: Vec<String>,
     /// New streams per second per client IP; 0: no limit.
     pub connect_rate: f64,
@@ -123,7 +123,7 @@ pub struct RouterOptions {
 }
 
 /// A per-user limiter for `POST /api/realtime/stream`.
-pub fn activity_limiter(rate: u32, burst: u32) -> DefaultKeyedRateLimiter<String> {
+pub(crate) fn activity_limiter(rate: u32, burst: u32) -> DefaultKeyedRateLimiter<String> {
     let rate = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
     let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
     RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
@@ -132,7 +132,7 @@ pub fn activity_limiter(rate: u32, burst: u32) -> DefaultKeyedRateLimiter<String
 /// The public routes. The limiters' key maps (and the publish-key strikes)
 /// are trimmed every few seconds until `stop`, so they hold only recently
 /// seen clients.
-pub fn router(state: Arc<AppState>, options: RouterOptions) -> Router {
+pub(crate) fn router(state: Arc<AppState>, options: RouterOptions) -> Router {
     let stop = state.stop.clone();
     let mut stream_routes = Router::new().route(
         "/api/realtime/stream",

@@ -66,7 +66,7 @@ impl Parked {
 /// One organization's live feed on this replica: the channel the streams'
 /// tasks receive from, and the parked streams the hub's fan-out writes to
 /// itself.
-pub struct OrgFeed {
+pub(super) struct OrgFeed {
     pub(super) tx: broadcast::Sender<FeedMessage>,
     /// The hub's fan-out task that delivers to this feed, always the same.
     pub(super) shard: usize,
@@ -76,7 +76,7 @@ pub struct OrgFeed {
 }
 
 impl OrgFeed {
-    pub fn new(capacity: usize, shard: usize) -> Self {
+    pub(super) fn new(capacity: usize, shard: usize) -> Self {
         OrgFeed {
             tx: broadcast::channel(capacity).0,
             shard,
@@ -87,7 +87,7 @@ impl OrgFeed {
     /// Delivers `message` to every local stream of the organization: parked
     /// ones directly (or handed back), the others through the channel.
     /// Returns how many streams it was written or queued for.
-    pub fn deliver(&self, message: FeedMessage) -> usize {
+    pub(super) fn deliver(&self, message: FeedMessage) -> usize {
         let mut parked = lock(&self.parked);
         let mut direct = 0;
         match &message {
@@ -134,7 +134,7 @@ impl OrgFeed {
 
     /// Parks `outlet` unless `rx` holds something unread, the listener is
     /// still writing or there is no socket: then `rx` comes back.
-    pub fn park(
+    pub(super) fn park(
         &self,
         outlet: &Arc<Outlet>,
         rx: broadcast::Receiver<FeedMessage>,
@@ -164,7 +164,7 @@ impl OrgFeed {
 
     /// Takes a parked stream back: from the parked list, or from the
     /// hand-back the feed left for it.
-    pub fn unpark(&self, outlet: &Arc<Outlet>) -> Unparked {
+    pub(super) fn unpark(&self, outlet: &Arc<Outlet>) -> Unparked {
         let mut parked = lock(&self.parked);
         let slot = outlet.slot.load(Ordering::Relaxed);
         if slot != NOT_PARKED {
@@ -186,7 +186,7 @@ impl OrgFeed {
     }
 
     /// A receiver for a stream whose place is unknown.
-    pub fn lost(&self) -> Unparked {
+    pub(super) fn lost(&self) -> Unparked {
         Unparked {
             rx: self.tx.subscribe(),
             last_seen: None,

@@ -112,7 +112,7 @@ async fn fan_out(mut jobs: mpsc::Receiver<Job>, shutdown: CancellationToken) {
 
 /// Cheap to clone; see the module docs.
 #[derive(Clone)]
-pub struct Hub {
+pub(crate) struct Hub {
     inner: Arc<Inner>,
 }
 
@@ -120,7 +120,7 @@ impl Hub {
     /// Starts the subscriber task; it runs until `shutdown`. `redis` is the
     /// replica's one client (TLS and ACL user included): every pub/sub
     /// (re)connection is opened from it.
-    pub fn start(
+    pub(crate) fn start(
         redis: redis::Client,
         keys: Keys,
         capacity: usize,
@@ -153,7 +153,7 @@ impl Hub {
     }
 
     /// Joins an organization's feed.
-    pub fn join(&self, org: &str) -> Subscription {
+    pub(crate) fn join(&self, org: &str) -> Subscription {
         let channel = self
             .inner
             .keys

@@ -83,17 +83,16 @@ mod outlet;
 mod rule;
 mod subscription;
 
-pub use feed::OrgFeed;
-pub use hub::Hub;
-pub use outlet::{Outlet, Unparked};
-pub use rule::{Revocation, Verdict, admit, decide};
-pub use subscription::Subscription;
+pub(crate) use hub::Hub;
+pub(crate) use outlet::Outlet;
+pub(crate) use rule::{Revocation, Verdict, admit, decide};
+pub(crate) use subscription::Subscription;
 
 use crate::frame::Frame;
 
 /// What an organization's feed carries to its streams.
 #[derive(Debug, Clone)]
-pub enum FeedMessage {
+pub(crate) enum FeedMessage {
     Frame(Arc<Frame>),
     /// The live feed may have missed messages: catch up from history.
     Resync,

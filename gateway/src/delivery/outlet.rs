@@ -44,7 +44,7 @@ pub struct Outlet {
 }
 
 /// A parked stream's state coming back to its task.
-pub struct Unparked {
+pub(super) struct Unparked {
     pub rx: broadcast::Receiver<FeedMessage>,
     /// The newest event id passed (sent or filtered out).
     pub last_seen: Option<EventId>,

@@ -27,7 +27,7 @@ use crate::frame::{Frame, Leave};
 
 /// What a stream does with one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// At or below the stream's position: it has passed this already.
     Duplicate,
     /// Not for this stream (another user's, or filtered out): nothing is
@@ -42,7 +42,7 @@ pub enum Verdict {
 
 /// Why a frame revokes a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Revocation {
+pub(crate) enum Revocation {
     /// The stream's own user left the organization: the stream ends. The
     /// leave itself is still offered to the client ([`admit`]).
     Member,
@@ -55,7 +55,7 @@ pub enum Revocation {
 /// The rule: what the stream of `user` with `filter`, positioned at
 /// `last_seen`, does with `frame`. Moves `last_seen` to the frame on
 /// [`Verdict::Skip`] and [`Verdict::Send`] only.
-pub fn decide(
+pub(crate) fn decide(
     frame: &Frame,
     last_seen: &mut Option<EventId>,
     user: &str,
@@ -76,7 +76,7 @@ pub fn decide(
 /// [`Verdict::Skip`] or [`Verdict::Send`]. [`decide`] ends here for every
 /// frame that revokes nothing; a stream's task calls it for its own user's
 /// leave, which the client is sent before the stream ends.
-pub fn admit(
+pub(crate) fn admit(
     frame: &Frame,
     last_seen: &mut Option<EventId>,
     user: &str,

@@ -20,7 +20,7 @@ use super::outlet::{Outlet, Unparked};
 /// up its receiver and the feed writes its live frames straight to its
 /// socket until the stream takes it back ([`Subscription::unpark`]) or the
 /// feed hands it back. While parked, `rx` is `None`.
-pub struct Subscription {
+pub(crate) struct Subscription {
     joined: Arc<Joined>,
     channel: String,
     rx: Option<broadcast::Receiver<FeedMessage>>,
@@ -49,17 +49,17 @@ impl Subscription {
     }
 
     /// Makes this stream able to park: the listener writes its body itself.
-    pub fn set_outlet(&mut self, outlet: Arc<Outlet>) {
+    pub(crate) fn set_outlet(&mut self, outlet: Arc<Outlet>) {
         self.outlet = Some(outlet);
     }
 
-    pub fn outlet(&self) -> Option<&Arc<Outlet>> {
+    pub(crate) fn outlet(&self) -> Option<&Arc<Outlet>> {
         self.outlet.as_ref()
     }
 
     /// The receiver (`None` while parked) and, when the stream could park
     /// but for the listener still writing, its outlet.
-    pub fn receiver_and_waiting_outlet(
+    pub(crate) fn receiver_and_waiting_outlet(
         &mut self,
     ) -> (
         Option<&mut broadcast::Receiver<FeedMessage>>,
@@ -72,7 +72,7 @@ impl Subscription {
         (self.rx.as_mut(), outlet)
     }
 
-    pub fn is_parked(&self) -> bool {
+    pub(crate) fn is_parked(&self) -> bool {
         self.rx.is_none()
     }
 
@@ -80,7 +80,7 @@ impl Subscription {
     /// receiver holds nothing unread (checked under the feed's lock, so no
     /// frame falls between the receiver and the direct writes). `last_seen`
     /// travels with it. Returns whether it is parked.
-    pub fn park(&mut self, last_seen: Option<EventId>) -> bool {
+    pub(crate) fn park(&mut self, last_seen: Option<EventId>) -> bool {
         let (Some(outlet), Some(rx)) = (&self.outlet, self.rx.take()) else {
             return self.rx.is_none();
         };
@@ -96,7 +96,7 @@ impl Subscription {
     /// Takes the stream back (it is parked) with a fresh receiver. Returns
     /// the newest id the feed passed for it, and whether its place was lost
     /// (never expected; the stream then catches up from history).
-    pub fn unpark(&mut self) -> (Option<EventId>, bool) {
+    pub(crate) fn unpark(&mut self) -> (Option<EventId>, bool) {
         let back = match &self.outlet {
             Some(outlet) => self.feed.unpark(outlet),
             None => self.feed.lost(),
@@ -112,7 +112,7 @@ impl Subscription {
 
     /// Waits until the feed hands the parked stream back (or, rarely, wakes
     /// it for nothing: unparking is right either way).
-    pub async fn handed_back(&self) {
+    pub(crate) async fn handed_back(&self) {
         match &self.outlet {
             Some(outlet) => outlet.handed_back().await,
             None => std::future::pending().await,
@@ -121,7 +121,7 @@ impl Subscription {
 
     /// When Redis confirmed the current subscription to the organization;
     /// `None` while it is down (see [`Self::ready`]).
-    pub fn subscribed_since(&self) -> Option<Instant> {
+    pub(crate) fn subscribed_since(&self) -> Option<Instant> {
         *self.ready.borrow()
     }
 
@@ -130,7 +130,7 @@ impl Subscription {
     /// published since then reaches this replica, so a membership checked
     /// after it cannot have been revoked unseen. `None` if not confirmed
     /// within `timeout`.
-    pub async fn ready(&mut self, timeout: Duration) -> Option<Instant> {
+    pub(crate) async fn ready(&mut self, timeout: Duration) -> Option<Instant> {
         match tokio::time::timeout(timeout, self.ready.wait_for(Option::is_some)).await {
             Ok(Ok(since)) => *since,
             _ => None,
