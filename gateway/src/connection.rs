@@ -43,38 +43,38 @@ use crate::metrics as m;
 use crate::registry::{CloseReason, Handle, Registration};
 
 pub(crate) struct Connection {
-    pub org: String,
-    pub user: String,
+    org: String,
+    user: String,
     /// Filter and close signal, shared with PUT/DELETE and the drain.
-    pub handle: Arc<Handle>,
-    pub sub: Subscription,
-    pub history: History,
-    pub heartbeat: Duration,
+    handle: Arc<Handle>,
+    sub: Subscription,
+    history: History,
+    heartbeat: Duration,
     /// The `retry:` hint; a draining replica sends it jittered.
-    pub retry: Duration,
-    pub expires_at: Option<SystemTime>,
+    retry: Duration,
+    expires_at: Option<SystemTime>,
     /// Frames to send before anything else (the connection message, replays).
-    pub pending: VecDeque<Bytes>,
+    pending: VecDeque<Bytes>,
     /// The id of the newest event this connection has passed (sent or
     /// filtered out); live frames at or below it are duplicates.
-    pub last_seen: Option<EventId>,
+    last_seen: Option<EventId>,
     /// `Some(after)` while catching up from history.
-    pub replay_after: Option<Option<EventId>>,
+    replay_after: Option<Option<EventId>>,
     /// Set when the stream must catch up from history (a resubscription, a
     /// lag) and has not yet learnt whether history still reaches back to
     /// `last_seen`; nothing live is taken meanwhile.
-    pub resync: bool,
+    resync: bool,
     /// Set when the connection must end once `pending` is sent (its user's
     /// `member.leave`, a drain). Nothing is offered after it.
-    pub closing: bool,
+    closing: bool,
     /// Set when the membership must be checked again before anything more
     /// is offered or sent: before a catch-up, and at a leave naming nobody.
-    pub recheck: bool,
+    recheck: bool,
     /// For those re-checks.
-    pub membership: Arc<Membership>,
+    membership: Arc<Membership>,
     /// Metric handles, looked up once per connection rather than per event.
-    pub delivered: metrics::Counter,
-    pub latency: metrics::Histogram,
+    delivered: metrics::Counter,
+    latency: metrics::Histogram,
 }
 
 /// A `data.sync` telling the client to refetch: its resume point is older
@@ -155,7 +155,75 @@ pub(crate) fn jittered_retry(retry: Duration) -> Bytes {
     Bytes::from(format!("retry: {ms}\n\n"))
 }
 
+/// What a stream starts from, as the stream handler established it; the
+/// rest of a [`Connection`]'s state starts empty.
+pub(crate) struct Opening {
+    pub(crate) org: String,
+    pub(crate) user: String,
+    /// Filter and close signal, shared with PUT/DELETE and the drain.
+    pub(crate) handle: Arc<Handle>,
+    /// The organization's feed, subscribed and confirmed.
+    pub(crate) sub: Subscription,
+    pub(crate) history: History,
+    pub(crate) membership: Arc<Membership>,
+    pub(crate) heartbeat: Duration,
+    /// The `retry:` hint; a draining replica sends it jittered.
+    pub(crate) retry: Duration,
+    /// When the credential expires (the stream ends then).
+    pub(crate) expires_at: Option<SystemTime>,
+    /// The connection message and any frames replayed before going live.
+    pub(crate) pending: VecDeque<Bytes>,
+    /// The newest event id already sent (the resume point, or the last
+    /// replayed event).
+    pub(crate) last_seen: Option<EventId>,
+    /// `Some(after)`: catch up from history after that id before going live.
+    pub(crate) replay_after: Option<Option<EventId>>,
+    /// Metric handles shared with the stream's outlet.
+    pub(crate) delivered: metrics::Counter,
+    pub(crate) latency: metrics::Histogram,
+}
+
 impl Connection {
+    /// The one way a connection is made: from its [`Opening`], not
+    /// re-checking, not closing, not resyncing.
+    pub(crate) fn new(opening: Opening) -> Self {
+        let Opening {
+            org,
+            user,
+            handle,
+            sub,
+            history,
+            membership,
+            heartbeat,
+            retry,
+            expires_at,
+            pending,
+            last_seen,
+            replay_after,
+            delivered,
+            latency,
+        } = opening;
+        Self {
+            org,
+            user,
+            handle,
+            sub,
+            history,
+            heartbeat,
+            retry,
+            expires_at,
+            pending,
+            last_seen,
+            replay_after,
+            resync: false,
+            closing: false,
+            recheck: false,
+            membership,
+            delivered,
+            latency,
+        }
+    }
+
     /// The response body. Ends on shutdown, expiry or revocation. A Redis
     /// failure while catching up is waited out (bounded backoff, heartbeats
     /// still sent, close and expiry still honoured), never read as "no

@@ -185,8 +185,12 @@ impl Gateway {
     /// over `REALTIME_DRAIN`, each with a jittered `retry:`, and the replica
     /// stops within the drain time.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) {
-        let draining = CancellationToken::new();
-        let stop = CancellationToken::new();
+        let shutdown_state = Shutdown::new();
+        let Shutdown {
+            draining,
+            stop,
+            connections,
+        } = shutdown_state.clone();
         let trigger = draining.clone();
         tokio::spawn(async move {
             shutdown.await;
@@ -241,8 +245,7 @@ impl Gateway {
             heartbeat: self.config.heartbeat,
             retry: self.config.retry,
             io_timeout: self.config.io_timeout,
-            draining: draining.clone(),
-            stop: stop.clone(),
+            shutdown: shutdown_state,
             registry: registry.clone(),
             caps,
             control,
@@ -296,7 +299,6 @@ impl Gateway {
         // balancer retries elsewhere) and hyper connections lose
         // keep-alive; stream connections close as each stream is drained,
         // so a client's reconnection cannot land here again.
-        let connections = TaskTracker::new();
         let nofile = slots::open_files_limit();
         let max_connections = slots::effective_cap(self.config.max_connections, nofile);
         if self.config.max_connections as usize > max_connections {
@@ -335,6 +337,36 @@ impl Gateway {
         let _ = readiness_task.await;
         let _ = admin.await;
         tracing::info!("gateway stopped");
+    }
+}
+
+/// How a replica stops, in two steps that every loop, stream and
+/// connection honours (mini-redis's `Listener`/`Handler` shutdown, split in
+/// two because streams are drained, not cut):
+/// - `draining` is cancelled at SIGTERM (the `shutdown` future): `/readyz`
+///   answers 503, new streams are refused with the transient refusal, the
+///   listener stops accepting and hyper connections lose keep-alive, and
+///   [`drain`] closes the open streams paced over `REALTIME_DRAIN`, each
+///   with a jittered `retry:`;
+/// - `stop` is cancelled when the drain is done: every stream's close token
+///   is its child, and the admin server, the lease renewal, the session
+///   re-checks and the readiness watch end;
+/// - `connections` tracks the listener's connection tasks, which get at
+///   most one more second after `stop` for their last writes.
+#[derive(Clone)]
+pub(crate) struct Shutdown {
+    pub(crate) draining: CancellationToken,
+    pub(crate) stop: CancellationToken,
+    pub(crate) connections: TaskTracker,
+}
+
+impl Shutdown {
+    fn new() -> Self {
+        Self {
+            draining: CancellationToken::new(),
+            stop: CancellationToken::new(),
+            connections: TaskTracker::new(),
+        }
     }
 }
 

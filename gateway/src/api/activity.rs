@@ -13,11 +13,11 @@ pub(super) async fn post_activity(
 ) -> Response {
     let (user, _) = match authenticate_change(&app, &headers, &uri).await {
         Ok(who) => who,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let org = match organization_param(parse_query(raw.as_deref()).organization_id) {
         Ok(org) => org,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     // Checked fresh (no cached answer): this replica may not be subscribed
     // to the organization, so it might not have seen a revocation.

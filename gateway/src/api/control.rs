@@ -12,25 +12,28 @@ pub(super) struct ChannelsBody {
 /// `connectionId` checked: present and shaped like one of ours.
 // A refusal is built once per refused request, off the hot path.
 #[allow(clippy::result_large_err)]
-pub(super) fn connection_param(id: Option<String>) -> Result<String, Response> {
+pub(super) fn connection_param(id: Option<String>) -> Result<String, Refusal> {
     match id {
         Some(id) if id.len() == 36 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') => {
             Ok(id)
         }
-        Some(_) => Err(plain(StatusCode::NOT_FOUND, "no such connection")),
-        None => Err(plain(StatusCode::BAD_REQUEST, "connectionId is required")),
+        Some(_) => Err(Refusal::plain(StatusCode::NOT_FOUND, "no such connection")),
+        None => Err(Refusal::plain(
+            StatusCode::BAD_REQUEST,
+            "connectionId is required",
+        )),
     }
 }
 
 /// Whether the caller holds the connection (on any replica): 404 otherwise,
 /// so someone else's connection ids are indistinguishable from unknown ones.
-pub(super) async fn owned(app: &AppState, user: &str, id: &str) -> Result<(), Response> {
+pub(super) async fn owned(app: &AppState, user: &str, id: &str) -> Result<(), Refusal> {
     match app.caps.owns(user, id).await {
         Ok(true) => Ok(()),
-        Ok(false) => Err(plain(StatusCode::NOT_FOUND, "no such connection")),
+        Ok(false) => Err(Refusal::plain(StatusCode::NOT_FOUND, "no such connection")),
         Err(e) => {
             tracing::warn!(error = %e, "connection registry unavailable");
-            Err(plain(
+            Err(Refusal::plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "connection registry unavailable; retry",
             ))
@@ -48,11 +51,11 @@ pub(super) async fn put_stream(
 ) -> Response {
     let (user, _) = match authenticate_change(&app, &headers, &uri).await {
         Ok(who) => who,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let id = match connection_param(parse_query(raw.as_deref()).connection_id) {
         Ok(id) => id,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let channels = match serde_json::from_slice::<ChannelsBody>(&body) {
         Ok(b) => b.channels,
@@ -68,7 +71,7 @@ pub(super) async fn put_stream(
         Err(e) => return plain(StatusCode::BAD_REQUEST, &e.to_string()),
     };
     if let Err(refusal) = owned(&app, &user, &id).await {
-        return refusal;
+        return refusal.into_response();
     }
     let command = Command::Filter {
         connection_id: id.clone(),
@@ -107,16 +110,16 @@ pub(super) async fn delete_stream(
 ) -> Response {
     let (user, _) = match authenticate_change(&app, &headers, &uri).await {
         Ok(who) => who,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let query = parse_query(raw.as_deref());
     let command = if query.connection_id.is_some() {
         let id = match connection_param(query.connection_id) {
             Ok(id) => id,
-            Err(refusal) => return refusal,
+            Err(refusal) => return refusal.into_response(),
         };
         if let Err(refusal) = owned(&app, &user, &id).await {
-            return refusal;
+            return refusal.into_response();
         }
         Command::Close {
             connection_id: id,
@@ -127,7 +130,7 @@ pub(super) async fn delete_stream(
             Some(_) => {
                 let org = match organization_param(query.organization_id) {
                     Ok(org) => org,
-                    Err(refusal) => return refusal,
+                    Err(refusal) => return refusal.into_response(),
                 };
                 match app.caps.has_stream_in(&user, &org).await {
                     Ok(true) => {}

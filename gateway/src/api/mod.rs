@@ -61,10 +61,11 @@ use crate::auth::{self, Verification, Verifier};
 use crate::caps::{CapError, Caps};
 use crate::channels::ChannelFilter;
 use crate::client_ip::{self, ClientIp};
-use crate::connection::{Connection, Lease, gap_message};
+use crate::connection::{Connection, Lease, Opening, gap_message};
 use crate::control::{Command, Control};
 use crate::delivery::{Hub, Outlet};
 use crate::frame::{data_only, now_ms};
+use crate::gateway::Shutdown;
 use crate::history::History;
 use crate::membership::{Membership, MembershipError};
 use crate::metrics as m;
@@ -85,11 +86,9 @@ pub(crate) struct AppState {
     pub heartbeat: Duration,
     pub retry: Duration,
     pub io_timeout: Duration,
-    /// Cancelled at SIGTERM: new streams are refused from then on.
-    pub draining: CancellationToken,
-    /// Cancelled when the replica stops; every stream's close token is a
-    /// child of it.
-    pub stop: CancellationToken,
+    /// Draining (new streams refused) and stop (every stream's close token
+    /// is a child of it): see [`Shutdown`].
+    pub shutdown: Shutdown,
     pub registry: Registry,
     pub caps: Caps,
     pub control: Control,
@@ -133,7 +132,7 @@ pub(crate) fn activity_limiter(rate: u32, burst: u32) -> DefaultKeyedRateLimiter
 /// are trimmed every few seconds until `stop`, so they hold only recently
 /// seen clients.
 pub(crate) fn router(state: Arc<AppState>, options: RouterOptions) -> Router {
-    let stop = state.stop.clone();
+    let stop = state.shutdown.stop.clone();
     let mut stream_routes = Router::new().route(
         "/api/realtime/stream",
         get(stream)

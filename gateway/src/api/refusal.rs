@@ -3,23 +3,82 @@
 
 use super::*;
 
+/// A refused request: one type for every refusal of the API, whose
+/// [`IntoResponse`] is the only place the answer is built and counted. A
+/// stream refusal (`counted`) adds to `realtime_gateway_rejected_total` and
+/// `realtime_gateway_connections_total{result}` under its reason and keeps
+/// its message on the response ([`Why`]) for [`for_event_source`]; a plain
+/// refusal of the other endpoints is not a stream connection and is not
+/// counted there.
+pub(super) struct Refusal {
+    status: StatusCode,
+    /// The metric label of a counted refusal.
+    reason: Option<&'static str>,
+    why: String,
+    retry_after_secs: Option<u64>,
+}
+
+impl Refusal {
+    /// A refused stream, counted under `reason`.
+    pub(super) fn counted(status: StatusCode, reason: &'static str, why: &str) -> Self {
+        Self {
+            status,
+            reason: Some(reason),
+            why: why.to_owned(),
+            retry_after_secs: None,
+        }
+    }
+
+    /// A refusal of a non-stream endpoint (not counted as a connection).
+    pub(super) fn plain(status: StatusCode, why: &str) -> Self {
+        Self {
+            status,
+            reason: None,
+            why: why.to_owned(),
+            retry_after_secs: None,
+        }
+    }
+
+    /// With `Retry-After` (seconds).
+    pub(super) fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        if let Some(reason) = self.reason {
+            metrics::counter!(m::REJECTED, "reason" => reason).increment(1);
+            metrics::counter!(m::CONNECTIONS_TOTAL, "result" => reason).increment(1);
+        }
+        let mut response = (
+            self.status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{}\n", self.why),
+        )
+            .into_response();
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.reason.is_some() {
+            response.extensions_mut().insert(Why(self.why));
+        }
+        response
+    }
+}
+
+/// A refused stream's answer (see [`Refusal::counted`]).
 pub(super) fn reject(status: StatusCode, reason: &'static str, why: &str) -> Response {
-    metrics::counter!(m::REJECTED, "reason" => reason).increment(1);
-    metrics::counter!(m::CONNECTIONS_TOTAL, "result" => reason).increment(1);
-    let mut response = (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        format!("{why}\n"),
-    )
-        .into_response();
-    response.extensions_mut().insert(Refusal(why.to_owned()));
-    response
+    Refusal::counted(status, reason, why).into_response()
 }
 
 /// Why a stream was refused, kept on the refusal so
 /// [`for_event_source`] can say it in an SSE comment.
 #[derive(Clone)]
-pub(super) struct Refusal(pub(super) String);
+pub(super) struct Why(pub(super) String);
 
 /// Whether the request is an `EventSource`'s (or any client that says it
 /// reads `text/event-stream`).
@@ -48,7 +107,7 @@ pub(super) fn for_event_source(response: Response, retry: Duration) -> Response 
     }
     let why = response
         .extensions()
-        .get::<Refusal>()
+        .get::<Why>()
         .map(|r| r.0.clone())
         .unwrap_or_else(|| "unavailable; retry".to_owned());
     let retry_after = response
@@ -73,22 +132,15 @@ pub(super) fn for_event_source(response: Response, retry: Duration) -> Response 
 
 /// 429 with `Retry-After` (seconds) and a reason.
 pub(super) fn too_many(reason: &'static str, why: &str, retry_after_secs: u64) -> Response {
-    let mut response = reject(StatusCode::TOO_MANY_REQUESTS, reason, why);
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-    response
+    Refusal::counted(StatusCode::TOO_MANY_REQUESTS, reason, why)
+        .retry_after(retry_after_secs)
+        .into_response()
 }
 
-/// A `text/plain` answer of the non-stream endpoints (not counted as
-/// stream connections).
+/// A `text/plain` answer of the non-stream endpoints (see
+/// [`Refusal::plain`]).
 pub(super) fn plain(status: StatusCode, why: &str) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        format!("{why}\n"),
-    )
-        .into_response()
+    Refusal::plain(status, why).into_response()
 }
 
 pub(super) fn json_response(status: StatusCode, value: serde_json::Value) -> Response {

@@ -34,7 +34,7 @@ pub(super) fn parse_query(raw: Option<&str>) -> Query {
 pub(super) async fn authenticate(
     app: &AppState,
     headers: &HeaderMap,
-) -> Result<(String, Option<SystemTime>), Response> {
+) -> Result<(String, Option<SystemTime>), Refusal> {
     authenticate_with_session(app, headers)
         .await
         .map(|(user, expires, _)| (user, expires))
@@ -45,9 +45,9 @@ pub(super) async fn authenticate(
 pub(super) async fn authenticate_with_session(
     app: &AppState,
     headers: &HeaderMap,
-) -> Result<(String, Option<SystemTime>, Option<String>), Response> {
+) -> Result<(String, Option<SystemTime>, Option<String>), Refusal> {
     let Some(credential) = auth::credentials_from_headers(headers) else {
-        return Err(reject(
+        return Err(Refusal::counted(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
             "authentication required",
@@ -58,14 +58,14 @@ pub(super) async fn authenticate_with_session(
         Ok(Verification::LookUpSession { token }) => {
             match app.membership.session_user(&token).await {
                 Ok(Some((user, expires))) => Ok((user, Some(expires), Some(token))),
-                Ok(None) => Err(reject(
+                Ok(None) => Err(Refusal::counted(
                     StatusCode::UNAUTHORIZED,
                     "unauthenticated",
                     "invalid or expired session",
                 )),
                 Err(e) => {
                     tracing::warn!(error = %e, "session lookup failed");
-                    Err(reject(
+                    Err(Refusal::counted(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "unavailable",
                         "session store unavailable; retry",
@@ -75,7 +75,7 @@ pub(super) async fn authenticate_with_session(
         }
         Err(e) if e.status() == StatusCode::UNAUTHORIZED => {
             tracing::debug!(error = %e, "credential refused");
-            Err(reject(
+            Err(Refusal::counted(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",
                 "invalid or expired credentials",
@@ -83,7 +83,7 @@ pub(super) async fn authenticate_with_session(
         }
         Err(e) => {
             tracing::warn!(error = %e, "credentials cannot be checked now");
-            Err(reject(
+            Err(Refusal::counted(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "credentials cannot be checked now; retry",
@@ -99,14 +99,14 @@ pub(super) async fn authenticate_change(
     app: &AppState,
     headers: &HeaderMap,
     uri: &Uri,
-) -> Result<(String, Option<SystemTime>), Response> {
+) -> Result<(String, Option<SystemTime>), Refusal> {
     let by_cookie = matches!(
         auth::credentials_from_headers(headers),
         Some(auth::Credential::SessionCookie { .. })
     );
     if by_cookie && !app.origins.allows(headers, uri) {
         metrics::counter!(m::REJECTED, "reason" => "cross_origin").increment(1);
-        return Err(plain(
+        return Err(Refusal::plain(
             StatusCode::FORBIDDEN,
             "a cookie-authenticated change needs an allowed Origin (REALTIME_CORS_ORIGINS or this host)",
         ));
@@ -117,21 +117,21 @@ pub(super) async fn authenticate_change(
 /// `organizationId` checked: present, bounded, no control characters.
 // A refusal is built once per refused request, off the hot path.
 #[allow(clippy::result_large_err)]
-pub(super) fn organization_param(org: Option<String>) -> Result<String, Response> {
+pub(super) fn organization_param(org: Option<String>) -> Result<String, Refusal> {
     match org.filter(|o| !o.is_empty()) {
-        None => Err(reject(
+        None => Err(Refusal::counted(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "organizationId is required",
         )),
-        Some(o) if o.len() > MAX_ORG_ID => Err(reject(
+        Some(o) if o.len() > MAX_ORG_ID => Err(Refusal::counted(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "organizationId is too long",
         )),
         // Ids are text keys: control characters (NUL above all, which
         // Postgres refuses in text) are never part of one.
-        Some(o) if o.chars().any(char::is_control) => Err(reject(
+        Some(o) if o.chars().any(char::is_control) => Err(Refusal::counted(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "organizationId contains control characters",
@@ -146,17 +146,17 @@ pub(super) fn organization_param(org: Option<String>) -> Result<String, Response
 #[allow(clippy::result_large_err)]
 pub(super) fn member_or_refusal(
     answer: Result<Option<String>, MembershipError>,
-) -> Result<String, Response> {
+) -> Result<String, Refusal> {
     match answer {
         Ok(Some(name)) => Ok(name),
-        Ok(None) => Err(reject(
+        Ok(None) => Err(Refusal::counted(
             StatusCode::FORBIDDEN,
             "forbidden",
             "not a member of this organization",
         )),
         Err(e) => {
             tracing::warn!(error = %e, "membership query failed");
-            Err(reject(
+            Err(Refusal::counted(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "membership unavailable; retry",

@@ -47,7 +47,7 @@ pub(super) async fn open_stream(
     headers: HeaderMap,
     raw: Option<String>,
 ) -> Response {
-    if app.draining.is_cancelled() {
+    if app.shutdown.draining.is_cancelled() {
         return reject(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
@@ -57,14 +57,14 @@ pub(super) async fn open_stream(
     // 1. Who is asking.
     let (user, expires_at, session) = match authenticate_with_session(&app, &headers).await {
         Ok(who) => who,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
 
     // 2. What is asked.
     let query = parse_query(raw.as_deref());
     let org = match organization_param(query.organization_id) {
         Ok(org) => org,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let (filter, channel_name) = match ChannelFilter::parse(query.channel.as_deref()) {
         Ok(f) => f,
@@ -100,7 +100,7 @@ pub(super) async fn open_stream(
 
     // 3. Non-members are refused before anything is subscribed for them.
     if let Err(refusal) = member_or_refusal(app.membership.precheck(&user, &org).await) {
-        return refusal;
+        return refusal.into_response();
     }
 
     // 4. Subscribe, so nothing published from now on is missed.
@@ -121,7 +121,7 @@ pub(super) async fn open_stream(
         .await;
     let org_name = match member_or_refusal(answer) {
         Ok(name) => name,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
 
     // 6. A place under the caps, counted across replicas.
@@ -157,7 +157,7 @@ pub(super) async fn open_stream(
         org.as_str().into(),
         session.map(Into::into),
         filter,
-        &app.stop,
+        &app.shutdown.stop,
     );
     // From here on, dropping `lease` gives the place back.
     let lease = Lease::new(app.caps.clone(), &registration.handle);
@@ -230,25 +230,22 @@ pub(super) async fn open_stream(
         latency.clone(),
     );
     sub.set_outlet(outlet.clone());
-    let conn = Connection {
+    let conn = Connection::new(Opening {
         org,
         user,
         handle: registration.handle.clone(),
         sub,
         history: app.history.clone(),
+        membership: app.membership.clone(),
         heartbeat: app.heartbeat,
         retry: app.retry,
         expires_at,
         pending,
         last_seen,
         replay_after,
-        resync: false,
-        closing: false,
-        recheck: false,
-        membership: app.membership.clone(),
         delivered,
         latency,
-    };
+    });
     let body = Body::from_stream(conn.into_body(m::ConnectionGuard::new(), registration, lease));
     Response::builder()
         .status(StatusCode::OK)
