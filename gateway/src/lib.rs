@@ -24,6 +24,7 @@
 //! - [`publishing`]: events posted over HTTP, written through Postgres.
 //! - [`serve`]: the listener: SSE streams written directly, other requests through hyper.
 //! - [`slots`]: the listener's connection cap, evicting connections still waiting for a head.
+//! - [`shutdown`]: draining, stop and the listener's connections, in one struct.
 //! - [`api`]: the HTTP routes, one file per endpoint; [`gateway`]: build and run a replica, and drain it.
 #![forbid(unsafe_code)]
 
@@ -47,6 +48,7 @@ pub mod publishing;
 mod registry;
 pub mod serve;
 mod sessions;
+mod shutdown;
 pub mod slots;
 mod strikes;
 mod trace;

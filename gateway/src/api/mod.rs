@@ -65,7 +65,6 @@ use crate::connection::{Connection, Lease, Opening, gap_message};
 use crate::control::{Command, Control};
 use crate::delivery::{Hub, Outlet};
 use crate::frame::{data_only, now_ms};
-use crate::gateway::Shutdown;
 use crate::history::History;
 use crate::membership::{Membership, MembershipError};
 use crate::metrics as m;
@@ -73,6 +72,7 @@ use crate::origin::Origins;
 use crate::publishing::{self, Emitter, PublishError};
 use crate::registry::Registry;
 use crate::serve::StreamOutlet;
+use crate::shutdown::Shutdown;
 use crate::strikes::Strikes;
 
 /// Longest organization id accepted (ids are short text keys).
