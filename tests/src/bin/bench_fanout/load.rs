@@ -1,0 +1,164 @@
+//! The `sse_load` processes and their totals.
+
+use super::*;
+
+/// One `sse_load` process: its stdin for commands, its stdout for JSON
+/// answers. Killed when dropped; it also exits when its stdin closes, so it
+/// never outlives the bench.
+pub(crate) struct LoadProcess {
+    pub(crate) child: Child,
+    pub(crate) stdin: ChildStdin,
+    pub(crate) lines: Lines<BufReader<ChildStdout>>,
+    pub(crate) clients: u64,
+}
+
+impl LoadProcess {
+    pub(crate) fn spawn(s: &Settings, addr: &str, first: u64, count: u64) -> anyhow::Result<Self> {
+        let mut child = tokio::process::Command::new(binary_path("sse_load"))
+            .args(["--addr", addr, "--secret", JWT_SECRET])
+            .args(["--first", &first.to_string(), "--count", &count.to_string()])
+            .args([
+                "--orgs",
+                &s.orgs.to_string(),
+                "--users",
+                &s.users.to_string(),
+            ])
+            .args(["--concurrency", &s.concurrency.to_string()])
+            .args(["--round-us", &s.round_us.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting sse_load")?;
+        let stdin = child.stdin.take().context("sse_load stdin")?;
+        let stdout = child.stdout.take().context("sse_load stdout")?;
+        Ok(Self {
+            child,
+            stdin,
+            lines: BufReader::new(stdout).lines(),
+            clients: count,
+        })
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    pub(crate) async fn send(&mut self, command: &str) -> anyhow::Result<()> {
+        self.stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .context("writing to sse_load")?;
+        self.stdin.flush().await.context("writing to sse_load")
+    }
+
+    /// The next JSON line of type `kind`, within `within`.
+    pub(crate) async fn expect(&mut self, kind: &str, within: Duration) -> anyhow::Result<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line())
+                .await
+                .with_context(|| format!("sse_load did not answer {kind:?} within {within:?}"))?
+                .context("reading sse_load")?
+                .with_context(|| format!("sse_load exited before answering {kind:?}"))?;
+            let Ok(value) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if value["type"] == kind {
+                return Ok(value);
+            }
+        }
+    }
+
+    pub(crate) async fn request(&mut self, command: &str, kind: &str) -> anyhow::Result<Value> {
+        self.send(command).await?;
+        self.expect(kind, Duration::from_secs(30)).await
+    }
+}
+
+/// The load processes' reports, summed.
+#[derive(Default)]
+pub(crate) struct Totals {
+    pub(crate) connected: u64,
+    pub(crate) gave_up: u64,
+    pub(crate) ended: u64,
+    pub(crate) events: u64,
+    pub(crate) timed: u64,
+    pub(crate) first_us: u64,
+    pub(crate) last_us: u64,
+    pub(crate) send: BTreeMap<u64, u64>,
+    pub(crate) commit: BTreeMap<u64, u64>,
+    /// Unix second → [timed, over 10 ms, max µs].
+    pub(crate) seconds: BTreeMap<u64, [u64; 3]>,
+}
+
+impl Totals {
+    pub(crate) fn add(&mut self, r: &Value) {
+        let n = |k: &str| r[k].as_u64().unwrap_or(0);
+        self.connected += n("connected");
+        self.gave_up += n("gave_up");
+        self.ended += n("ended");
+        self.events += n("events");
+        self.timed += n("timed");
+        if n("timed") > 0 {
+            let first = n("first_us");
+            self.first_us = if self.first_us == 0 {
+                first
+            } else {
+                self.first_us.min(first)
+            };
+            self.last_us = self.last_us.max(n("last_us"));
+        }
+        for row in r["seconds"].as_array().into_iter().flatten() {
+            let v = |i: usize| row[i].as_u64().unwrap_or(0);
+            let second = self.seconds.entry(v(0)).or_default();
+            second[0] += v(1);
+            second[1] += v(2);
+            second[2] = second[2].max(v(3));
+        }
+        for (key, map) in [
+            ("send_hist", &mut self.send),
+            ("commit_hist", &mut self.commit),
+        ] {
+            for pair in r[key].as_array().into_iter().flatten() {
+                if let (Some(v), Some(c)) = (pair[0].as_u64(), pair[1].as_u64()) {
+                    *map.entry(v).or_default() += c;
+                }
+            }
+        }
+    }
+}
+
+pub(crate) async fn collect(procs: &mut [LoadProcess]) -> anyhow::Result<Totals> {
+    let mut totals = Totals::default();
+    for p in procs.iter_mut() {
+        totals.add(&p.request("report", "report").await?);
+    }
+    Ok(totals)
+}
+
+/// The `p` quantile (0..=1) of a histogram of µs values, in ms.
+pub(crate) fn quantile_ms(hist: &BTreeMap<u64, u64>, p: f64) -> f64 {
+    let total: u64 = hist.values().sum();
+    if total == 0 {
+        return f64::NAN;
+    }
+    let rank = ((total as f64 * p).ceil() as u64).clamp(1, total);
+    let mut seen = 0;
+    for (v, c) in hist {
+        seen += c;
+        if seen >= rank {
+            return *v as f64 / 1000.0;
+        }
+    }
+    f64::NAN
+}
+
+pub(crate) fn quantile_sorted_ms(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1e3
+}
