@@ -10,15 +10,9 @@ pub(super) async fn post_activity(
     uri: Uri,
     RawQuery(raw): RawQuery,
     body: Bytes,
-) -> Response {
-    let (user, _) = match authenticate_change(&app, &headers, &uri).await {
-        Ok(who) => who,
-        Err(refusal) => return refusal.into_response(),
-    };
-    let org = match organization_param(parse_query(raw.as_deref()).organization_id) {
-        Ok(org) => org,
-        Err(refusal) => return refusal.into_response(),
-    };
+) -> Result<Response, Refusal> {
+    let (user, _) = authenticate_change(&app, &headers, &uri).await?;
+    let org = organization_param(parse_query(raw.as_deref()).organization_id)?;
     // Checked fresh (no cached answer): this replica may not be subscribed
     // to the organization, so it might not have seen a revocation.
     match app
@@ -27,29 +21,34 @@ pub(super) async fn post_activity(
         .await
     {
         Ok(Some(_)) => {}
-        Ok(None) => return plain(StatusCode::FORBIDDEN, "not a member of this organization"),
+        Ok(None) => {
+            return Err(Refusal::plain(
+                StatusCode::FORBIDDEN,
+                "not a member of this organization",
+            ));
+        }
         Err(e) => {
             tracing::warn!(error = %e, "membership query failed");
-            return plain(
+            return Err(Refusal::plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "membership unavailable; retry",
-            );
+            ));
         }
     }
     let content = match publishing::activity_message(&org, &user, &body) {
         Ok(c) => c,
-        Err(e) => return plain(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(e) => return Err(Refusal::plain(StatusCode::BAD_REQUEST, &e.to_string())),
     };
     // Counted after validation: a refused body costs a parse, not a place.
     if let Err(not_until) = app.activity_limiter.check_key(&user) {
         let wait = not_until.wait_time_from(governor::clock::Clock::now(
             &governor::clock::DefaultClock::default(),
         ));
-        return too_many(
+        return Err(Refusal::too_many(
             "activity_rate_limited",
             "too many activity posts; slow down",
             wait.as_secs().max(1),
-        );
+        ));
     }
-    emit(&app, &content).await
+    Ok(emit(&app, &content).await)
 }

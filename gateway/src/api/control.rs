@@ -48,47 +48,39 @@ pub(super) async fn put_stream(
     uri: Uri,
     RawQuery(raw): RawQuery,
     body: Bytes,
-) -> Response {
-    let (user, _) = match authenticate_change(&app, &headers, &uri).await {
-        Ok(who) => who,
-        Err(refusal) => return refusal.into_response(),
-    };
-    let id = match connection_param(parse_query(raw.as_deref()).connection_id) {
-        Ok(id) => id,
-        Err(refusal) => return refusal.into_response(),
-    };
+) -> Result<Response, Refusal> {
+    let (user, _) = authenticate_change(&app, &headers, &uri).await?;
+    let id = connection_param(parse_query(raw.as_deref()).connection_id)?;
     let channels = match serde_json::from_slice::<ChannelsBody>(&body) {
         Ok(b) => b.channels,
         Err(e) => {
-            return plain(
+            return Err(Refusal::plain(
                 StatusCode::BAD_REQUEST,
                 &format!("body must be {{\"channels\":[…]}}: {e}"),
-            );
+            ));
         }
     };
     let (filter, name) = match ChannelFilter::parse_list(&channels) {
         Ok(f) => f,
-        Err(e) => return plain(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(e) => return Err(Refusal::plain(StatusCode::BAD_REQUEST, &e.to_string())),
     };
-    if let Err(refusal) = owned(&app, &user, &id).await {
-        return refusal.into_response();
-    }
+    owned(&app, &user, &id).await?;
     let command = Command::Filter {
         connection_id: id.clone(),
         user_id: user,
         mask: filter.bits(),
     };
     match app.control.send(command).await {
-        Ok(()) => json_response(
+        Ok(()) => Ok(json_response(
             StatusCode::OK,
             serde_json::json!({"connectionId": id, "channel": name}),
-        ),
+        )),
         Err(e) => {
             tracing::warn!(error = %e, "control channel unavailable");
-            plain(
+            Err(Refusal::plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "control channel unavailable; retry",
-            )
+            ))
         }
     }
 }
@@ -107,20 +99,12 @@ pub(super) async fn delete_stream(
     headers: HeaderMap,
     uri: Uri,
     RawQuery(raw): RawQuery,
-) -> Response {
-    let (user, _) = match authenticate_change(&app, &headers, &uri).await {
-        Ok(who) => who,
-        Err(refusal) => return refusal.into_response(),
-    };
+) -> Result<Response, Refusal> {
+    let (user, _) = authenticate_change(&app, &headers, &uri).await?;
     let query = parse_query(raw.as_deref());
     let command = if query.connection_id.is_some() {
-        let id = match connection_param(query.connection_id) {
-            Ok(id) => id,
-            Err(refusal) => return refusal.into_response(),
-        };
-        if let Err(refusal) = owned(&app, &user, &id).await {
-            return refusal.into_response();
-        }
+        let id = connection_param(query.connection_id)?;
+        owned(&app, &user, &id).await?;
         Command::Close {
             connection_id: id,
             user_id: user,
@@ -128,19 +112,16 @@ pub(super) async fn delete_stream(
     } else {
         match query.organization_id {
             Some(_) => {
-                let org = match organization_param(query.organization_id) {
-                    Ok(org) => org,
-                    Err(refusal) => return refusal.into_response(),
-                };
+                let org = organization_param(query.organization_id)?;
                 match app.caps.has_stream_in(&user, &org).await {
                     Ok(true) => {}
-                    Ok(false) => return StatusCode::NO_CONTENT.into_response(),
+                    Ok(false) => return Ok(StatusCode::NO_CONTENT.into_response()),
                     Err(e) => {
                         tracing::warn!(error = %e, "connection registry unavailable");
-                        return plain(
+                        return Err(Refusal::plain(
                             StatusCode::SERVICE_UNAVAILABLE,
                             "connection registry unavailable; retry",
-                        );
+                        ));
                     }
                 }
                 Command::CloseAll {
@@ -149,21 +130,21 @@ pub(super) async fn delete_stream(
                 }
             }
             None => {
-                return plain(
+                return Err(Refusal::plain(
                     StatusCode::BAD_REQUEST,
                     "connectionId or organizationId is required",
-                );
+                ));
             }
         }
     };
     match app.control.send(command).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
         Err(e) => {
             tracing::warn!(error = %e, "control channel unavailable");
-            plain(
+            Err(Refusal::plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "control channel unavailable; retry",
-            )
+            ))
         }
     }
 }

@@ -13,25 +13,21 @@ pub(super) async fn publish(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
+) -> Result<Response, Refusal> {
     let Some(key) = app.publish_key.as_deref() else {
-        return plain(
+        return Err(Refusal::plain(
             StatusCode::NOT_FOUND,
             "the publish API is off (REALTIME_PUBLISH_KEY is not set)",
-        );
+        ));
     };
     let client = client_ip::limit_key(app.client_ip.resolve(peer.ip(), &headers));
     if let Err(wait) = app.publish_strikes.check(client, Instant::now()) {
         metrics::counter!(m::REJECTED, "reason" => "publish_key_failures").increment(1);
-        let mut response = plain(
+        return Err(Refusal::plain(
             StatusCode::TOO_MANY_REQUESTS,
             "too many wrong publish keys from this address; wait",
-        );
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(wait.as_secs_f64().ceil().max(1.0) as u64),
-        );
-        return response;
+        )
+        .retry_after(wait.as_secs_f64().ceil().max(1.0) as u64));
     }
     let presented = headers
         .get(header::AUTHORIZATION)
@@ -40,20 +36,23 @@ pub(super) async fn publish(
         .map(str::trim);
     let Some(presented) = presented else {
         app.publish_strikes.fail(client, Instant::now());
-        return plain(
+        return Err(Refusal::plain(
             StatusCode::UNAUTHORIZED,
             "Authorization: Bearer <publish key> required",
-        );
+        ));
     };
     if !bool::from(presented.as_bytes().ct_eq(key.as_bytes())) {
         app.publish_strikes.fail(client, Instant::now());
-        return plain(StatusCode::UNAUTHORIZED, "wrong publish key");
+        return Err(Refusal::plain(
+            StatusCode::UNAUTHORIZED,
+            "wrong publish key",
+        ));
     }
     let content = match publishing::api_message(&body) {
         Ok(c) => c,
-        Err(e) => return plain(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(e) => return Err(Refusal::plain(StatusCode::BAD_REQUEST, &e.to_string())),
     };
-    emit(&app, &content).await
+    Ok(emit(&app, &content).await)
 }
 
 pub(super) async fn emit(app: &AppState, content: &str) -> Response {

@@ -39,6 +39,11 @@ impl Refusal {
         }
     }
 
+    /// 429 with `Retry-After` (seconds), counted under `reason`.
+    pub(super) fn too_many(reason: &'static str, why: &str, retry_after_secs: u64) -> Self {
+        Self::counted(StatusCode::TOO_MANY_REQUESTS, reason, why).retry_after(retry_after_secs)
+    }
+
     /// With `Retry-After` (seconds).
     pub(super) fn retry_after(mut self, secs: u64) -> Self {
         self.retry_after_secs = Some(secs);
@@ -132,9 +137,7 @@ pub(super) fn for_event_source(response: Response, retry: Duration) -> Response 
 
 /// 429 with `Retry-After` (seconds) and a reason.
 pub(super) fn too_many(reason: &'static str, why: &str, retry_after_secs: u64) -> Response {
-    Refusal::counted(StatusCode::TOO_MANY_REQUESTS, reason, why)
-        .retry_after(retry_after_secs)
-        .into_response()
+    Refusal::too_many(reason, why, retry_after_secs).into_response()
 }
 
 /// A `text/plain` answer of the non-stream endpoints (see

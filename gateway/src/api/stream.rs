@@ -12,7 +12,7 @@ pub(super) async fn stream(
     RawQuery(raw): RawQuery,
 ) -> Response {
     let retry = app.retry;
-    let mut response = open_stream(app, headers, raw).await;
+    let mut response = open_stream(app, headers, raw).await.into_response();
     if response.status() == StatusCode::SERVICE_UNAVAILABLE
         && !response.headers().contains_key(header::RETRY_AFTER)
     {
@@ -46,29 +46,29 @@ pub(super) async fn open_stream(
     app: Arc<AppState>,
     headers: HeaderMap,
     raw: Option<String>,
-) -> Response {
+) -> Result<Response, Refusal> {
     if app.shutdown.draining.is_cancelled() {
-        return reject(
+        return Err(Refusal::counted(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
             "the server is shutting down; retry",
-        );
+        ));
     }
     // 1. Who is asking.
-    let (user, expires_at, session) = match authenticate_with_session(&app, &headers).await {
-        Ok(who) => who,
-        Err(refusal) => return refusal.into_response(),
-    };
+    let (user, expires_at, session) = authenticate_with_session(&app, &headers).await?;
 
     // 2. What is asked.
     let query = parse_query(raw.as_deref());
-    let org = match organization_param(query.organization_id) {
-        Ok(org) => org,
-        Err(refusal) => return refusal.into_response(),
-    };
+    let org = organization_param(query.organization_id)?;
     let (filter, channel_name) = match ChannelFilter::parse(query.channel.as_deref()) {
         Ok(f) => f,
-        Err(e) => return reject(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+        Err(e) => {
+            return Err(Refusal::counted(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &e.to_string(),
+            ));
+        }
     };
     // A header that is not ASCII is a bad id, not a missing one: the client
     // asked to resume and must not silently get a live-only stream.
@@ -76,11 +76,11 @@ pub(super) async fn open_stream(
         Some(v) => match v.to_str() {
             Ok(v) => Some(v.to_owned()),
             Err(_) => {
-                return reject(
+                return Err(Refusal::counted(
                     StatusCode::BAD_REQUEST,
                     "bad_request",
                     "invalid Last-Event-ID",
-                );
+                ));
             }
         },
         None => query.last_event_id,
@@ -90,27 +90,25 @@ pub(super) async fn open_stream(
         None => None,
         Some(Ok(id)) => Some(id),
         Some(Err(_)) => {
-            return reject(
+            return Err(Refusal::counted(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
                 "invalid Last-Event-ID",
-            );
+            ));
         }
     };
 
     // 3. Non-members are refused before anything is subscribed for them.
-    if let Err(refusal) = member_or_refusal(app.membership.precheck(&user, &org).await) {
-        return refusal.into_response();
-    }
+    member_or_refusal(app.membership.precheck(&user, &org).await)?;
 
     // 4. Subscribe, so nothing published from now on is missed.
     let mut sub = app.hub.join(&org);
     let Some(subscribed_since) = sub.ready(app.io_timeout).await else {
-        return reject(
+        return Err(Refusal::counted(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             "event feed unavailable; retry",
-        );
+        ));
     };
 
     // 5. Membership, checked (again) after the subscription: a revocation
@@ -119,36 +117,33 @@ pub(super) async fn open_stream(
         .membership
         .organization_name(&user, &org, subscribed_since)
         .await;
-    let org_name = match member_or_refusal(answer) {
-        Ok(name) => name,
-        Err(refusal) => return refusal.into_response(),
-    };
+    let org_name = member_or_refusal(answer)?;
 
     // 6. A place under the caps, counted across replicas.
     let connection_id: Arc<str> = uuid_like().into();
     match app.caps.acquire(&connection_id, &user, &org).await {
         Ok(()) => {}
         Err(CapError::User) => {
-            return too_many(
+            return Err(Refusal::too_many(
                 "user_limit",
                 "too many open streams for this user",
                 app.caps.retry_after_secs(),
-            );
+            ));
         }
         Err(CapError::Organization) => {
-            return too_many(
+            return Err(Refusal::too_many(
                 "org_limit",
                 "too many open streams for this organization",
                 app.caps.retry_after_secs(),
-            );
+            ));
         }
         Err(CapError::Redis(e)) => {
             tracing::warn!(error = %e, "connection caps unavailable");
-            return reject(
+            return Err(Refusal::counted(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "connection caps unavailable; retry",
-            );
+            ));
         }
     }
     let registration = app.registry.register(
@@ -185,11 +180,11 @@ pub(super) async fn open_stream(
                 match app.history.newest(&org).await {
                     Ok(newest) => (newest, None),
                     Err(_) => {
-                        return reject(
+                        return Err(Refusal::counted(
                             StatusCode::SERVICE_UNAVAILABLE,
                             "unavailable",
                             "history unavailable; retry",
-                        );
+                        ));
                     }
                 }
             }
@@ -199,11 +194,11 @@ pub(super) async fn open_stream(
             // id, never told to refetch for it.
             Err(e) => {
                 tracing::debug!(error = %e, "history unavailable for a resume");
-                return reject(
+                return Err(Refusal::counted(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
                     "history unavailable; retry",
-                );
+                ));
             }
         },
         // Live only; remember where "now" is so a lagging connection can
@@ -211,11 +206,11 @@ pub(super) async fn open_stream(
         None => match app.history.newest(&org).await {
             Ok(newest) => (newest, None),
             Err(_) => {
-                return reject(
+                return Err(Refusal::counted(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
                     "history unavailable; retry",
-                );
+                ));
             }
         },
     };
@@ -247,14 +242,14 @@ pub(super) async fn open_stream(
         latency,
     });
     let body = Body::from_stream(conn.into_body(m::ConnectionGuard::new(), registration, lease));
-    Response::builder()
+    Ok(Response::builder()
         .status(StatusCode::OK)
         .extension(StreamOutlet(outlet))
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache, no-transform")
         .header("x-accel-buffering", "no")
         .body(body)
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
 }
 
 /// `HEAD /api/realtime/stream`: 405, answered without running the stream
