@@ -156,17 +156,7 @@ impl Ctx<'_, '_> {
             return self.property_child(p);
         }
         let org_value = |t: &Target| t.org().map_or(Value::Null, Value::String);
-        // `updatedBy` without an actor: the configured column's value on
-        // creates and updates; a deleted row's column would name its last
-        // editor, not whoever deleted it, so a delete has null.
-        let updated_by = |row: Option<&Row>| {
-            p.updated_by_column
-                .as_deref()
-                .zip(row)
-                .and_then(|(c, row)| row.get(c))
-                .cloned()
-                .unwrap_or(Value::Null)
-        };
+        let updated_by = |row: Option<&Row>| updated_by(p, row);
         let create = |row: &Row, target: Target| -> Result<Routed, RouteError> {
             let payload = json!({
                 "propertyId": self.value(row, &p.id_column, Side::New)?,
@@ -239,14 +229,7 @@ impl Ctx<'_, '_> {
     /// gains it.
     fn property_child(&self, p: &PropertyRoute) -> Result<Vec<Routed>, RouteError> {
         let field = p.field.as_deref().unwrap_or_default();
-        let updated_by = |row: Option<&Row>| {
-            p.updated_by_column
-                .as_deref()
-                .zip(row)
-                .and_then(|(c, row)| row.get(c))
-                .cloned()
-                .unwrap_or(Value::Null)
-        };
+        let updated_by = |row: Option<&Row>| updated_by(p, row);
         let event =
             |target: Target, operation: &str, updated: Value, nested: Value, by: Value| -> Routed {
                 let property_id = match &target {
@@ -520,4 +503,16 @@ impl Ctx<'_, '_> {
         routed.draft.user_id = Some(user);
         Ok(vec![routed])
     }
+}
+
+/// `updatedBy` without an actor: the configured `updated_by_column`'s value
+/// on creates and updates (`row`); a deleted row's column would name its last
+/// editor, not whoever deleted it, so a delete (`None`) has null.
+fn updated_by(p: &PropertyRoute, row: Option<&Row>) -> Value {
+    p.updated_by_column
+        .as_deref()
+        .zip(row)
+        .and_then(|(c, row)| row.get(c))
+        .cloned()
+        .unwrap_or(Value::Null)
 }

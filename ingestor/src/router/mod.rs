@@ -216,10 +216,22 @@ impl Router {
     /// is not routed, or this operation produces no event for its kind. Two:
     /// an update moved the row between organizations (or users, for a
     /// membership, or parents, for a child), see the module docs.
+    #[cfg(test)]
     pub(crate) fn route_change(&self, change: &RowChange<'_>) -> Result<Vec<Routed>, RouteError> {
-        let Some(index) = self.index_of(change.schema, change.table) else {
-            return Ok(Vec::new());
-        };
+        match self.index_of(change.schema, change.table) {
+            Some(index) => self.route_change_at(index, change),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The same for a change of the routed table at `index` (from
+    /// [`Router::index_of`]): the session looks the route up once for this
+    /// and for following parent rows.
+    pub(crate) fn route_change_at(
+        &self,
+        index: usize,
+        change: &RowChange<'_>,
+    ) -> Result<Vec<Routed>, RouteError> {
         let route = &self.routes.tables()[index];
         let c = Ctx {
             route,

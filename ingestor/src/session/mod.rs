@@ -371,10 +371,14 @@ impl<'a> Session<'a> {
             old: old_row,
             new: new_row,
         };
-        if let Some(index) = self.router.index_of(change.schema, change.table) {
-            self.parents.observe(index, &change);
-        }
-        let routed = self.router.route_change(&change);
+        // One lookup of the table's route for both uses.
+        let routed = match self.router.index_of(change.schema, change.table) {
+            Some(index) => {
+                self.parents.observe(index, &change);
+                self.router.route_change_at(index, &change)
+            }
+            None => Ok(Vec::new()),
+        };
         match &routed {
             Err(e) if lacks_old_row(e) && rel.replica_identity != identity::FULL => {
                 let table = qualified(rel);
