@@ -1,7 +1,8 @@
 //! HTTP/1.1 chunked encoding of an SSE body, written straight to a socket:
 //! by the listener (frames ready together leave in one chunk and one
 //! `writev`, [`write_chunk`]) and by an organization's feed writing to a
-//! parked stream (one frame, one non-blocking `writev`, [`try_write_chunk`]).
+//! parked stream (the frames it has for it, one chunk and one non-blocking
+//! `writev`, [`try_write_frames`]).
 //!
 //! Nothing here allocates in the common case: the size line is built on the
 //! stack, and so are the slices of up to eight frames. Only the unsent rest
@@ -13,6 +14,9 @@ use std::io::IoSlice;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// Frames a chunk's slices hold on the stack; more spill to the heap.
+const INLINE: usize = 8;
 
 /// The last chunk: the body is over.
 pub(crate) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
@@ -26,7 +30,6 @@ pub(crate) async fn write_chunk<W: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     // Per delivery, so nothing allocated in the common case: the size line
     // on the stack, and the slices too up to INLINE frames (one, usually).
-    const INLINE: usize = 8;
     let mut size_buf = [0u8; 18];
     let size = chunk_size_line(bytes, &mut size_buf);
     if frames.len() <= INLINE {
@@ -46,18 +49,47 @@ pub(crate) async fn write_chunk<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Writes `frame` as one chunk with one non-blocking `writev`, never
+/// Writes `frames` as ONE chunk with one non-blocking `writev`, never
 /// waiting. `Ok(None)`: all of it went out. `Ok(Some(rest))`: the socket
 /// took only part (or none, when it would block) and `rest` is what is left
 /// of the chunk, to be written before anything else. `Err`: the client is
-/// gone.
-pub(crate) fn try_write_chunk(socket: &TcpStream, frame: &[u8]) -> std::io::Result<Option<Bytes>> {
+/// gone. Up to [`INLINE`] frames (one, usually) nothing is allocated.
+pub(crate) fn try_write_frames<'a, I>(socket: &TcpStream, frames: I) -> std::io::Result<Option<Bytes>>
+where
+    I: Iterator<Item = &'a [u8]> + Clone,
+{
+    let (count, bytes) = frames
+        .clone()
+        .fold((0usize, 0usize), |(n, b), f| (n + 1, b + f.len()));
     let mut size_buf = [0u8; 18];
-    let size = chunk_size_line(frame.len(), &mut size_buf);
-    let parts: [&[u8]; 3] = [size, frame, b"\r\n"];
-    let slices = parts.map(IoSlice::new);
-    let total: usize = parts.iter().map(|p| p.len()).sum();
-    let written = match socket.try_write_vectored(&slices) {
+    let size = chunk_size_line(bytes, &mut size_buf);
+    let mut inline: [&[u8]; INLINE + 2] = [&[]; INLINE + 2];
+    let mut spilled: Vec<&[u8]> = Vec::new();
+    let parts: &[&[u8]] = if count <= INLINE {
+        inline[0] = size;
+        for (slot, frame) in inline[1..].iter_mut().zip(frames) {
+            *slot = frame;
+        }
+        inline[count + 1] = b"\r\n";
+        &inline[..count + 2]
+    } else {
+        spilled.reserve_exact(count + 2);
+        spilled.push(size);
+        for frame in frames {
+            spilled.push(frame);
+        }
+        spilled.push(b"\r\n");
+        &spilled
+    };
+    let total = size.len() + bytes + 2;
+    let written = if count <= INLINE {
+        let slices: [IoSlice<'_>; INLINE + 2] = inline.map(IoSlice::new);
+        socket.try_write_vectored(&slices[..count + 2])
+    } else {
+        let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        socket.try_write_vectored(&slices)
+    };
+    let written = match written {
         Ok(n) => n,
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
         Err(e) => return Err(e),
@@ -65,7 +97,7 @@ pub(crate) fn try_write_chunk(socket: &TcpStream, frame: &[u8]) -> std::io::Resu
     if written >= total {
         return Ok(None);
     }
-    Ok(Some(unsent(&parts, written)))
+    Ok(Some(unsent(parts, written)))
 }
 
 /// `<hex size>\r\n`, written into `buf`.

@@ -1,5 +1,12 @@
 //! Reading the Redis histories for resume and catch-up: the organization's
 //! stream and the broadcast stream, merged by id (ids are commit order).
+//!
+//! A reconnect storm (a replica drained or gone, its clients resuming here
+//! at once, with one `Last-Event-ID` per organization) asks the same
+//! questions thousands of times: pages and gap checks are shared by the
+//! streams asking for the same (organization, position) together
+//! ([`SharedReads`]: one `XRANGE` page per organization and position, not
+//! one per client, and never an answer read before the question).
 
 use std::sync::Arc;
 
@@ -8,6 +15,7 @@ use realtime_shared::keys::Keys;
 use redis::aio::ConnectionManager;
 
 use crate::frame::Frame;
+use crate::shared_reads::SharedReads;
 
 /// Entries read per stream per page: bounds memory per catching-up client.
 pub(crate) const PAGE: usize = 256;
@@ -19,6 +27,10 @@ pub(crate) struct History {
     /// Reconnects by itself after a Redis restart.
     conn: ConnectionManager,
     keys: Keys,
+    /// Pages being read, by (organization, after).
+    pages: Arc<SharedReads<(Arc<str>, Option<EventId>), redis::RedisResult<Arc<Page>>>>,
+    /// Gap checks being made, by (organization, last).
+    gaps: Arc<SharedReads<(Arc<str>, EventId), redis::RedisResult<bool>>>,
 }
 
 /// One page of a merged replay.
@@ -33,14 +45,32 @@ pub(crate) struct Page {
 
 impl History {
     pub(crate) fn new(conn: ConnectionManager, keys: Keys) -> Self {
-        Self { conn, keys }
+        Self {
+            conn,
+            keys,
+            pages: Arc::default(),
+            gaps: Arc::default(),
+        }
     }
 
     /// Frames with ids above `after` (all when `None`) from both streams,
     /// merged in id order, at most [`PAGE`] per stream. `more` is set when
     /// either stream may hold further entries; the caller asks again after
-    /// the last frame it got.
-    pub(crate) async fn page(&self, org: &str, after: Option<EventId>) -> redis::RedisResult<Page> {
+    /// the last frame it got. Shared with the streams asking for the same
+    /// page together (see the module docs); the read is sent after the call.
+    pub(crate) async fn page(
+        &self,
+        org: &str,
+        after: Option<EventId>,
+    ) -> redis::RedisResult<Arc<Page>> {
+        self.pages
+            .read((org.into(), after), || async {
+                self.read_page(org, after).await.map(Arc::new)
+            })
+            .await
+    }
+
+    async fn read_page(&self, org: &str, after: Option<EventId>) -> redis::RedisResult<Page> {
         let org_key = self.keys.history(&Scope::Organization(org.to_owned()));
         let all_key = self.keys.history(&Scope::Broadcast);
         let start = match after {
@@ -120,7 +150,15 @@ impl History {
     /// Only Redis's `ERR no such key` counts as a missing stream; any other
     /// error is returned, and callers retry or refuse transiently, never
     /// send `data.sync` on it.
+    ///
+    /// Shared with the streams asking about the same position together.
     pub(crate) async fn has_gap(&self, org: &str, last: EventId) -> redis::RedisResult<bool> {
+        self.gaps
+            .read((org.into(), last), || self.check_gap(org, last))
+            .await
+    }
+
+    async fn check_gap(&self, org: &str, last: EventId) -> redis::RedisResult<bool> {
         let mut newest: Option<EventId> = None;
         for scope in [Scope::Organization(org.to_owned()), Scope::Broadcast] {
             let key = self.keys.history(&scope);

@@ -48,6 +48,7 @@ pub mod publishing;
 mod registry;
 pub mod serve;
 mod sessions;
+mod shared_reads;
 mod shutdown;
 pub mod slots;
 mod strikes;

@@ -312,6 +312,67 @@ async fn resume_on_the_other_replica_gets_exactly_the_missed_events() {
     assert_eq!(third.events(8, WAIT).await.len(), 8);
 }
 
+/// A reconnect storm: 300 streams of one organization resume at once on
+/// one replica with the same `Last-Event-ID` while events keep coming.
+/// Their history reads are shared (`shared_reads`) and their live frames
+/// come through two lanes (over 256 streams on a 2-worker runtime); each
+/// must get exactly the events after its id, once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_storm_resumes_every_stream_exactly_once_in_order() {
+    const STREAMS: usize = 300;
+    let c = cluster().await;
+    let ctx = c.ing.ctx.clone();
+    let tok = token("ua", 600);
+    let mut first =
+        SseClient::connect(&c.gw[0].stream_url("organizationId=orgA"), Some(&tok), &[]).await;
+    for i in 0..3 {
+        insert_property(&ctx, &format!("s{i}"), "orgA").await;
+    }
+    let seen = first.events(3, WAIT).await;
+    let last_id = seen.last().unwrap().id.clone().unwrap();
+    drop(first);
+    for i in 3..10 {
+        insert_property(&ctx, &format!("s{i}"), "orgA").await;
+    }
+    support::wait_for_history(&ctx, Some("orgA"), 10, WAIT).await;
+    // Events keep coming while the streams resume.
+    let writer = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            for i in 10..40 {
+                insert_property(&ctx, &format!("s{i}"), "orgA").await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let url = c.gw[1].stream_url("organizationId=orgA");
+    let resumes: Vec<_> = (0..STREAMS)
+        .map(|_| {
+            let (url, tok, last_id) = (url.clone(), tok.clone(), last_id.clone());
+            tokio::spawn(async move {
+                let mut client =
+                    SseClient::connect(&url, Some(&tok), &[("last-event-id", &last_id)]).await;
+                assert_eq!(client.status, 200);
+                let got = client.events(37, Duration::from_secs(60)).await;
+                // Nothing more: a repeat would show here.
+                let extra = client.next_event(Duration::from_millis(500)).await;
+                (got, extra.is_some())
+            })
+        })
+        .collect();
+    writer.await.unwrap();
+    let want: Vec<String> = (3..40).map(|i| format!("s{i}")).collect();
+    for resume in resumes {
+        let (got, extra) = resume.await.unwrap();
+        let ids: Vec<String> = got
+            .iter()
+            .map(|m| m.json()["payload"]["propertyId"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(ids, want, "every event after the resume point, once, in order");
+        assert!(!extra, "an event after the last one: repeated");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_older_than_history_gets_data_sync() {
     let c = cluster_with(10).await;

@@ -1,7 +1,7 @@
 //! The [`Hub`]: one Redis subscription per organization that has local
 //! streams (plus the broadcast and control channels), each message parsed
-//! and encoded once ([`Frame`]) and handed to the organization's
-//! [`OrgFeed`] by a fan-out shard.
+//! and encoded once ([`Frame`]) and queued to every lane of the
+//! organization's [`OrgFeed`], each on the fan-out shard that delivers it.
 //!
 //! Broadcast-scope events are forwarded into every organization's feed, so
 //! a stream reads ONE totally ordered sequence (Redis delivers one
@@ -27,10 +27,10 @@ use tokio_util::sync::CancellationToken;
 use super::FeedMessage;
 use super::feed::OrgFeed;
 use super::joined::{Command, Entry, Joined};
+use super::shard::{Job, SHARD_QUEUE, TraceDone, fan_out};
 use super::subscription::Subscription;
 use crate::frame::{Frame, Leave};
 use crate::trace::Fanout;
-use realtime_shared::event::EventId;
 
 /// Called for every `member.leave` seen, with its organization (`None` for
 /// a broadcast one), before the leave is queued to any stream.
@@ -49,65 +49,15 @@ struct Inner {
     on_leave: LeaveHook,
     /// Control messages (`rt:{control}`) for this replica's streams.
     on_control: ControlHook,
-    /// The fan-out tasks, one per runtime worker: an organization's feed
-    /// always goes to the same one (its order is kept), different
-    /// organizations are written in parallel, and no single thread caps the
-    /// replica's deliveries.
+    /// The fan-out tasks, one per runtime worker: a lane always goes to the
+    /// same one (its order is kept), different lanes (of different
+    /// organizations, or of one large organization) are written in
+    /// parallel, and no single thread caps the replica's deliveries nor an
+    /// organization's.
     shards: Vec<mpsc::Sender<Job>>,
-    /// Round-robin assignment of new feeds to shards.
+    /// Round-robin assignment of new feeds' first lanes to shards (a feed's
+    /// next lanes go to the shards after it).
     next_shard: AtomicUsize,
-}
-
-/// Jobs queued per shard, at most: past it the subscriber waits (Redis
-/// buffers meanwhile, or drops the connection, which ends in a resync).
-const SHARD_QUEUE: usize = 4096;
-
-/// One message for one organization's feed.
-struct Job {
-    feed: Arc<OrgFeed>,
-    message: FeedMessage,
-    /// The event's fan-out span, ended once every feed had the event.
-    trace: Option<Arc<TraceDone>>,
-}
-
-/// Ends a fan-out span when the last feed delivered the event (on drop),
-/// with the number of streams reached.
-struct TraceDone {
-    fanout: Option<Fanout>,
-    connections: AtomicUsize,
-    event_type: realtime_shared::event::EventType,
-    id: EventId,
-    broadcast: bool,
-}
-
-impl Drop for TraceDone {
-    fn drop(&mut self) {
-        if let Some(fanout) = self.fanout.take() {
-            fanout.finish(
-                self.event_type,
-                &self.id,
-                self.broadcast,
-                self.connections.load(Ordering::Relaxed),
-            );
-        }
-    }
-}
-
-/// A shard: delivers its jobs in order until `shutdown`.
-async fn fan_out(mut jobs: mpsc::Receiver<Job>, shutdown: CancellationToken) {
-    loop {
-        let job = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            job = jobs.recv() => match job {
-                Some(job) => job,
-                None => return,
-            },
-        };
-        let reached = job.feed.deliver(job.message);
-        if let Some(trace) = &job.trace {
-            trace.connections.fetch_add(reached, Ordering::Relaxed);
-        }
-    }
 }
 
 /// Cheap to clone; see the module docs.
@@ -168,18 +118,20 @@ impl Hub {
                 feed: Arc::new(OrgFeed::new(
                     self.inner.capacity,
                     self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % self.inner.shards.len(),
+                    self.inner.shards.len(),
                 )),
                 refs: 0,
                 ready: watch::channel(None).0,
             }
         });
         entry.refs += 1;
+        let lane = entry.feed.join();
         Subscription::new(
             self.inner.joined.clone(),
             channel,
-            entry.feed.tx.subscribe(),
+            lane.tx.subscribe(),
             entry.ready.subscribe(),
-            entry.feed.clone(),
+            lane,
         )
     }
 
@@ -281,22 +233,24 @@ impl Hub {
         }
     }
 
-    /// Hands `message` to the shard of `feed`, waiting while it is full.
+    /// Hands `message` to the shard of each lane of `feed`, waiting while
+    /// one is full.
     async fn enqueue(
         &self,
         feed: Arc<OrgFeed>,
         message: FeedMessage,
         trace: Option<Arc<TraceDone>>,
     ) {
-        let shard = &self.inner.shards[feed.shard];
-        let job = Job {
-            feed,
-            message,
-            trace,
-        };
-        // Fails only once the shard stopped at shutdown, when this task
-        // stops too.
-        let _ = shard.send(job).await;
+        for lane in feed.lanes() {
+            let job = Job {
+                lane: lane.clone(),
+                message: message.clone(),
+                trace: trace.clone(),
+            };
+            // Fails only once the shard stopped at shutdown, when this task
+            // stops too.
+            let _ = self.inner.shards[lane.shard].send(job).await;
+        }
     }
 
     async fn dispatch(&self, channel: &str, payload: &[u8], broadcast_channel: &str) {

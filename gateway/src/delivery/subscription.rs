@@ -3,13 +3,14 @@
 //! protocol in the `delivery` module docs.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use realtime_shared::event::EventId;
 use tokio::sync::{broadcast, watch};
 
 use super::FeedMessage;
-use super::feed::OrgFeed;
+use super::feed::Lane;
 use super::joined::Joined;
 use super::outlet::{Outlet, Unparked};
 
@@ -17,33 +18,36 @@ use super::outlet::{Outlet, Unparked};
 /// Redis subscription when it was the last one on this replica.
 ///
 /// A stream with an [`Outlet`] can park ([`Subscription::park`]): it gives
-/// up its receiver and the feed writes its live frames straight to its
+/// up its receiver and its lane writes its live frames straight to its
 /// socket until the stream takes it back ([`Subscription::unpark`]) or the
-/// feed hands it back. While parked, `rx` is `None`.
+/// lane hands it back. While parked, `rx` is `None`.
 pub(crate) struct Subscription {
     joined: Arc<Joined>,
     channel: String,
     rx: Option<broadcast::Receiver<FeedMessage>>,
     ready: watch::Receiver<Option<Instant>>,
-    feed: Arc<OrgFeed>,
+    /// The lane of the organization's feed this stream belongs to, for
+    /// its life (counted in by `OrgFeed::join`, out on drop).
+    lane: Arc<Lane>,
     outlet: Option<Arc<Outlet>>,
 }
 
 impl Subscription {
-    /// Made by [`super::Hub::join`], which counted it in.
+    /// Made by [`super::Hub::join`], which counted it in (in the channel's
+    /// entry and in `lane`); `rx` is the lane's.
     pub(super) fn new(
         joined: Arc<Joined>,
         channel: String,
         rx: broadcast::Receiver<FeedMessage>,
         ready: watch::Receiver<Option<Instant>>,
-        feed: Arc<OrgFeed>,
+        lane: Arc<Lane>,
     ) -> Self {
         Subscription {
             joined,
             channel,
             rx: Some(rx),
             ready,
-            feed,
+            lane,
             outlet: None,
         }
     }
@@ -77,14 +81,14 @@ impl Subscription {
     }
 
     /// Parks the stream when it can: it has an outlet with a socket and its
-    /// receiver holds nothing unread (checked under the feed's lock, so no
+    /// receiver holds nothing unread (checked under the lane's lock, so no
     /// frame falls between the receiver and the direct writes). `last_seen`
     /// travels with it. Returns whether it is parked.
     pub(crate) fn park(&mut self, last_seen: Option<EventId>) -> bool {
         let (Some(outlet), Some(rx)) = (&self.outlet, self.rx.take()) else {
             return self.rx.is_none();
         };
-        match self.feed.park(outlet, rx, last_seen) {
+        match self.lane.park(outlet, rx, last_seen) {
             Ok(()) => true,
             Err(rx) => {
                 self.rx = Some(rx);
@@ -98,8 +102,8 @@ impl Subscription {
     /// (never expected; the stream then catches up from history).
     pub(crate) fn unpark(&mut self) -> (Option<EventId>, bool) {
         let back = match &self.outlet {
-            Some(outlet) => self.feed.unpark(outlet),
-            None => self.feed.lost(),
+            Some(outlet) => self.lane.unpark(outlet),
+            None => self.lane.lost(),
         };
         let Unparked {
             rx,
@@ -110,7 +114,7 @@ impl Subscription {
         (last_seen, lost)
     }
 
-    /// Waits until the feed hands the parked stream back (or, rarely, wakes
+    /// Waits until the lane hands the parked stream back (or, rarely, wakes
     /// it for nothing: unparking is right either way).
     pub(crate) async fn handed_back(&self) {
         match &self.outlet {
@@ -141,8 +145,9 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         if let (Some(outlet), None) = (&self.outlet, &self.rx) {
-            drop(self.feed.unpark(outlet));
+            drop(self.lane.unpark(outlet));
         }
+        self.lane.streams.fetch_sub(1, Ordering::Relaxed);
         self.joined.leave(&self.channel);
     }
 }

@@ -13,9 +13,16 @@ pub(crate) struct LoadProcess {
 }
 
 impl LoadProcess {
-    pub(crate) fn spawn(s: &Settings, addr: &str, first: u64, count: u64) -> anyhow::Result<Self> {
+    pub(crate) fn spawn(
+        s: &Settings,
+        addr: &str,
+        resume_addr: &str,
+        first: u64,
+        count: u64,
+    ) -> anyhow::Result<Self> {
         let mut child = tokio::process::Command::new(binary_path("sse_load"))
             .args(["--addr", addr, "--secret", JWT_SECRET])
+            .args(["--resume-addr", resume_addr])
             .args(["--first", &first.to_string(), "--count", &count.to_string()])
             .args([
                 "--orgs",
@@ -83,6 +90,11 @@ pub(crate) struct Totals {
     pub(crate) connected: u64,
     pub(crate) gave_up: u64,
     pub(crate) ended: u64,
+    /// Streams cut that opened again, when the last did (µs), and events
+    /// not above a client's last id (repeats or out of order).
+    pub(crate) resumed: u64,
+    pub(crate) resumed_last_us: u64,
+    pub(crate) not_newer: u64,
     pub(crate) events: u64,
     pub(crate) timed: u64,
     pub(crate) first_us: u64,
@@ -99,6 +111,9 @@ impl Totals {
         self.connected += n("connected");
         self.gave_up += n("gave_up");
         self.ended += n("ended");
+        self.resumed += n("resumed");
+        self.resumed_last_us = self.resumed_last_us.max(n("resumed_last_us"));
+        self.not_newer += n("not_newer");
         self.events += n("events");
         self.timed += n("timed");
         if n("timed") > 0 {

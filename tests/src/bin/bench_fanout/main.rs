@@ -25,6 +25,17 @@
 //! may wait up to one round before it is read and timed. `0` reads as data
 //! arrives, for comparison.
 //!
+//! Cases (`BENCH_CASE`, each setting below still overrides its defaults):
+//! `default` (one replica, 1,000 then 9,000 clients over 100
+//! organizations at 1,000 events/s); `hot-org` (one organization, 5,000
+//! clients, 30 events/s: 150,000 deliveries/s asked of one organization);
+//! `two-replicas` (9,000 clients over 100 organizations at 1,000 events/s,
+//! through two gateway replicas, clients alternating between them);
+//! `storm` (as `two-replicas`, and a third of the way through the timed
+//! events every stream is cut at once and resumes on the other replica
+//! with its `Last-Event-ID`: reports the time until all resumed, events
+//! lost and repeated).
+//!
 //! Settings (environment): `BENCH_CLIENTS` (default `1000,9000`, ascending:
 //! clients are added, never removed), `BENCH_ORGS` (100), `BENCH_USERS` (3
 //! users per organization, shared by its clients), `BENCH_RATE` (1000
@@ -75,7 +86,50 @@ fn now_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+/// What `BENCH_CASE` selects.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Case {
+    Default,
+    HotOrg,
+    TwoReplicas,
+    Storm,
+}
+
+impl Case {
+    fn from_env() -> anyhow::Result<Self> {
+        match std::env::var("BENCH_CASE").as_deref().map(str::trim) {
+            Err(_) | Ok("") | Ok("default") => Ok(Case::Default),
+            Ok("hot-org") => Ok(Case::HotOrg),
+            Ok("two-replicas") => Ok(Case::TwoReplicas),
+            Ok("storm") => Ok(Case::Storm),
+            Ok(other) => anyhow::bail!(
+                "BENCH_CASE {other:?}: one of default, hot-org, two-replicas, storm"
+            ),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Case::Default => "default",
+            Case::HotOrg => "hot-org",
+            Case::TwoReplicas => "two-replicas",
+            Case::Storm => "storm",
+        }
+    }
+
+    /// (clients per phase, organizations, events/s, gateway replicas).
+    fn defaults(self) -> (Vec<u64>, u64, u64, u64) {
+        match self {
+            Case::Default => (vec![1000, 9000], 100, 1000, 1),
+            Case::HotOrg => (vec![5000], 1, 30, 1),
+            Case::TwoReplicas | Case::Storm => (vec![9000], 100, 1000, 2),
+        }
+    }
+}
+
 struct Settings {
+    case: Case,
+    replicas: u64,
     phases: Vec<u64>,
     orgs: u64,
     users: u64,
@@ -89,23 +143,27 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> anyhow::Result<Self> {
+        let case = Case::from_env()?;
+        let (default_phases, default_orgs, default_rate, replicas) = case.defaults();
         let phases = match std::env::var("BENCH_CLIENTS") {
             Ok(v) => v
                 .split(',')
                 .map(|s| s.trim().parse::<u64>())
                 .collect::<Result<Vec<_>, _>>()
                 .context("BENCH_CLIENTS: comma-separated client counts")?,
-            Err(_) => vec![1000, 9000],
+            Err(_) => default_phases,
         };
         anyhow::ensure!(
             !phases.is_empty() && phases.windows(2).all(|w| w[0] < w[1]) && phases[0] > 0,
             "BENCH_CLIENTS must be ascending and positive"
         );
         Ok(Self {
+            case,
+            replicas,
             phases,
-            orgs: env_or("BENCH_ORGS", 100).clamp(1, 9999),
+            orgs: env_or("BENCH_ORGS", default_orgs).clamp(1, 9999),
             users: env_or("BENCH_USERS", 3).max(1),
-            rate: env_or("BENCH_RATE", 1000).max(1),
+            rate: env_or("BENCH_RATE", default_rate).max(1),
             seconds: env_or("BENCH_SECONDS", 10).max(1),
             per_process: env_or("BENCH_PER_PROCESS", 3000).max(1),
             concurrency: env_or("BENCH_CONNECT_CONCURRENCY", 100).max(1),
@@ -113,6 +171,20 @@ impl Settings {
             warmup: env_or("BENCH_WARMUP_SECONDS", 2),
         })
     }
+}
+
+/// A latency histogram summed over the replicas' `/metrics`.
+async fn summed_buckets(admins: &[String], histogram: &str) -> Vec<(f64, u64)> {
+    let mut sum: Vec<(f64, u64)> = Vec::new();
+    for admin in admins {
+        for (le, count) in latency_buckets(admin, histogram).await {
+            match sum.iter_mut().find(|(b, _)| *b == le) {
+                Some((_, c)) => *c += count,
+                None => sum.push((le, count)),
+            }
+        }
+    }
+    sum
 }
 
 async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
@@ -195,35 +267,50 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
-    eprintln!("starting the release gateway…");
-    let gateway = ChildProcess::spawn(
-        &binary_path("realtime-gateway"),
-        &[
-            ("DATABASE_URL", url.as_str()),
-            ("REDIS_URL", redis_server.url().as_str()),
-            ("REALTIME_LISTEN", "127.0.0.1:0"),
-            ("REALTIME_ADMIN_LISTEN", "127.0.0.1:0"),
-            ("REALTIME_JWT_SECRET", JWT_SECRET),
-            ("REALTIME_HEARTBEAT", "30s"),
-            // Thousands of streams from one address and a few users.
-            ("REALTIME_CONNECT_RATE", "0"),
-            ("REALTIME_MAX_CONNECTIONS_PER_USER", "1000000"),
-            ("REALTIME_MAX_CONNECTIONS_PER_ORG", "1000000"),
-            ("RUST_LOG", "info"),
-        ],
-    );
-    let addr = gateway.log_value("listen", Duration::from_secs(30)).await;
-    let admin_addr = gateway
-        .admin_addr(Duration::from_secs(30))
-        .await
-        .to_string();
+    eprintln!("starting {} release gateway replica(s)…", s.replicas);
+    let mut gateways = Vec::new();
+    for _ in 0..s.replicas {
+        gateways.push(ChildProcess::spawn(
+            &binary_path("realtime-gateway"),
+            &[
+                ("DATABASE_URL", url.as_str()),
+                ("REDIS_URL", redis_server.url().as_str()),
+                ("REALTIME_LISTEN", "127.0.0.1:0"),
+                ("REALTIME_ADMIN_LISTEN", "127.0.0.1:0"),
+                ("REALTIME_JWT_SECRET", JWT_SECRET),
+                ("REALTIME_HEARTBEAT", "30s"),
+                // Thousands of streams from one address and a few users.
+                ("REALTIME_CONNECT_RATE", "0"),
+                ("REALTIME_MAX_CONNECTIONS_PER_USER", "1000000"),
+                ("REALTIME_MAX_CONNECTIONS_PER_ORG", "1000000"),
+                ("RUST_LOG", "info"),
+            ],
+        ));
+    }
+    let mut addrs = Vec::new();
+    let mut admin_addrs = Vec::new();
+    for gateway in &gateways {
+        addrs.push(gateway.log_value("listen", Duration::from_secs(30)).await);
+        admin_addrs.push(
+            gateway
+                .admin_addr(Duration::from_secs(30))
+                .await
+                .to_string(),
+        );
+    }
+    let gateway_pids: Vec<u32> = gateways.iter().map(ChildProcess::pid).collect();
+    let gateways_rss = || -> anyhow::Result<u64> {
+        gateway_pids.iter().map(|p| rss_kib(*p)).sum()
+    };
+    let gateways_cpu = || gateway_pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
+    let gateways_sys = || gateway_pids.iter().map(|p| cpu_split(*p).1).sum::<f64>();
     let ingestor_admin = ingestor
         .admin_addr(Duration::from_secs(30))
         .await
         .to_string();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_baseline = rss_kib(gateway.pid())?;
-    eprintln!("gateway on {addr}, RSS {rss_baseline} KiB with no client");
+    let rss_baseline = gateways_rss()?;
+    eprintln!("gateway(s) on {addrs:?}, RSS {rss_baseline} KiB with no client");
 
     let insert = db
         .prepare(
@@ -246,7 +333,12 @@ async fn main() -> anyhow::Result<()> {
         let mut first = connected_so_far;
         while first < target {
             let count = s.per_process.min(target - first);
-            new_procs.push(LoadProcess::spawn(&s, &addr, first, count)?);
+            // Processes alternate between the replicas; a cut stream
+            // resumes on the next one.
+            let r = procs.len() + new_procs.len();
+            let addr = &addrs[r % addrs.len()];
+            let resume = &addrs[(r + 1) % addrs.len()];
+            new_procs.push(LoadProcess::spawn(&s, addr, resume, first, count)?);
             first += count;
         }
         for p in &mut new_procs {
@@ -261,8 +353,13 @@ async fn main() -> anyhow::Result<()> {
         let connect_seconds = connect_started.elapsed().as_secs_f64();
         procs.extend(new_procs);
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let rss_idle = rss_kib(gateway.pid())?;
-        let streams_reported = gateway_metric(&admin_addr, "realtime_gateway_connections").await;
+        let rss_idle = gateways_rss()?;
+        let mut streams_reported = None;
+        for admin in &admin_addrs {
+            if let Some(n) = gateway_metric(admin, "realtime_gateway_connections").await {
+                streams_reported = Some(streams_reported.unwrap_or(0.0) + n);
+            }
+        }
         eprintln!(
             "{target} clients connected in {connect_seconds:.1} s; gateway RSS {rss_idle} KiB, reports {streams_reported:?} streams"
         );
@@ -281,15 +378,15 @@ async fn main() -> anyhow::Result<()> {
         let period = Duration::from_secs_f64(1.0 / s.rate as f64);
         let pids: Vec<u32> = procs.iter().map(LoadProcess::pid).collect();
         let load_cpu = || pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
-        let gw_sys0 = cpu_split(gateway.pid()).1;
+        let gw_sys0 = gateways_sys();
         let (gw0, load0, ing0) = (
-            cpu_seconds(gateway.pid()),
+            gateways_cpu(),
             load_cpu(),
             cpu_seconds(ingestor.pid()),
         );
         let redis0 = redis_cpu_seconds(&mut redis).await;
         let host0 = host_busy_seconds();
-        let buckets0 = latency_buckets(&admin_addr, GATEWAY_LATENCY).await;
+        let buckets0 = summed_buckets(&admin_addrs, GATEWAY_LATENCY).await;
         let ingestor0 = latency_buckets(&ingestor_admin, INGESTOR_LATENCY).await;
         eprintln!(
             "writing {warmup} untimed then {total} timed events at {}/s…",
@@ -297,8 +394,23 @@ async fn main() -> anyhow::Result<()> {
         );
         let mut insert_rtt = Vec::with_capacity(total as usize);
         let mut expected = 0u64;
+        // The storm: every stream cut at once, a third of the way through
+        // the timed events.
+        let cut_at = (s.case == Case::Storm).then_some(warmup + total / 3);
+        let mut cut: Option<(u64, u64)> = None;
         let phase_started = Instant::now();
         for i in 0..warmup + total {
+            if Some(i) == cut_at {
+                let mut streams = 0;
+                let mut at_us = u64::MAX;
+                for p in &mut procs {
+                    let answer = p.request("cut", "cut").await?;
+                    streams += answer["cut"].as_u64().unwrap_or(0);
+                    at_us = at_us.min(answer["at_us"].as_u64().unwrap_or(u64::MAX));
+                }
+                eprintln!("cut {streams} streams at once");
+                cut = Some((streams, at_us));
+            }
             let due = phase_started + period.mul_f64(i as f64);
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
                 tokio::time::sleep(wait).await;
@@ -322,8 +434,8 @@ async fn main() -> anyhow::Result<()> {
             insert_rtt.push(sent.elapsed());
         }
         let write_seconds = phase_started.elapsed().as_secs_f64();
-        let gateway_cpu = (cpu_seconds(gateway.pid()) - gw0) / write_seconds;
-        let gateway_sys = (cpu_split(gateway.pid()).1 - gw_sys0) / write_seconds;
+        let gateway_cpu = (gateways_cpu() - gw0) / write_seconds;
+        let gateway_sys = (gateways_sys() - gw_sys0) / write_seconds;
         let load_cpu_s = (load_cpu() - load0) / write_seconds;
         let ingestor_cpu = (cpu_seconds(ingestor.pid()) - ing0) / write_seconds;
         let redis_cpu = (redis_cpu_seconds(&mut redis).await - redis0) / write_seconds;
@@ -342,13 +454,15 @@ async fn main() -> anyhow::Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
         };
-        anyhow::ensure!(
-            gateway.output_text().find("panicked").is_none(),
-            "the gateway panicked:\n{}",
-            gateway.output_text()
-        );
-        let rss_after = rss_kib(gateway.pid())?;
-        let buckets1 = latency_buckets(&admin_addr, GATEWAY_LATENCY).await;
+        for gateway in &gateways {
+            anyhow::ensure!(
+                gateway.output_text().find("panicked").is_none(),
+                "the gateway panicked:\n{}",
+                gateway.output_text()
+            );
+        }
+        let rss_after = gateways_rss()?;
+        let buckets1 = summed_buckets(&admin_addrs, GATEWAY_LATENCY).await;
         let ingestor1 = latency_buckets(&ingestor_admin, INGESTOR_LATENCY).await;
         insert_rtt.sort();
         let window_s = (totals.last_us.saturating_sub(totals.first_us)) as f64 / 1e6;
@@ -385,6 +499,13 @@ async fn main() -> anyhow::Result<()> {
             rss_after_kib: rss_after,
             ended: totals.ended,
             gave_up: totals.gave_up,
+            storm: cut.map(|(streams, at_us)| Storm {
+                cut: streams,
+                resumed: totals.resumed,
+                seconds: totals.resumed_last_us.saturating_sub(at_us) as f64 / 1e6,
+                repeated: totals.not_newer,
+            }),
+            not_newer: totals.not_newer,
             seconds: totals
                 .seconds
                 .values()
@@ -412,7 +533,7 @@ async fn main() -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(5), p.child.wait()).await;
         let _ = p.child.kill().await;
     }
-    drop(gateway);
+    drop(gateways);
     drop(ingestor);
 
     print_report(&s, host_before, rss_baseline, max_clients, &phases);

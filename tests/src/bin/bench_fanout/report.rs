@@ -2,6 +2,15 @@
 
 use super::*;
 
+/// A storm's outcome: streams cut at once, how many opened again and how
+/// long until the last did, events a client got twice or out of order.
+pub(crate) struct Storm {
+    pub(crate) cut: u64,
+    pub(crate) resumed: u64,
+    pub(crate) seconds: f64,
+    pub(crate) repeated: u64,
+}
+
 pub(crate) struct Phase {
     pub(crate) clients: u64,
     pub(crate) processes: usize,
@@ -35,6 +44,9 @@ pub(crate) struct Phase {
     pub(crate) rss_after_kib: u64,
     pub(crate) ended: u64,
     pub(crate) gave_up: u64,
+    pub(crate) storm: Option<Storm>,
+    /// Events not above a client's last id (repeats or out of order).
+    pub(crate) not_newer: u64,
     /// Per second of the phase: % of deliveries over 10 ms, slowest (ms).
     pub(crate) seconds: Vec<(f64, f64)>,
 }
@@ -55,11 +67,15 @@ pub(crate) fn print_report(
     phases: &[Phase],
 ) {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("## bench-fanout ({cores} cores, one gateway replica, everything on one host)");
+    println!(
+        "## bench-fanout, case {} ({cores} cores, {} gateway replica(s), everything on one host)",
+        s.case.name(),
+        s.replicas
+    );
     println!();
     println!(
         "`make bench-fanout` (release ingestor and gateway, then `cargo run --release -p realtime-tests --bin bench_fanout`) with \
-         BENCH_CLIENTS={} BENCH_ORGS={} BENCH_USERS={} BENCH_RATE={} BENCH_SECONDS={} BENCH_PER_PROCESS={} BENCH_CLIENT_ROUND_US={} BENCH_WARMUP_SECONDS={}",
+         BENCH_CASE={} BENCH_CLIENTS={} BENCH_ORGS={} BENCH_USERS={} BENCH_RATE={} BENCH_SECONDS={} BENCH_PER_PROCESS={} BENCH_CLIENT_ROUND_US={} BENCH_WARMUP_SECONDS={}",
         s.phases
             .iter()
             .map(u64::to_string)
@@ -192,6 +208,27 @@ pub(crate) fn print_report(
         );
     }
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    for p in phases {
+        println!(
+            "- {} clients: {} events not above the client's last id (repeated or out of order)",
+            p.clients, p.not_newer
+        );
+        if let Some(storm) = &p.storm {
+            let lost = p.expected.saturating_sub(p.delivered);
+            println!(
+                "- storm at {} clients: {} streams cut at once, {} resumed on the other replica, the last {:.2} s after the cut; \
+                 {lost} events lost, {} repeated; target all resumed within 10 s with 0 lost and 0 repeated: {}",
+                p.clients,
+                storm.cut,
+                storm.resumed,
+                storm.seconds,
+                storm.repeated,
+                verdict(
+                    storm.resumed == storm.cut && storm.seconds < 10.0 && lost == 0 && storm.repeated == 0
+                )
+            );
+        }
+    }
     for p in phases {
         let per_conn = kib_per(p.rss_idle_kib as i64 - p.rss_before_kib as i64, p.added);
         println!(

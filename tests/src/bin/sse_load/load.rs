@@ -30,6 +30,11 @@ pub(crate) struct Client {
     pub(crate) raw: Vec<u8>,
     pub(crate) body: Vec<u8>,
     pub(crate) dechunk: Dechunk,
+    /// The newest event id received (`lsn-index`), sent as
+    /// `Last-Event-ID` when the stream is cut and resumes.
+    pub(crate) last_id: Option<(u64, u64)>,
+    /// Cut by a `cut` command and not yet open again.
+    pub(crate) resuming: bool,
 }
 
 impl Client {
@@ -83,6 +88,7 @@ impl Rounds {
 pub(crate) struct Load {
     pub(crate) args: Args,
     pub(crate) addr: SocketAddr,
+    pub(crate) resume_addr: Option<SocketAddr>,
     pub(crate) poll: Poll,
     pub(crate) clients: Vec<Client>,
     pub(crate) stats: Stats,
@@ -119,7 +125,16 @@ impl Load {
         client.reset_io();
         client.attempt += 1;
         client.deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-        let mut stream = TcpStream::connect(self.addr).map_err(|e| format!("connect: {e}"))?;
+        // A resume goes to the other replica (`--resume-addr`), as after a
+        // drain, with the last id seen.
+        let addr = match (client.resuming, self.resume_addr) {
+            (true, Some(addr)) => addr,
+            _ => self.addr,
+        };
+        if client.resuming {
+            client.request = resume_request(&client.request, client.last_id);
+        }
+        let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
         self.poll
             .registry()
             .register(
@@ -176,7 +191,12 @@ impl Load {
             Progress::Opened => {
                 self.in_flight -= 1;
                 self.stats.connected += 1;
-                self.clients[i].phase = Phase::Open;
+                let client = &mut self.clients[i];
+                client.phase = Phase::Open;
+                if std::mem::take(&mut client.resuming) {
+                    self.stats.resumed += 1;
+                    self.stats.resumed_last_us = self.stats.resumed_last_us.max(at_us);
+                }
             }
             Progress::Ended => {
                 self.stats.ended += 1;
@@ -284,6 +304,15 @@ impl Load {
         let mut start = 0;
         while let Some(end) = memchr::memmem::find(&client.body[start..], b"\n\n") {
             let msg = &client.body[start..start + end];
+            if let Some(id) = event_id(msg) {
+                if client.last_id.is_some_and(|last| id <= last) {
+                    // Not above the last one: a repeat or out of order.
+                    self.stats.not_newer += 1;
+                    start += end + 2;
+                    continue;
+                }
+                client.last_id = Some(id);
+            }
             if self.stats.message(&self.keys, msg, at_us)
                 && !opened_before
                 && matches!(progress, Progress::Pending)
@@ -348,6 +377,29 @@ impl Load {
         }
     }
 
+    /// Cuts every open stream at once; each reconnects (to `--resume-addr`
+    /// when given) with `Last-Event-ID` set to the last id it received.
+    pub(crate) fn cut(&mut self) -> u64 {
+        let mut cut = 0;
+        for i in 0..self.clients.len() {
+            let client = &mut self.clients[i];
+            if !matches!(client.phase, Phase::Open) {
+                continue;
+            }
+            if let Some(mut stream) = client.stream.take() {
+                let _ = self.poll.registry().deregister(&mut stream);
+            }
+            client.reset_io();
+            client.phase = Phase::Waiting;
+            client.attempt = 0;
+            client.resuming = true;
+            self.stats.connected -= 1;
+            self.queue.push_back(i);
+            cut += 1;
+        }
+        cut
+    }
+
     pub(crate) fn maybe_ready(&mut self) {
         if self.ready_printed || self.stats.connected + self.stats.gave_up < self.args.count {
             return;
@@ -361,4 +413,29 @@ impl Load {
             "seconds": self.started.elapsed().as_secs_f64(),
         }));
     }
+}
+
+/// The `lsn-index` id of an event message (`id: …` first line).
+pub(crate) fn event_id(msg: &[u8]) -> Option<(u64, u64)> {
+    let rest = msg.strip_prefix(b"id: ")?;
+    let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+    let text = std::str::from_utf8(&rest[..end]).ok()?;
+    let (lsn, index) = text.split_once('-')?;
+    Some((lsn.parse().ok()?, index.parse().ok()?))
+}
+
+/// `request` with its `Last-Event-ID` set to `last` (replacing any).
+pub(crate) fn resume_request(request: &[u8], last: Option<(u64, u64)>) -> Arc<[u8]> {
+    let text = String::from_utf8_lossy(request);
+    let mut head: String = text
+        .trim_end_matches("\r\n")
+        .split("\r\n")
+        .filter(|l| !l.starts_with("Last-Event-ID:"))
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    if let Some((lsn, index)) = last {
+        head.push_str(&format!("Last-Event-ID: {lsn}-{index}\r\n"));
+    }
+    head.push_str("\r\n");
+    head.into_bytes().into()
 }

@@ -25,7 +25,12 @@
 //! `{"type":"ready",…}`; then commands on stdin, one per line: `reset`
 //! (zero the counters, answers `{"type":"reset"}`), `report` (answers
 //! `{"type":"report",…}` with histograms as `[[µs, count],…]` and
-//! `seconds` as `[[unix second, timed, over 10 ms, max µs],…]`), `quit`.
+//! `seconds` as `[[unix second, timed, over 10 ms, max µs],…]`), `cut`
+//! (close every open stream at once; each reconnects, to `--resume-addr`
+//! when given, with `Last-Event-ID` set to the last id it received; answers
+//! `{"type":"cut","cut":n,"at_us":…}`), `quit`. An event whose id is not
+//! above the last one a client received is counted in `not_newer` (a
+//! repeat, or out of order) and not timed.
 //! End of stdin ends the process too, so it never outlives the bench.
 
 mod dechunk;
@@ -62,6 +67,8 @@ struct Args {
     concurrency: usize,
     /// Read in rounds this far apart (µs); 0: read as data arrives.
     round_us: u64,
+    /// Where cut streams resume (default: `addr`).
+    resume_addr: Option<String>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -97,6 +104,7 @@ fn parse_args() -> anyhow::Result<Args> {
         users: num("users", 3)?.max(1),
         concurrency: num("concurrency", 100)?.max(1) as usize,
         round_us: num("round-us", 0)?.min(100_000),
+        resume_addr: map.get("resume-addr").cloned(),
     })
 }
 
@@ -188,6 +196,8 @@ fn run() -> anyhow::Result<()> {
             raw: Vec::new(),
             body: Vec::new(),
             dechunk: Dechunk::default(),
+            last_id: None,
+            resuming: false,
         });
     }
     let poll = Poll::new()?;
@@ -209,9 +219,18 @@ fn run() -> anyhow::Result<()> {
         round: Duration::from_micros(args.round_us),
     };
     let count = args.count as usize;
+    let resume_addr = match &args.resume_addr {
+        Some(a) => Some(
+            std::net::ToSocketAddrs::to_socket_addrs(a)?
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("--resume-addr {a:?} resolves to nothing"))?,
+        ),
+        None => None,
+    };
     let mut load = Load {
         args,
         addr,
+        resume_addr,
         poll,
         clients,
         stats: Stats::new(),
@@ -256,6 +275,10 @@ fn run() -> anyhow::Result<()> {
                     print_line(&serde_json::json!({"type": "reset"}));
                 }
                 "report" => print_line(&load.stats.report(load.args.count)),
+                "cut" => {
+                    let cut = load.cut();
+                    print_line(&serde_json::json!({"type": "cut", "cut": cut, "at_us": now_us()}));
+                }
                 "quit" => return Ok(()),
                 "" => {}
                 other => eprintln!("sse_load: unknown command {other:?}"),

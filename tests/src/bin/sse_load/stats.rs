@@ -63,6 +63,12 @@ pub(crate) struct Stats {
     /// Streams the server ended after they were open.
     pub(crate) ended: u64,
     pub(crate) heartbeats: u64,
+    /// Streams cut (`cut`) that opened again, and when the last did (µs).
+    pub(crate) resumed: u64,
+    pub(crate) resumed_last_us: u64,
+    /// Events whose id was not above the client's last one: repeats or
+    /// out of order (never timed).
+    pub(crate) not_newer: u64,
     /// Event frames (`id:`) received since the last reset.
     pub(crate) events: u64,
     /// Of those, the ones carrying the bench's send time (timed).
@@ -130,6 +136,9 @@ impl Stats {
             failed_attempts: 0,
             ended: 0,
             heartbeats: 0,
+            resumed: 0,
+            resumed_last_us: 0,
+            not_newer: 0,
             events: 0,
             timed: 0,
             first_us: u64::MAX,
@@ -143,6 +152,9 @@ impl Stats {
     }
 
     pub(crate) fn reset(&mut self) {
+        self.resumed = 0;
+        self.resumed_last_us = 0;
+        self.not_newer = 0;
         self.events = 0;
         self.timed = 0;
         self.heartbeats = 0;
@@ -191,6 +203,9 @@ impl Stats {
             "failed_attempts": self.failed_attempts,
             "ended": self.ended,
             "heartbeats": self.heartbeats,
+            "resumed": self.resumed,
+            "resumed_last_us": self.resumed_last_us,
+            "not_newer": self.not_newer,
             "events": self.events,
             "timed": self.timed,
             "first_us": if self.first_us == u64::MAX { 0 } else { self.first_us },
