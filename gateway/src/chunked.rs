@@ -54,7 +54,10 @@ pub(crate) async fn write_chunk<W: AsyncWrite + Unpin>(
 /// took only part (or none, when it would block) and `rest` is what is left
 /// of the chunk, to be written before anything else. `Err`: the client is
 /// gone. Up to [`INLINE`] frames (one, usually) nothing is allocated.
-pub(crate) fn try_write_frames<'a, I>(socket: &TcpStream, frames: I) -> std::io::Result<Option<Bytes>>
+pub(crate) fn try_write_frames<'a, I>(
+    socket: &TcpStream,
+    frames: I,
+) -> std::io::Result<Option<Bytes>>
 where
     I: Iterator<Item = &'a [u8]> + Clone,
 {

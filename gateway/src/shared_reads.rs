@@ -57,7 +57,10 @@ impl<K: Hash + Eq, V> Gathering<'_, K, V> {
     fn close(&mut self) {
         if let Some(key) = self.key.take() {
             let mut gathering = self.reads.lock();
-            if gathering.get(&key).is_some_and(|rx| rx.same_channel(&self.rx)) {
+            if gathering
+                .get(&key)
+                .is_some_and(|rx| rx.same_channel(&self.rx))
+            {
                 gathering.remove(&key);
             }
         }
@@ -72,7 +75,9 @@ impl<K: Hash + Eq, V> Drop for Gathering<'_, K, V> {
 
 impl<K: Hash + Eq, V> SharedReads<K, V> {
     fn lock(&self) -> MutexGuard<'_, HashMap<K, watch::Receiver<Option<V>>>> {
-        self.gathering.lock().unwrap_or_else(PoisonError::into_inner)
+        self.gathering
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -193,7 +198,11 @@ mod tests {
             let reads = reads.clone();
             tokio::spawn(async move { reads.read("org", || async { 1 }).await })
         };
-        assert_eq!(second.await.unwrap(), 1, "an answer older than the question");
+        assert_eq!(
+            second.await.unwrap(),
+            1,
+            "an answer older than the question"
+        );
         gate.notify_one();
         assert_eq!(first.await.unwrap(), 0);
         assert_eq!(reads.gathering(), 0);
@@ -206,11 +215,7 @@ mod tests {
         let reads: Arc<SharedReads<&'static str, u64>> = Arc::default();
         let first = {
             let reads = reads.clone();
-            tokio::spawn(async move {
-                reads
-                    .read("org", || std::future::pending::<u64>())
-                    .await
-            })
+            tokio::spawn(async move { reads.read("org", || std::future::pending::<u64>()).await })
         };
         let joiner = {
             let reads = reads.clone();

@@ -366,9 +366,17 @@ async fn a_reconnect_storm_resumes_every_stream_exactly_once_in_order() {
         let (got, extra) = resume.await.unwrap();
         let ids: Vec<String> = got
             .iter()
-            .map(|m| m.json()["payload"]["propertyId"].as_str().unwrap().to_owned())
+            .map(|m| {
+                m.json()["payload"]["propertyId"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
             .collect();
-        assert_eq!(ids, want, "every event after the resume point, once, in order");
+        assert_eq!(
+            ids, want,
+            "every event after the resume point, once, in order"
+        );
         assert!(!extra, "an event after the last one: repeated");
     }
 }

@@ -100,4 +100,3 @@ pub(super) async fn fan_out(mut jobs: mpsc::Receiver<Job>, shutdown: Cancellatio
         batch.clear();
     }
 }
-

@@ -107,8 +107,7 @@ async fn read_all(mut client: TcpStream) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        match tokio::time::timeout(Duration::from_secs(1), client.read(&mut buf)).await
-        {
+        match tokio::time::timeout(Duration::from_secs(1), client.read(&mut buf)).await {
             Ok(Ok(0)) | Err(_) => return out,
             Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
             Ok(Err(e)) => panic!("read: {e}"),
@@ -123,13 +122,17 @@ async fn read_all(mut client: TcpStream) -> Vec<u8> {
 fn take_back(outlet: &Arc<Outlet>, user: &str) -> (Vec<u8>, Vec<u64>, Option<u64>) {
     let back = lock(&outlet.unparked).take().expect("handed back");
     assert!(!back.lost);
-    let rest = outlet.take_leftover().map(|r| r.to_vec()).unwrap_or_default();
+    let rest = outlet
+        .take_leftover()
+        .map(|r| r.to_vec())
+        .unwrap_or_default();
     let mut rx = back.rx;
     let mut last_seen = back.last_seen;
     let mut ids = Vec::new();
     loop {
         match rx.try_recv() {
-            Ok(FeedMessage::Frame(f)) => match decide(&f, &mut last_seen, user, ChannelFilter::ALL) {
+            Ok(FeedMessage::Frame(f)) => match decide(&f, &mut last_seen, user, ChannelFilter::ALL)
+            {
                 Verdict::Send => ids.push(f.id.lsn),
                 Verdict::Revoke(_) => return (rest, ids, Some(f.id.lsn)),
                 Verdict::Duplicate | Verdict::Skip => {}
@@ -236,7 +239,10 @@ async fn runs_reach_every_stream_once_and_in_order() {
     let mut written = read_all(full.client.take().unwrap()).await;
     let (rest, after, revocation) = take_back(&full.outlet, "slow");
     assert_eq!(revocation, None);
-    assert!(!rest.is_empty(), "the socket filled: the test needs a partial write");
+    assert!(
+        !rest.is_empty(),
+        "the socket filled: the test needs a partial write"
+    );
     written.extend_from_slice(&rest);
     let mut got = ids_in_chunked(&written);
     got.extend(after);

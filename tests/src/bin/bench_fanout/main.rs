@@ -102,9 +102,9 @@ impl Case {
             Ok("hot-org") => Ok(Case::HotOrg),
             Ok("two-replicas") => Ok(Case::TwoReplicas),
             Ok("storm") => Ok(Case::Storm),
-            Ok(other) => anyhow::bail!(
-                "BENCH_CASE {other:?}: one of default, hot-org, two-replicas, storm"
-            ),
+            Ok(other) => {
+                anyhow::bail!("BENCH_CASE {other:?}: one of default, hot-org, two-replicas, storm")
+            }
         }
     }
 
@@ -299,9 +299,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let gateway_pids: Vec<u32> = gateways.iter().map(ChildProcess::pid).collect();
-    let gateways_rss = || -> anyhow::Result<u64> {
-        gateway_pids.iter().map(|p| rss_kib(*p)).sum()
-    };
+    let gateways_rss = || -> anyhow::Result<u64> { gateway_pids.iter().map(|p| rss_kib(*p)).sum() };
     let gateways_cpu = || gateway_pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
     let gateways_sys = || gateway_pids.iter().map(|p| cpu_split(*p).1).sum::<f64>();
     let ingestor_admin = ingestor
@@ -379,11 +377,7 @@ async fn main() -> anyhow::Result<()> {
         let pids: Vec<u32> = procs.iter().map(LoadProcess::pid).collect();
         let load_cpu = || pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
         let gw_sys0 = gateways_sys();
-        let (gw0, load0, ing0) = (
-            gateways_cpu(),
-            load_cpu(),
-            cpu_seconds(ingestor.pid()),
-        );
+        let (gw0, load0, ing0) = (gateways_cpu(), load_cpu(), cpu_seconds(ingestor.pid()));
         let redis0 = redis_cpu_seconds(&mut redis).await;
         let host0 = host_busy_seconds();
         let buckets0 = summed_buckets(&admin_addrs, GATEWAY_LATENCY).await;

@@ -224,7 +224,10 @@ pub(crate) fn print_report(
                 storm.seconds,
                 storm.repeated,
                 verdict(
-                    storm.resumed == storm.cut && storm.seconds < 10.0 && lost == 0 && storm.repeated == 0
+                    storm.resumed == storm.cut
+                        && storm.seconds < 10.0
+                        && lost == 0
+                        && storm.repeated == 0
                 )
             );
         }
