@@ -96,7 +96,7 @@ async fn drain(
     name: &str,
     rows: u64,
     txn_rows: u64,
-    history_len: u64,
+    history_cap: u64,
 ) -> anyhow::Result<(Drain, tokio_postgres::Client, ChildProcess)> {
     let admin = connect(&pg.url("postgres")).await;
     admin
@@ -172,7 +172,7 @@ async fn drain(
         ("REDIS_URL", redis_url.to_owned()),
         ("REALTIME_KEY_PREFIX", name.to_owned()),
         ("REALTIME_ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
-        ("REALTIME_HISTORY_LEN", history_len.to_string()),
+        ("REALTIME_HISTORY_LEN", history_cap.to_string()),
         ("RUST_LOG", "warn".to_owned()),
     ];
     let redis_cpu_before = redis_cpu_seconds(&mut redis).await;
