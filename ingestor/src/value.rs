@@ -164,7 +164,12 @@ impl TypeRegistry {
 /// A value whose bytes are longer than `max_value_bytes` is not mapped: an
 /// [`oversize`](crate::event_size::oversize) marker takes its place (see
 /// [`crate::event_size`]), so a 100 MB TOASTed text costs no copy of itself.
-pub fn row(relation: &Relation, tuple: &Tuple, types: &TypeRegistry, max_value_bytes: usize) -> Row {
+pub fn row(
+    relation: &Relation,
+    tuple: &Tuple,
+    types: &TypeRegistry,
+    max_value_bytes: usize,
+) -> Row {
     relation
         .columns
         .iter()
@@ -808,7 +813,12 @@ mod tests {
         let row = row(&relation(), &tuple, &TypeRegistry::default(), 99);
         assert_eq!(row["id"], "t1");
         assert_eq!(row["count"], 3);
-        assert_eq!(row.values().filter(|v| crate::event_size::is_oversize(v)).count(), 2);
+        assert_eq!(
+            row.values()
+                .filter(|v| crate::event_size::is_oversize(v))
+                .count(),
+            2
+        );
         assert_eq!(
             row.values().find(|v| crate::event_size::is_oversize(v)),
             Some(&crate::event_size::oversize(big.as_bytes()))

@@ -74,7 +74,8 @@ async fn a_bulk_update_reaches_its_organization_as_one_data_sync() {
     let mut a = stream(&gw, "orgA", "ua", None).await;
     let mut b = stream(&gw, "orgB", "ub", None).await;
 
-    ctx.batch("UPDATE properties SET price = 2 WHERE id = 'p1';").await;
+    ctx.batch("UPDATE properties SET price = 2 WHERE id = 'p1';")
+        .await;
     let before = a.next_event(WAIT).await.expect("the event before the bulk");
     assert_eq!(before.json()["payload"]["operation"], "update");
     let resume_from = before.id.clone().unwrap();
@@ -122,7 +123,12 @@ async fn a_bulk_update_reaches_its_organization_as_one_data_sync() {
     let got_b = b.events(2, WAIT).await;
     let ids_b: Vec<String> = got_b
         .iter()
-        .map(|m| m.json()["payload"]["propertyId"].as_str().unwrap().to_owned())
+        .map(|m| {
+            m.json()["payload"]["propertyId"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     assert_eq!(ids_b, ["b1", "b2"]);
     assert_eq!(id_of(&got_b[0]).lsn, bulk.lsn);
@@ -177,7 +183,12 @@ async fn memberships_are_never_coalesced_and_children_count_for_their_parent() {
     let events = wait_for_history(&ctx, Some("orgA"), 19, WAIT).await;
     let kinds: Vec<(String, Value)> = events
         .iter()
-        .map(|e| (e.event["type"].as_str().unwrap().to_owned(), e.event["payload"].clone()))
+        .map(|e| {
+            (
+                e.event["type"].as_str().unwrap().to_owned(),
+                e.event["payload"].clone(),
+            )
+        })
         .collect();
     let joins = kinds.iter().filter(|(t, _)| t == "member.join").count();
     assert_eq!(joins, 15, "every membership event is published: {kinds:?}");
@@ -199,7 +210,11 @@ async fn memberships_are_never_coalesced_and_children_count_for_their_parent() {
         .collect();
     updates.sort_by_key(|v| v.as_str().map(str::to_owned));
     assert_eq!(updates, [&json!("p1"), &json!("p2")]);
-    assert_eq!(events.len(), 19, "15 joins, 2 updates, the bulk, the marker: {kinds:?}");
+    assert_eq!(
+        events.len(),
+        19,
+        "15 joins, 2 updates, the bulk, the marker: {kinds:?}"
+    );
     ing.stop().await;
 }
 
@@ -248,7 +263,10 @@ async fn a_one_megabyte_row_arrives_truncated() {
                "updatedFields": ["description"], "updatedBy": null, "truncated": true})
     );
     // Back to a small value: whole again.
-    assert_eq!(p[3]["changes"], json!({"bedrooms": 4, "description": "short"}));
+    assert_eq!(
+        p[3]["changes"],
+        json!({"bedrooms": 4, "description": "short"})
+    );
     assert!(p[3].get("truncated").is_none());
     let metrics = ing.metrics().await;
     assert!(metric_value(&metrics, "realtime_ingestor_events_truncated_total") >= 2.0);

@@ -50,7 +50,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::change::{Operation, RowChange};
 use crate::event_size;
-use serde_json::Value;
 use crate::identity::{self, IdentityWatch};
 use crate::metrics as m;
 use crate::parents::{ParentOrg, Parents, ParentsError};
@@ -59,6 +58,7 @@ use crate::router::{self, Draft, RouteError, Routed, Router, Side};
 use crate::slot::{SlotError, SlotRecord};
 use crate::trace::{self, TxnTrace};
 use crate::value::{self, TypeRegistry};
+use serde_json::Value;
 
 /// The prefix of our heartbeat messages (ARCHITECTURE.md §2).
 pub(crate) const HEARTBEAT_PREFIX: &str = "realtime-heartbeat";
@@ -317,23 +317,23 @@ impl<'a> Session<'a> {
                     self.flush().await?;
                 }
             }
-            ReplicationEvent::XLogData { data, .. } => match pgoutput::decode(&data) {
-                Ok(message) => {
-                    self.handle_message(message, data.len())?;
-                    let hold = self.limits.hold();
-                    if self
-                        .txn
-                        .as_ref()
-                        .is_some_and(|t| t.pending.len() >= hold || t.pending_bytes >= HOLD_BYTES)
-                    {
-                        self.complete().await?;
+            ReplicationEvent::XLogData { data, .. } => {
+                match pgoutput::decode(&data) {
+                    Ok(message) => {
+                        self.handle_message(message, data.len())?;
+                        let hold = self.limits.hold();
+                        if self.txn.as_ref().is_some_and(|t| {
+                            t.pending.len() >= hold || t.pending_bytes >= HOLD_BYTES
+                        }) {
+                            self.complete().await?;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "skipping an undecodable replication message");
+                        metrics::counter!(m::SKIPPED, "reason" => "decode").increment(1);
                     }
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "skipping an undecodable replication message");
-                    metrics::counter!(m::SKIPPED, "reason" => "decode").increment(1);
-                }
-            },
+            }
             ReplicationEvent::Message {
                 transactional,
                 lsn,

@@ -88,7 +88,10 @@ async fn wait_marker(
         if found {
             return Ok(());
         }
-        anyhow::ensure!(Instant::now() < deadline, "marker {id} not published in 30 minutes");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "marker {id} not published in 30 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -194,7 +197,10 @@ async fn main() -> anyhow::Result<()> {
         "## bench-ingest-memory ({} cores)",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    println!("ingestor RSS when idle (streaming, nothing pending): {:.1} MiB", mib(idle_kb));
+    println!(
+        "ingestor RSS when idle (streaming, nothing pending): {:.1} MiB",
+        mib(idle_kb)
+    );
     for p in &phases {
         println!(
             "{}: peak RSS {:.1} MiB, {:.1} s until its last event was in Redis",
