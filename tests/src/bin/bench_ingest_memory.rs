@@ -53,6 +53,9 @@ fn reset_peak(pid: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One raw XREVRANGE entry: its id and field/value pairs.
+type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
 fn mib(kb: u64) -> f64 {
     kb as f64 / 1024.0
 }
@@ -71,7 +74,7 @@ async fn wait_marker(
     .await?;
     let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
-        let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XREVRANGE")
+        let entries: Vec<StreamEntry> = redis::cmd("XREVRANGE")
             .arg("rt:{org:marker}:history")
             .arg("+")
             .arg("-")
