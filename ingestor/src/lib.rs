@@ -27,6 +27,7 @@
 
 mod change;
 mod config;
+mod event_size;
 mod heartbeat;
 mod identity;
 mod metrics;
@@ -285,7 +286,11 @@ impl Ingestor {
             &self.router,
             &self.identity,
             parents,
-            self.config.publish_batch as usize,
+            session::Limits {
+                max_batch: self.config.publish_batch as usize,
+                bulk_threshold: self.config.bulk_threshold,
+                max_event_bytes: self.config.max_event_bytes as usize,
+            },
             record,
         )
         .run(token)

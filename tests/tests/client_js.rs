@@ -152,6 +152,24 @@ SELECT pg_logical_emit_message(true, 'realtime', '{"type":"system.alert","payloa
 TRUNCATE deals;
 "#;
 
+/// The ingestor's two limits, with the small settings [`describe_rust_side`]
+/// runs with: events over 4 KiB lose their row values (`"truncated": true`),
+/// and more than 5 events of one organization and table in one transaction
+/// become one `data.sync` bulk. `SAMPLE_SQL` stays under both.
+const LIMIT_SQL: &str = r#"
+INSERT INTO properties (id, "organizationId", "createdBy", price, description) VALUES ('pbig', 'orgA', 'ua', 1, repeat('d', 8000));
+UPDATE organizations SET name = repeat('n', 8000) WHERE id = 'orgA';
+UPDATE organizations SET name = 'Acme' WHERE id = 'orgA';
+INSERT INTO clients (id, "organizationId", "createdBy", name) VALUES ('cbig', 'orgA', 'ua', repeat('c', 8000));
+INSERT INTO activities (id, "organizationId", "actorId", "actionType", "entityType", payload)
+  VALUES ('abig', 'orgA', 'ua', 'NOTE_ADDED', 'CLIENT', jsonb_build_object('note', repeat('a', 8000)));
+INSERT INTO notifications (id, "organizationId", "userId", title, message, priority, category, metadata)
+  VALUES ('nbig', 'orgA', 'ua', 'Hi', 'Big', 'low', 'task', jsonb_build_object('k', repeat('m', 8000)));
+BEGIN;
+INSERT INTO tasks (id, "organizationId", title, "createdBy") SELECT 'tb' || g, 'orgA', 'Call', 'ua' FROM generate_series(1, 6) g;
+COMMIT;
+"#;
+
 /// The description of the events as the Rust side produces them.
 async fn describe_rust_side() -> Value {
     let mut routes = std::fs::read_to_string(
@@ -159,14 +177,22 @@ async fn describe_rust_side() -> Value {
     )
     .expect("reading ingestor/routes/oikion.toml");
     routes.push_str(EXTRA_ROUTES);
-    let ing = support::RunningIngestor::start_with_routes(EXTRA_DDL, &routes).await;
-    let ctx = ing.ctx.clone();
+    let ctx = TestContext::new().await;
+    ctx.batch(EXTRA_DDL).await;
+    let path = ctx.temp_dir().join("routes.toml");
+    std::fs::write(&path, routes).expect("write routes");
+    let mut config = support::config_for(&ctx);
+    config.routes = Some(path);
+    config.max_event_bytes = 4096;
+    config.bulk_threshold = 5;
+    let ing = support::RunningIngestor::start(ctx.clone(), config).await;
     ctx.batch(SAMPLE_SQL).await;
+    ctx.batch(LIMIT_SQL).await;
 
-    // 24 organization events (the note created in the transaction that
-    // deletes its client is skipped) and 2 broadcasts (the alert, the
-    // truncate).
-    let mut events: Vec<Value> = support::wait_for_history(&ctx, Some("orgA"), 24, WAIT)
+    // 24 organization events of SAMPLE_SQL (the note created in the
+    // transaction that deletes its client is skipped), 7 of LIMIT_SQL (6
+    // truncated, one bulk), and 2 broadcasts (the alert, the truncate).
+    let mut events: Vec<Value> = support::wait_for_history(&ctx, Some("orgA"), 31, WAIT)
         .await
         .into_iter()
         .map(|e| e.event)

@@ -33,6 +33,7 @@ mod gateway_stream;
 mod harness;
 mod ingestor_crash;
 mod ingestor_events;
+mod ingestor_limits;
 mod ingestor_recovery;
 mod ingestor_replica_identity;
 mod ingestor_slot_lost;

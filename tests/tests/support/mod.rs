@@ -96,12 +96,22 @@ impl RunningIngestor {
 
     /// Runs `ddl`, writes `routes` to a file and starts with it.
     pub async fn start_with_routes(ddl: &str, routes: &str) -> Self {
+        Self::start_with_routes_and(ddl, routes, |_| {}).await
+    }
+
+    /// The same, with `adjust` applied to the config.
+    pub async fn start_with_routes_and(
+        ddl: &str,
+        routes: &str,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Self {
         let ctx = TestContext::new().await;
         ctx.batch(ddl).await;
         let path = ctx.temp_dir().join("routes.toml");
         std::fs::write(&path, routes).expect("write routes");
         let mut config = config_for(&ctx);
         config.routes = Some(path);
+        adjust(&mut config);
         Self::start(ctx, config).await
     }
 
