@@ -64,6 +64,19 @@ impl TestContext {
         Self::create(postgres, redis).await
     }
 
+    /// The same context, pointed at `cluster` (a Redis Cluster the test
+    /// controls): `REDIS_URL` is its seed list.
+    pub fn with_redis_cluster(mut self, cluster: &crate::RedisCluster) -> Self {
+        self.redis_url = cluster.url();
+        self.redis_ca = None;
+        self
+    }
+
+    /// A fresh context on the shared Postgres and the shared Redis Cluster.
+    pub async fn new_on_cluster() -> Self {
+        shared().cluster_context().await
+    }
+
     /// The same context, pointed at `redis` (a server the test controls)
     /// instead of the shared one.
     pub fn with_redis(mut self, redis: &RedisServer) -> Self {
