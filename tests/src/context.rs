@@ -227,6 +227,17 @@ impl TestContext {
             .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.redis_url))
     }
 
+    /// A command connection to the test's Redis, one node or a cluster
+    /// (`REDIS_URL` with several seeds): for reads that must work on both.
+    /// Panics on failure.
+    pub async fn redis_commands(&self) -> realtime_shared::redis_target::RedisConn {
+        realtime_shared::redis_target::RedisTarget::parse(&self.redis_url, self.redis_ca.as_deref())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .command_connection(Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.redis_url))
+    }
+
     /// [`redis`](Self::redis) without the panic.
     pub async fn try_redis(&self) -> redis::RedisResult<MultiplexedConnection> {
         realtime_shared::redis_conn::redis_client(&self.redis_url, self.redis_ca.as_deref())

@@ -244,11 +244,11 @@ type StreamEntry = (String, Vec<(String, Vec<u8>)>);
 
 /// Every entry of an organization's history (`None`: the broadcast history).
 pub async fn history(ctx: &TestContext, org: Option<&str>) -> Vec<Entry> {
-    let mut redis = ctx.redis().await;
+    let mut redis = ctx.redis_commands().await;
     history_on(&mut redis, &history_key(ctx, org)).await
 }
 
-pub async fn history_on(redis: &mut redis::aio::MultiplexedConnection, key: &str) -> Vec<Entry> {
+pub async fn history_on(redis: &mut impl redis::aio::ConnectionLike, key: &str) -> Vec<Entry> {
     let raw: Vec<StreamEntry> = redis::cmd("XRANGE")
         .arg(key)
         .arg("-")
@@ -288,7 +288,7 @@ pub async fn wait_for_history(
 /// Waits until `n` events were ever appended to an organization's history
 /// (`entries-added`, which counts trimmed entries too).
 pub async fn wait_until_published(ctx: &TestContext, org: &str, n: u64) {
-    let conn = ctx.redis().await;
+    let conn = ctx.redis_commands().await;
     let key = history_key(ctx, Some(org));
     wait_until(
         &format!("{n} events published to {org}"),
