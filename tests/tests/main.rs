@@ -42,5 +42,6 @@ mod least_privilege;
 mod local_cluster;
 mod ops_metrics;
 mod postgres_tls;
+mod redis_cluster;
 mod redis_tls;
 mod tracing_otlp;

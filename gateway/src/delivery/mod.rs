@@ -8,7 +8,9 @@
 //!   streams, each message parsed and encoded once and queued to the
 //!   organization's feed on a fan-out shard (one per runtime worker: an
 //!   organization's order is kept, different organizations are written in
-//!   parallel).
+//!   parallel). On a Redis Cluster its subscriber is `hub/sharded.rs`:
+//!   `SSUBSCRIBE` on the shard owning each channel's slot, resubscribing
+//!   and resyncing when a slot moves or a node drops.
 //! - [`OrgFeed`] (`feed.rs`): one organization's live feed: a bounded
 //!   `broadcast` channel the streams' tasks receive from, and the parked
 //!   streams it writes to itself. A stream that falls more than the
