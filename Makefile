@@ -7,7 +7,7 @@
 CARGO ?= cargo
 PYTHON ?= python3
 
-.PHONY: all build test test-deploy test-js lint fmt up down logs bench-ingest bench-fanout soak
+.PHONY: all build test test-deploy test-js lint fmt up down logs bench-ingest bench-ingest-memory bench-fanout soak
 
 all: build
 
@@ -76,6 +76,14 @@ logs:
 bench-ingest:
 	$(CARGO) build --release -p realtime-ingestor
 	$(CARGO) run --release -p realtime-tests --bin bench_ingest
+
+## bench-ingest-memory: the ingestor's peak RSS through a 1,000,000-row
+## transaction (2,000 organizations; then one organization, coalesced) and
+## through 100 MB TOASTed values (tests/src/bin/bench_ingest_memory.rs),
+## release build. BENCH_MEMORY_ROWS, BENCH_MEMORY_TOAST_MB tune it.
+bench-ingest-memory:
+	$(CARGO) build --release -p realtime-ingestor
+	$(CARGO) run --release -p realtime-tests --bin bench_ingest_memory
 
 ## bench-fanout: one gateway replica with 1,000 then 9,000 SSE clients over
 ## 100 organizations: RSS per idle connection, deliveries/s and

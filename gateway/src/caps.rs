@@ -2,14 +2,27 @@
 //! across every replica in Redis (ARCHITECTURE.md §3, §4).
 //!
 //! Each open stream holds a lease: its connection id in two sorted sets,
-//! `rt:{caps}:user:<user>` and `rt:{caps}:org:<org>`, scored with the lease's
+//! `rt:{caps:user:<user>}` and `rt:{caps:org:<org>}`, scored with the lease's
 //! expiry in Redis server time (one clock for every replica). A replica
 //! renews the leases of its streams every third of a lease period and removes
 //! them when the streams end; the leases of a replica that died (kill -9)
-//! expire within one period and stop counting. Acquiring is one script:
-//! drop the expired members, compare the counts with the caps, add, so two
-//! replicas admitting at once cannot both take the last place. All keys share
-//! the `{caps}` hash tag, so the scripts also run on a Redis Cluster.
+//! expire within one period and stop counting.
+//!
+//! Acquiring on one node is one script over both sets: drop the expired
+//! members, compare the counts with the caps, add, so two replicas admitting
+//! at once cannot both take the last place.
+//!
+//! On a Redis Cluster each set has its own hash tag (no single slot holds
+//! every cap), so the two sets are in different slots and no script may
+//! touch both. Acquiring is then one script per set, sent together: each
+//! drops its expired members, compares its own count with its cap and adds,
+//! atomically on its shard, so **neither set ever holds more live leases
+//! than its cap**, which is the guarantee. When one set refuses, the lease
+//! the other one added is removed again. Until that removal (one round
+//! trip) the refused stream holds a place it does not use: a concurrent
+//! request can then be refused a place that is about to free up (a 429 with
+//! `Retry-After`, which clients retry), never admitted beyond a cap.
+//! Renewal and the `DELETE` ownership check likewise go one set at a time.
 //!
 //! The user's set doubles as the ownership record `PUT`/`DELETE` check: a
 //! connection id is the caller's when it holds a live lease in their set,
@@ -19,9 +32,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use realtime_shared::keys::Keys;
+use realtime_shared::redis_target::RedisConn;
 use redis::Script;
-use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
 use crate::registry::Registry;
@@ -85,6 +99,49 @@ end
 return 0
 ";
 
+/// Redis Cluster: one set. KEYS[1] = the set; ARGV: id, cap, lease ms.
+/// 0 = added, 1 = full.
+const ACQUIRE_ONE: &str = r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 1 end
+local lease = tonumber(ARGV[3])
+redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], lease * 2)
+return 0
+";
+
+/// Redis Cluster: one set. KEYS[1] = the set; ARGV: lease ms, then ids.
+const RENEW_ONE: &str = r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local lease = tonumber(ARGV[1])
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], now + lease, ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], lease * 2)
+return 0
+";
+
+/// Redis Cluster: the live members of KEYS[1].
+const LIVE: &str = r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+";
+
+/// Redis Cluster: whether any of ARGV is a live member of KEYS[1].
+const ANY_LIVE: &str = r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+for _, id in ipairs(ARGV) do
+  local score = redis.call('ZSCORE', KEYS[1], id)
+  if score and tonumber(score) > now then return 1 end
+end
+return 0
+";
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CapError {
     #[error("too many open streams for this user")]
@@ -100,11 +157,15 @@ struct Scripts {
     renew: Script,
     owns: Script,
     has_stream_in: Script,
+    acquire_one: Script,
+    renew_one: Script,
+    live: Script,
+    any_live: Script,
 }
 
 #[derive(Clone)]
 pub(crate) struct Caps {
-    redis: ConnectionManager,
+    redis: RedisConn,
     keys: Keys,
     per_user: u32,
     per_org: u32,
@@ -114,7 +175,7 @@ pub(crate) struct Caps {
 
 impl Caps {
     pub(crate) fn new(
-        redis: ConnectionManager,
+        redis: RedisConn,
         keys: Keys,
         per_user: u32,
         per_org: u32,
@@ -131,16 +192,20 @@ impl Caps {
                 renew: Script::new(RENEW),
                 owns: Script::new(OWNS),
                 has_stream_in: Script::new(HAS_STREAM_IN),
+                acquire_one: Script::new(ACQUIRE_ONE),
+                renew_one: Script::new(RENEW_ONE),
+                live: Script::new(LIVE),
+                any_live: Script::new(ANY_LIVE),
             }),
         }
     }
 
     fn user_key(&self, user: &str) -> String {
-        self.keys.caps(&format!("user:{user}"))
+        self.keys.caps_user(user)
     }
 
     fn org_key(&self, org: &str) -> String {
-        self.keys.caps(&format!("org:{org}"))
+        self.keys.caps_org(org)
     }
 
     /// `Retry-After` for a cap: places free up as streams end, and at the
@@ -155,6 +220,9 @@ impl Caps {
 
     /// Takes a lease for a new stream, or says which cap is reached.
     pub(crate) async fn acquire(&self, id: &str, user: &str, org: &str) -> Result<(), CapError> {
+        if self.redis.is_cluster() {
+            return self.acquire_per_set(id, user, org).await;
+        }
         let mut redis = self.redis.clone();
         let verdict: i64 = self
             .scripts
@@ -174,6 +242,44 @@ impl Caps {
         }
     }
 
+    /// [`Self::acquire`] on a Redis Cluster: one script per set (see the
+    /// module docs for why the caps still hold).
+    async fn acquire_per_set(&self, id: &str, user: &str, org: &str) -> Result<(), CapError> {
+        let take = |key: String, cap: u32| {
+            let mut redis = self.redis.clone();
+            let mut invocation = self.scripts.acquire_one.key(key);
+            invocation.arg(id).arg(cap).arg(self.lease_ms());
+            async move { invocation.invoke_async::<i64>(&mut redis).await }
+        };
+        let (user_key, org_key) = (self.user_key(user), self.org_key(org));
+        let (by_user, by_org) = tokio::join!(
+            take(user_key.clone(), self.per_user),
+            take(org_key.clone(), self.per_org)
+        );
+        let refused = match (&by_user, &by_org) {
+            (Ok(0), Ok(0)) => return Ok(()),
+            (Ok(1), _) => CapError::User,
+            (_, Ok(1)) => CapError::Organization,
+            _ => match (by_user, by_org) {
+                (Err(e), _) | (_, Err(e)) => CapError::Redis(e),
+                _ => CapError::Organization,
+            },
+        };
+        // Give back what one set granted (best effort: it expires anyway).
+        let mut redis = self.redis.clone();
+        for key in [user_key, org_key] {
+            if let Err(e) = redis::cmd("ZREM")
+                .arg(&key)
+                .arg(id)
+                .query_async::<i64>(&mut redis)
+                .await
+            {
+                tracing::debug!(error = %e, "returning a half-taken lease failed; it will expire");
+            }
+        }
+        Err(refused)
+    }
+
     /// Gives a lease back (best effort: an unreleased lease expires). Safe
     /// to call from a drop while the runtime shuts down: without one, the
     /// lease is left to expire.
@@ -184,13 +290,18 @@ impl Caps {
         let mut redis = self.redis.clone();
         let (user_key, org_key) = (self.user_key(&user), self.org_key(&org));
         runtime.spawn(async move {
-            let result: redis::RedisResult<()> = redis::pipe()
-                .zrem(user_key, &*id)
-                .ignore()
-                .zrem(org_key, &*id)
-                .ignore()
-                .query_async(&mut redis)
-                .await;
+            // Two commands, not one pipeline: on a Redis Cluster the sets
+            // live in different slots.
+            let mut other = redis.clone();
+            let mut by_user = redis::cmd("ZREM");
+            by_user.arg(&user_key).arg(&*id);
+            let mut by_org = redis::cmd("ZREM");
+            by_org.arg(&org_key).arg(&*id);
+            let (a, b) = tokio::join!(
+                by_user.query_async::<i64>(&mut redis),
+                by_org.query_async::<i64>(&mut other)
+            );
+            let result = a.and(b);
             if let Err(e) = result {
                 tracing::debug!(error = %e, "lease release failed; it will expire");
             }
@@ -217,6 +328,23 @@ impl Caps {
         user: &str,
         org: &str,
     ) -> Result<bool, redis::RedisError> {
+        if self.redis.is_cluster() {
+            let mut redis = self.redis.clone();
+            let live: Vec<String> = self
+                .scripts
+                .live
+                .key(self.user_key(user))
+                .invoke_async(&mut redis)
+                .await?;
+            if live.is_empty() {
+                return Ok(false);
+            }
+            let mut invocation = self.scripts.any_live.key(self.org_key(org));
+            for id in &live {
+                invocation.arg(id);
+            }
+            return Ok(invocation.invoke_async::<i64>(&mut redis).await? == 1);
+        }
         let mut redis = self.redis.clone();
         let found: i64 = self
             .scripts
@@ -240,6 +368,10 @@ impl Caps {
                 _ = tick.tick() => {}
             }
             let handles = registry.all();
+            if self.redis.is_cluster() {
+                self.renew_per_set(&handles).await;
+                continue;
+            }
             for batch in handles.chunks(RENEW_BATCH) {
                 let mut invocation = self.scripts.renew.prepare_invoke();
                 invocation.arg(self.lease_ms());
@@ -254,6 +386,35 @@ impl Caps {
                     tracing::warn!(error = %e, "lease renewal failed; retrying next period");
                     break;
                 }
+            }
+        }
+    }
+
+    /// Renewal on a Redis Cluster: one script per set (user or
+    /// organization) with all of this replica's leases in it, sent
+    /// together.
+    async fn renew_per_set(&self, handles: &[Arc<crate::registry::Handle>]) {
+        let mut sets: std::collections::HashMap<String, Vec<&str>> =
+            std::collections::HashMap::new();
+        for h in handles {
+            sets.entry(self.user_key(&h.user)).or_default().push(&h.id);
+            sets.entry(self.org_key(&h.org)).or_default().push(&h.id);
+        }
+        let sets: Vec<(String, Vec<&str>)> = sets.into_iter().collect();
+        for chunk in sets.chunks(RENEW_BATCH) {
+            let results = join_all(chunk.iter().map(|(key, ids)| {
+                let mut invocation = self.scripts.renew_one.key(key);
+                invocation.arg(self.lease_ms());
+                for id in ids {
+                    invocation.arg(*id);
+                }
+                let mut redis = self.redis.clone();
+                async move { invocation.invoke_async::<i64>(&mut redis).await }
+            }))
+            .await;
+            if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+                tracing::warn!(error = %e, "lease renewal failed; retrying next period");
+                return;
             }
         }
     }

@@ -82,7 +82,7 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// Redis URL: history streams and live channels. redis:// or rediss:// (TLS), with an ACL user as rediss://user:password@host:port.
+    /// Redis URL: history streams and live channels. redis:// or rediss:// (TLS), with an ACL user as rediss://user:password@host:port; several comma-separated seed URLs mean a Redis Cluster.
     #[arg(
         long = "redis-url",
         env = "REDIS_URL",

@@ -1,14 +1,15 @@
 //! `PUT`/`DELETE /api/realtime/stream` acting on a stream whichever replica
 //! holds it (ARCHITECTURE.md §3, §4): applied at once when the stream is local, and
 //! published on `rt:{control}` otherwise, where every replica's hub hears
-//! it and applies it to its own streams.
+//! it and applies it to its own streams (`SPUBLISH` on a Redis Cluster, where
+//! every hub `SSUBSCRIBE`s the channel on the shard that owns it).
 //!
 //! Every message names the user, and a replica applies it only to a stream
 //! of that user: a forged or stale connection id never reaches someone
 //! else's stream. Ownership is checked before publishing (the caps leases,
 //! see [`crate::caps`]), so the endpoints answer 404 for someone else's id.
 
-use redis::aio::ConnectionManager;
+use realtime_shared::redis_target::RedisConn;
 use serde::{Deserialize, Serialize};
 
 use crate::channels::ChannelFilter;
@@ -40,13 +41,13 @@ pub(crate) enum Command {
 
 #[derive(Clone)]
 pub(crate) struct Control {
-    redis: ConnectionManager,
+    redis: RedisConn,
     channel: String,
     registry: Registry,
 }
 
 impl Control {
-    pub(crate) fn new(redis: ConnectionManager, channel: String, registry: Registry) -> Self {
+    pub(crate) fn new(redis: RedisConn, channel: String, registry: Registry) -> Self {
         Control {
             redis,
             channel,
@@ -64,7 +65,12 @@ impl Control {
         // skipped as malformed by the replicas, never misapplied.
         let payload = serde_json::to_vec(&command).unwrap_or_default();
         let mut redis = self.redis.clone();
-        redis::cmd("PUBLISH")
+        let publish = if redis.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        redis::cmd(publish)
             .arg(&self.channel)
             .arg(payload)
             .query_async::<i64>(&mut redis)

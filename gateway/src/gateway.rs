@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use realtime_shared::admin::{AdminServer, Readiness};
 use realtime_shared::keys::Keys;
-use realtime_shared::redis_conn::{
-    RedisConfigError, RedisConnectError, explain_connect_error, redis_client,
-};
+use realtime_shared::redis_conn::{RedisConfigError, RedisConnectError, explain_connect_error};
+use realtime_shared::redis_target::{RedisConn, RedisTarget};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -77,11 +76,11 @@ pub struct Gateway {
     readiness: Readiness,
     membership: Arc<Membership>,
     verifier: Verifier,
-    /// The one Redis client (TLS, CA, ACL user): the hub's pub/sub
+    /// One node or a cluster (TLS, CA, ACL user): the hub's pub/sub
     /// connections are opened from it.
-    redis_client: redis::Client,
+    redis_target: RedisTarget,
     /// Commands: caps, control, history, publishing.
-    redis: redis::aio::ConnectionManager,
+    redis: RedisConn,
     client_ip: ClientIp,
 }
 
@@ -108,7 +107,7 @@ impl Gateway {
                 .map_err(StartError::TrustedProxies)?,
         );
         // Settings first: a bad URL or CA file is reported before any connection.
-        let client = redis_client(&config.redis_url, config.redis_ca.as_deref())?;
+        let target = RedisTarget::parse(&config.redis_url, config.redis_ca.as_deref())?;
         let membership = Membership::new(
             &config.database_url,
             config.membership_query.clone(),
@@ -121,14 +120,11 @@ impl Gateway {
         // serves a membership decided by an unchecked query.
         membership.ping().await?;
         membership.validate_query().await?;
-        // A connection manager reconnects by itself after a Redis restart.
-        let redis_config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.io_timeout))
-            .set_response_timeout(Some(config.io_timeout))
-            .set_number_of_retries(2);
+        // A connection manager (or a cluster connection) reconnects by
+        // itself after a Redis restart or a failover.
         let ca = config.redis_ca.as_deref();
-        let mut redis = client
-            .get_connection_manager_with_config(redis_config)
+        let mut redis = target
+            .command_connection(config.io_timeout)
             .await
             .map_err(|e| explain_connect_error(e, ca))?;
         // Connecting authenticates only when the URL names a user or
@@ -166,7 +162,7 @@ impl Gateway {
             readiness,
             membership: Arc::new(membership),
             verifier,
-            redis_client: client,
+            redis_target: target,
             redis,
             client_ip,
         })
@@ -202,7 +198,7 @@ impl Gateway {
         let membership = self.membership.clone();
         let control_hook = control.clone();
         let hub = Hub::start(
-            self.redis_client.clone(),
+            self.redis_target.clone(),
             keys.clone(),
             self.config.client_buffer as usize,
             {
@@ -383,7 +379,7 @@ async fn drain(registry: &Registry, within: Duration) {
 async fn watch_readiness(
     readiness: Readiness,
     membership: Arc<Membership>,
-    mut redis: redis::aio::ConnectionManager,
+    mut redis: RedisConn,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -396,7 +392,7 @@ async fn watch_readiness(
             }
             _ = tick.tick() => {
                 // Any error is "not ready", the safe reading.
-                let redis_ok = redis::cmd("PING").query_async::<String>(&mut redis).await.is_ok();
+                let redis_ok = redis.ping().await.is_ok();
                 let pg = membership.ping().await;
                 let pg_ok = pg.is_ok();
                 if pg_ok != pg_was_ok {

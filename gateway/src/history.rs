@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use realtime_shared::event::{EventId, Scope};
 use realtime_shared::keys::Keys;
-use redis::aio::ConnectionManager;
+use realtime_shared::redis_target::RedisConn;
 
 use crate::frame::Frame;
 use crate::shared_reads::SharedReads;
@@ -25,7 +25,7 @@ type RawEntry = (String, Vec<(String, Vec<u8>)>);
 #[derive(Clone)]
 pub(crate) struct History {
     /// Reconnects by itself after a Redis restart.
-    conn: ConnectionManager,
+    conn: RedisConn,
     keys: Keys,
     /// Pages being read, by (organization, after).
     pages: Arc<SharedReads<(Arc<str>, Option<EventId>), redis::RedisResult<Arc<Page>>>>,
@@ -44,7 +44,7 @@ pub(crate) struct Page {
 }
 
 impl History {
-    pub(crate) fn new(conn: ConnectionManager, keys: Keys) -> Self {
+    pub(crate) fn new(conn: RedisConn, keys: Keys) -> Self {
         Self {
             conn,
             keys,
@@ -77,22 +77,15 @@ impl History {
             Some(id) => format!("({id}"),
             None => "-".to_owned(),
         };
-        let mut conn = self.conn.clone();
-        let (a, b): (Vec<RawEntry>, Vec<RawEntry>) = redis::pipe()
-            .cmd("XRANGE")
-            .arg(&org_key)
-            .arg(&start)
-            .arg("+")
-            .arg("COUNT")
-            .arg(PAGE)
-            .cmd("XRANGE")
-            .arg(&all_key)
-            .arg(&start)
-            .arg("+")
-            .arg("COUNT")
-            .arg(PAGE)
-            .query_async(&mut conn)
-            .await?;
+        // Two commands sent together, not one pipeline: on a Redis Cluster
+        // the two streams live in different slots.
+        let read = |key: &str| {
+            let mut conn = self.conn.clone();
+            let mut cmd = redis::cmd("XRANGE");
+            cmd.arg(key).arg(&start).arg("+").arg("COUNT").arg(PAGE);
+            async move { cmd.query_async::<Vec<RawEntry>>(&mut conn).await }
+        };
+        let (a, b) = futures_util::future::try_join(read(&org_key), read(&all_key)).await?;
         let more = a.len() == PAGE || b.len() == PAGE;
         // When one stream filled its page, entries of the other beyond the
         // last id of the full one must wait for the next page (they may be
@@ -266,22 +259,14 @@ impl History {
     pub(crate) async fn newest(&self, org: &str) -> redis::RedisResult<Option<EventId>> {
         let org_key = self.keys.history(&Scope::Organization(org.to_owned()));
         let all_key = self.keys.history(&Scope::Broadcast);
-        let mut conn = self.conn.clone();
-        let (a, b): (Vec<RawEntry>, Vec<RawEntry>) = redis::pipe()
-            .cmd("XREVRANGE")
-            .arg(&org_key)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .cmd("XREVRANGE")
-            .arg(&all_key)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut conn)
-            .await?;
+        // Two commands, not one pipeline: see `page`.
+        let read = |key: &str| {
+            let mut conn = self.conn.clone();
+            let mut cmd = redis::cmd("XREVRANGE");
+            cmd.arg(key).arg("+").arg("-").arg("COUNT").arg(1);
+            async move { cmd.query_async::<Vec<RawEntry>>(&mut conn).await }
+        };
+        let (a, b) = futures_util::future::try_join(read(&org_key), read(&all_key)).await?;
         Ok(a.iter()
             .chain(b.iter())
             .filter_map(|(id, _)| id.parse::<EventId>().ok())

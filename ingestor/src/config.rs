@@ -25,7 +25,7 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// Redis URL: redis:// or rediss:// (TLS), with an ACL user as rediss://user:password@host:port.
+    /// Redis URL: redis:// or rediss:// (TLS), with an ACL user as rediss://user:password@host:port; several comma-separated seed URLs mean a Redis Cluster.
     #[arg(
         long = "redis-url",
         env = "REDIS_URL",
@@ -100,6 +100,14 @@ pub struct Config {
     /// Largest number of events sent to Redis in one pipeline.
     #[arg(long = "realtime-publish-batch", env = "REALTIME_PUBLISH_BATCH", value_name = "REALTIME_PUBLISH_BATCH", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub publish_batch: u64,
+
+    /// Past this many events of one organization and one table in one transaction, they are replaced by one data.sync {entityType, operation: "bulk", count} (membership and user-addressed notification events never are). 0: never.
+    #[arg(long = "realtime-bulk-threshold", env = "REALTIME_BULK_THRESHOLD", value_name = "REALTIME_BULK_THRESHOLD", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub bulk_threshold: u64,
+
+    /// Largest event (its Redis envelope, in bytes): a larger one loses its row values (`changes`, `data`) for "truncated": true, so clients refetch that entity.
+    #[arg(long = "realtime-max-event-bytes", env = "REALTIME_MAX_EVENT_BYTES", value_name = "REALTIME_MAX_EVENT_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1_024..=64 * 1024 * 1024))]
+    pub max_event_bytes: u64,
 }
 
 /// A Postgres identifier we interpolate into replication commands: lower-case

@@ -27,6 +27,7 @@
 
 mod change;
 mod config;
+mod event_size;
 mod heartbeat;
 mod identity;
 mod metrics;
@@ -52,7 +53,8 @@ use pgwire_replication::{ReplicationClient, ReplicationConfig};
 use rand::Rng;
 use realtime_shared::admin::{AdminServer, Readiness};
 use realtime_shared::keys::Keys;
-use realtime_shared::redis_conn::{RedisConfigError, redis_client};
+use realtime_shared::redis_conn::RedisConfigError;
+use realtime_shared::redis_target::RedisTarget;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::config::Config;
@@ -103,7 +105,7 @@ pub struct Ingestor {
     replication: ReplicationConfig,
     /// Built once from REDIS_URL and REALTIME_REDIS_CA; every (re)connection
     /// of the publisher goes through it.
-    redis: redis::Client,
+    redis: RedisTarget,
     publisher: Option<Publisher>,
     /// Taken by `run_until_stopped`, which serves it.
     admin: Option<AdminServer>,
@@ -119,7 +121,7 @@ impl Ingestor {
             Some(path) => Routes::load(path)?,
             None => Routes::oikion_default(),
         };
-        let redis = redis_client(&config.redis_url, config.redis_ca.as_deref())?;
+        let redis = RedisTarget::parse(&config.redis_url, config.redis_ca.as_deref())?;
         let replication = replication::config_from_url(
             &config.database_url,
             &config.slot,
@@ -285,7 +287,11 @@ impl Ingestor {
             &self.router,
             &self.identity,
             parents,
-            self.config.publish_batch as usize,
+            session::Limits {
+                max_batch: self.config.publish_batch as usize,
+                bulk_threshold: self.config.bulk_threshold,
+                max_event_bytes: self.config.max_event_bytes as usize,
+            },
             record,
         )
         .run(token)

@@ -26,9 +26,19 @@ pub(crate) const UNKNOWN_MEMBER_LEAVES: &str = "realtime_ingestor_unknown_member
 /// `{"reason":"slot_lost"}` to every organization (see [`crate::slot`]).
 pub(crate) const SLOT_RECREATED: &str = "realtime_ingestor_slot_recreated_total";
 
+/// Events left out of a bulk change: a `data.sync` bulk stands for them
+/// (see `session::bulk`).
+pub(crate) const EVENTS_COALESCED: &str = "realtime_ingestor_events_coalesced_total";
+/// Bulk `data.sync` events published, one per organization and table past
+/// `REALTIME_BULK_THRESHOLD` in a transaction.
+pub(crate) const BULK_SYNCS: &str = "realtime_ingestor_bulk_syncs_total";
+/// Events published without their row values (`"truncated": true`) because
+/// they were larger than `REALTIME_MAX_EVENT_BYTES`.
+pub(crate) const EVENTS_TRUNCATED: &str = "realtime_ingestor_events_truncated_total";
+
 /// The reasons of [`SKIPPED`], every one `session.rs` counts: exported at 0
 /// from start-up.
-pub(crate) const SKIP_REASONS: [&str; 7] = [
+pub(crate) const SKIP_REASONS: [&str; 8] = [
     "decode",
     "replica_identity",
     "route",
@@ -36,6 +46,7 @@ pub(crate) const SKIP_REASONS: [&str; 7] = [
     "no_transaction",
     "parent",
     "actor",
+    "size",
 ];
 
 /// Registers descriptions, and exports every series the dashboard and the
@@ -83,6 +94,21 @@ pub(crate) fn describe() {
         SLOT_RECREATED,
         "Replication slots found lost (missing, invalidated or on another cluster) and recreated; each sent data.sync slot_lost to every organization."
     );
+    describe_counter!(
+        EVENTS_COALESCED,
+        "Events left out of a bulk change (more than REALTIME_BULK_THRESHOLD of one organization and table in one transaction): a data.sync bulk stands for them."
+    );
+    describe_counter!(
+        BULK_SYNCS,
+        "data.sync bulk events published, one per organization and table past REALTIME_BULK_THRESHOLD in a transaction."
+    );
+    describe_counter!(
+        EVENTS_TRUNCATED,
+        "Events published without their row values (\"truncated\": true) because they were larger than REALTIME_MAX_EVENT_BYTES."
+    );
+    metrics::counter!(EVENTS_COALESCED).increment(0);
+    metrics::counter!(BULK_SYNCS).increment(0);
+    metrics::counter!(EVENTS_TRUNCATED).increment(0);
     metrics::counter!(SLOT_RECREATED).increment(0);
     metrics::counter!(UNKNOWN_MEMBER_LEAVES).increment(0);
     metrics::counter!(DUPLICATES_SKIPPED).increment(0);

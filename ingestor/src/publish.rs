@@ -8,25 +8,51 @@
 //! a change re-sent by Postgres after a crash is skipped, never delivered twice.
 //! It returns 1 when the id was new.
 //!
-//! Publishing goes through one multiplexed connection and one pipeline per
-//! batch: Redis executes a connection's commands in order, so events keep
-//! their commit order in every stream and channel.
+//! On one node, publishing goes through one multiplexed connection and one
+//! pipeline per batch: Redis executes a connection's commands in order, so
+//! events keep their commit order in every stream and channel. Consecutive
+//! events of the batch for the same stream go in one call of
+//! `realtime_publish_many`, the same steps in a loop: one function call per
+//! run instead of one per event, so a drain pays the call's own cost
+//! (command dispatch, the KEYS/ARGV tables) once per run.
+//!
+//! On a Redis Cluster (ARCHITECTURE.md §4, *Redis Cluster*) the function
+//! `SPUBLISH`es (sharded pub/sub: the message stays on the shard that owns
+//! the organization's slot), and a batch is one pipeline per scope (a
+//! pipeline must stay in one slot), sent concurrently: each scope's events
+//! keep their order, which is all a stream and its channel need. A
+//! broadcast-scope event is published on its own, after every event before
+//! it was accepted and before any event after it is sent, so the broadcast
+//! shard never runs behind the organizations' shards by more than one
+//! event. The library is loaded on every primary; a primary that lacks it
+//! (a new node that took slots over) answers "Function not found", and the
+//! library is loaded again and the failed scopes retried once. Each scope's
+//! pipeline ends with `WAIT 1`: the batch is acknowledged to Postgres once
+//! the shard's replica holds it too (or after [`REPLICA_WAIT`], with a
+//! warning, when the shard has no replica keeping up: a missing replica slows
+//! publishing down, it does not stop it), so a failover does not lose events
+//! Postgres was told are safe.
 
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
+use futures_util::future::join_all;
+use redis::Value;
 
 use realtime_shared::event::{EventId, Scope};
 use realtime_shared::keys::Keys;
 use realtime_shared::redis_conn::{RedisConnectError, explain_connect_error};
+use realtime_shared::redis_target::{RedisConn, RedisTarget};
 
 /// The function library, loaded with `FUNCTION LOAD REPLACE` on every
-/// (re)connection, so a Redis that restarted empty gets it back.
+/// (re)connection (on every primary of a cluster), so a Redis that
+/// restarted empty gets it back.
 ///
 /// KEYS[1] = history stream, KEYS[2] = live channel (same hash slot);
 /// ARGV[1] = event id, ARGV[2] = envelope bytes, ARGV[3] = history length cap.
+/// `realtime_publish` PUBLISHes (one node), `realtime_publish_sharded`
+/// SPUBLISHes (Redis Cluster).
 pub const FUNCTION_LIBRARY: &str = r#"#!lua name=realtime_v1
-local function publish(keys, args)
+local function append(keys, args)
   local ok, err = pcall(redis.call, 'XADD', keys[1], 'MAXLEN', '~', args[3], args[1], 'e', args[2])
   if not ok then
     local msg = type(err) == 'table' and err.err or tostring(err)
@@ -35,14 +61,56 @@ local function publish(keys, args)
     end
     return redis.error_reply(msg)
   end
+  return nil
+end
+local function publish(keys, args)
+  local held = append(keys, args)
+  if held ~= nil then return held end
   redis.call('PUBLISH', keys[2], args[2])
   return 1
 end
+local function publish_sharded(keys, args)
+  local held = append(keys, args)
+  if held ~= nil then return held end
+  redis.call('SPUBLISH', keys[2], args[2])
+  return 1
+end
 redis.register_function('realtime_publish', publish)
+
+-- KEYS as above; ARGV[1] = history length cap, then id, bytes pairs.
+-- Returns one 1 (new) or 0 (already held) per event, in order.
+local function publish_many(keys, args)
+  local out = {}
+  for i = 2, #args, 2 do
+    local ok, err = pcall(redis.call, 'XADD', keys[1], 'MAXLEN', '~', args[1], args[i], 'e', args[i + 1])
+    if ok then
+      redis.call('PUBLISH', keys[2], args[i + 1])
+      out[#out + 1] = 1
+    else
+      local msg = type(err) == 'table' and err.err or tostring(err)
+      if not string.find(msg, 'equal or smaller', 1, true) then
+        return redis.error_reply(msg)
+      end
+      out[#out + 1] = 0
+    end
+  end
+  return out
+end
+redis.register_function('realtime_publish_many', publish_many)
+redis.register_function('realtime_publish_sharded', publish_sharded)
 "#;
 
-/// The function's name, for `FCALL`.
+/// How long a cluster publish waits for the shard's replica (`WAIT 1`).
+pub const REPLICA_WAIT: Duration = Duration::from_millis(200);
+
+/// The function's name, for `FCALL` on one node.
 pub const FUNCTION_NAME: &str = "realtime_publish";
+
+/// The function publishing a run of events to one stream, for `FCALL`.
+pub const FUNCTION_MANY: &str = "realtime_publish_many";
+
+/// The function's name, for `FCALL` on a Redis Cluster.
+pub const SHARDED_FUNCTION_NAME: &str = "realtime_publish_sharded";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -62,6 +130,8 @@ pub enum PublishError {
     },
     #[error("Redis answered a publish batch of {sent} with {got} replies")]
     ShortReply { sent: usize, got: usize },
+    #[error("Redis answered a publish call with something other than a count or a list of them")]
+    BadReply,
     #[error("Redis did not answer within {0:?}")]
     Timeout(Duration),
 }
@@ -76,36 +146,29 @@ pub struct Outgoing {
 
 /// A Redis connection with the publish function loaded.
 pub struct Publisher {
-    conn: MultiplexedConnection,
+    conn: RedisConn,
     keys: Keys,
     history_len: usize,
     timeout: Duration,
 }
 
 impl Publisher {
-    /// Connects through `client` (built by
-    /// [`redis_client`](realtime_shared::redis_conn::redis_client), so TLS and the ACL
-    /// user apply), checks the server answers, and loads the function
-    /// library. `ca` is the configured CA bundle, only to word errors.
+    /// Connects through `target` (built by
+    /// [`RedisTarget::parse`], so TLS and the ACL user apply), checks the
+    /// server answers, and loads the function library (on every primary of
+    /// a cluster). `ca` is the configured CA bundle, only to word errors.
     pub async fn connect(
-        client: &redis::Client,
+        target: &RedisTarget,
         ca: Option<&std::path::Path>,
         keys: Keys,
         history_len: usize,
         timeout: Duration,
     ) -> Result<Self, PublishError> {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
-        let mut conn = client
-            .get_multiplexed_async_connection_with_config(&config)
+        let mut conn = target
+            .publishing_connection(timeout)
             .await
             .map_err(|e| PublishError::Connect(explain_connect_error(e, ca)))?;
-        redis::cmd("FUNCTION")
-            .arg("LOAD")
-            .arg("REPLACE")
-            .arg(FUNCTION_LIBRARY)
-            .query_async::<String>(&mut conn)
+        load_library(&mut conn)
             .await
             // NOAUTH/NOPERM here means the credentials, not the function.
             .map_err(|e| match explain_connect_error(e, ca) {
@@ -139,24 +202,111 @@ impl Publisher {
             .map_err(|source| PublishError::Command { what, source })
     }
 
-    /// Publishes `batch` in one pipeline, in order. Returns, per event,
-    /// whether it was new (`true`) or already in its history (`false`).
+    /// Every key matching `pattern` of Redis type `kind`: `SCAN` on the one
+    /// node, or on every primary of a cluster.
+    pub async fn scan_keys(
+        &mut self,
+        what: &'static str,
+        pattern: &str,
+        kind: &str,
+    ) -> Result<Vec<String>, PublishError> {
+        self.conn
+            .scan_keys(pattern, kind)
+            .await
+            .map_err(|source| PublishError::Command { what, source })
+    }
+
+    /// Publishes `batch`, in order per scope. Returns, per event, whether it
+    /// was new (`true`) or already in its history (`false`).
     ///
-    /// On `Err` some prefix of the batch may have been applied; the caller
-    /// re-sends from its last acknowledged position and the history refuses
-    /// what it already holds.
+    /// On `Err` some prefix of the batch may have been applied (on a
+    /// cluster: some prefix of each scope's events); the caller re-sends
+    /// from its last acknowledged position and the histories refuse what
+    /// they already hold.
     pub async fn publish(&mut self, batch: &[Outgoing]) -> Result<Vec<bool>, PublishError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        if self.conn.is_cluster() {
+            return tokio::time::timeout(self.timeout, self.publish_sharded(batch))
+                .await
+                .map_err(|_| PublishError::Timeout(self.timeout))?;
+        }
         let mut pipe = redis::pipe();
         let mut id = String::with_capacity(48);
-        for out in batch {
+        let mut runs = 0;
+        for run in batch.chunk_by(|a, b| a.scope == b.scope) {
             use std::fmt::Write;
+            runs += 1;
+            let scope = &run[0].scope;
+            let (history, channel) = (self.keys.history(scope), self.keys.channel(scope));
+            if let [out] = run {
+                id.clear();
+                let _ = write!(id, "{}", out.id);
+                pipe.cmd("FCALL")
+                    .arg(FUNCTION_NAME)
+                    .arg(2)
+                    .arg(history)
+                    .arg(channel)
+                    .arg(id.as_str())
+                    .arg(out.bytes.as_slice())
+                    .arg(self.history_len);
+                continue;
+            }
+            let cmd = pipe
+                .cmd("FCALL")
+                .arg(FUNCTION_MANY)
+                .arg(2)
+                .arg(history)
+                .arg(channel)
+                .arg(self.history_len);
+            for out in run {
+                id.clear();
+                let _ = write!(id, "{}", out.id);
+                cmd.arg(id.as_str()).arg(out.bytes.as_slice());
+            }
+        }
+        let replies: Vec<redis::Value> =
+            tokio::time::timeout(self.timeout, pipe.query_async(&mut self.conn))
+                .await
+                .map_err(|_| PublishError::Timeout(self.timeout))?
+                .map_err(PublishError::Publish)?;
+        if replies.len() != runs {
+            return Err(PublishError::ShortReply {
+                sent: runs,
+                got: replies.len(),
+            });
+        }
+        let mut accepted = Vec::with_capacity(batch.len());
+        for reply in replies {
+            match reply {
+                redis::Value::Int(n) => accepted.push(n == 1),
+                redis::Value::Array(items) => {
+                    accepted.extend(items.iter().map(|v| matches!(v, redis::Value::Int(1))))
+                }
+                _ => return Err(PublishError::BadReply),
+            }
+        }
+        if accepted.len() != batch.len() {
+            return Err(PublishError::ShortReply {
+                sent: batch.len(),
+                got: accepted.len(),
+            });
+        }
+        Ok(accepted)
+    }
+
+    /// One `FCALL` per event at `indices` of `batch`, in that order.
+    fn pipeline(&self, function: &str, batch: &[Outgoing], indices: &[usize]) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        let mut id = String::with_capacity(48);
+        for &i in indices {
+            use std::fmt::Write;
+            let out = &batch[i];
             id.clear();
             let _ = write!(id, "{}", out.id);
             pipe.cmd("FCALL")
-                .arg(FUNCTION_NAME)
+                .arg(function)
                 .arg(2)
                 .arg(self.keys.history(&out.scope))
                 .arg(self.keys.channel(&out.scope))
@@ -164,17 +314,113 @@ impl Publisher {
                 .arg(out.bytes.as_slice())
                 .arg(self.history_len);
         }
-        let replies: Vec<i64> =
-            tokio::time::timeout(self.timeout, pipe.query_async(&mut self.conn))
-                .await
-                .map_err(|_| PublishError::Timeout(self.timeout))?
-                .map_err(PublishError::Publish)?;
-        if replies.len() != batch.len() {
-            return Err(PublishError::ShortReply {
-                sent: batch.len(),
-                got: replies.len(),
-            });
-        }
-        Ok(replies.into_iter().map(|r| r == 1).collect())
+        pipe
     }
+
+    /// The cluster form of [`Self::publish`] (see the module docs).
+    async fn publish_sharded(&mut self, batch: &[Outgoing]) -> Result<Vec<bool>, PublishError> {
+        let mut accepted = vec![false; batch.len()];
+        let mut start = 0;
+        while start < batch.len() {
+            // A broadcast alone; otherwise everything up to the next broadcast.
+            let end = if batch[start].scope == Scope::Broadcast {
+                start + 1
+            } else {
+                batch[start..]
+                    .iter()
+                    .position(|out| out.scope == Scope::Broadcast)
+                    .map_or(batch.len(), |p| start + p)
+            };
+            let mut groups: Vec<(&Scope, Vec<usize>)> = Vec::new();
+            for (i, out) in batch.iter().enumerate().take(end).skip(start) {
+                let scope = &out.scope;
+                match groups.iter_mut().find(|(s, _)| *s == scope) {
+                    Some((_, indices)) => indices.push(i),
+                    None => groups.push((scope, vec![i])),
+                }
+            }
+            let mut pending: Vec<Vec<usize>> = groups.into_iter().map(|(_, g)| g).collect();
+            for attempt in 0..2 {
+                let wait_ms = REPLICA_WAIT.as_millis() as u64;
+                let results = join_all(pending.iter().map(|indices| {
+                    let mut pipe = self.pipeline(SHARDED_FUNCTION_NAME, batch, indices);
+                    // Acknowledged only once the shard's replica holds it
+                    // (when it has one that keeps up): a failover then
+                    // loses no event Postgres was told is safe.
+                    pipe.cmd("WAIT").arg(1).arg(wait_ms);
+                    let mut conn = self.conn.clone();
+                    async move {
+                        let mut replies = pipe.query_async::<Vec<Value>>(&mut conn).await?;
+                        let replicas = replies.pop();
+                        let accepted = replies
+                            .iter()
+                            .map(redis::from_redis_value_ref::<i64>)
+                            .collect::<Result<Vec<i64>, _>>()?;
+                        Ok::<_, redis::RedisError>((accepted, replicas))
+                    }
+                }))
+                .await;
+                let mut failed = Vec::new();
+                let mut missing_function = false;
+                for (indices, result) in pending.into_iter().zip(results) {
+                    match result {
+                        Ok((replies, replicas)) if replies.len() == indices.len() => {
+                            if matches!(replicas, Some(Value::Int(0))) {
+                                tracing::warn!(
+                                    "no Redis replica confirmed a publish within {wait_ms} ms; a failover of that shard now could lose it"
+                                );
+                            }
+                            for (i, r) in indices.into_iter().zip(replies) {
+                                accepted[i] = r == 1;
+                            }
+                        }
+                        Ok((replies, _)) => {
+                            return Err(PublishError::ShortReply {
+                                sent: indices.len(),
+                                got: replies.len(),
+                            });
+                        }
+                        Err(e) if attempt == 0 && is_missing_function(&e) => {
+                            missing_function = true;
+                            failed.push(indices);
+                        }
+                        Err(e) => return Err(PublishError::Publish(e)),
+                    }
+                }
+                if failed.is_empty() {
+                    break;
+                }
+                if missing_function {
+                    tracing::warn!(
+                        "a Redis primary lacks the publish function (a new or emptied node); loading it on every primary"
+                    );
+                    load_library(&mut self.conn)
+                        .await
+                        .map_err(PublishError::LoadFunction)?;
+                }
+                pending = failed;
+            }
+            start = end;
+        }
+        Ok(accepted)
+    }
+}
+
+/// `FUNCTION LOAD REPLACE` of [`FUNCTION_LIBRARY`]; a cluster connection
+/// sends it to every primary.
+async fn load_library(conn: &mut RedisConn) -> redis::RedisResult<()> {
+    redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(FUNCTION_LIBRARY)
+        .query_async::<Value>(conn)
+        .await
+        .map(drop)
+}
+
+/// The node has no such function: it never loaded the library (a new node,
+/// or one emptied by a restart without persistence).
+fn is_missing_function(error: &redis::RedisError) -> bool {
+    let text = error.to_string();
+    text.contains("Function not found") || error.code() == Some("NOSCRIPT")
 }

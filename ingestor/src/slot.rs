@@ -418,34 +418,18 @@ async fn scopes_with_history(publisher: &mut Publisher) -> Result<Vec<Scope>, Sl
     let prefix = publisher.keys().prefix().to_owned();
     let head = format!("{prefix}:{{org:");
     let pattern = format!("{}*}}:history", glob_escape(&head));
+    // On a Redis Cluster, every primary is scanned.
+    let keys = publisher
+        .scan_keys("scanning the history streams", &pattern, "stream")
+        .await?;
     let mut scopes = Vec::new();
-    let mut cursor = "0".to_owned();
-    loop {
-        let (next, keys): (String, Vec<String>) = publisher
-            .query(
-                "scanning the history streams",
-                redis::cmd("SCAN")
-                    .arg(&cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .arg("TYPE")
-                    .arg("stream"),
-            )
-            .await?;
-        for key in keys {
-            if let Some(org) = key
-                .strip_prefix(&head)
-                .and_then(|rest| rest.strip_suffix("}:history"))
-            {
-                scopes.push(Scope::Organization(org.to_owned()));
-            }
+    for key in keys {
+        if let Some(org) = key
+            .strip_prefix(&head)
+            .and_then(|rest| rest.strip_suffix("}:history"))
+        {
+            scopes.push(Scope::Organization(org.to_owned()));
         }
-        if next == "0" {
-            break;
-        }
-        cursor = next;
     }
     scopes.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
     scopes.dedup();

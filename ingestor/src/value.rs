@@ -160,13 +160,30 @@ impl TypeRegistry {
 ///
 /// Unchanged TOASTed columns are left out (absent, not null). A tuple with more
 /// or fewer values than the relation has columns maps only the pairs that exist.
-pub fn row(relation: &Relation, tuple: &Tuple, types: &TypeRegistry) -> Row {
+///
+/// A value whose bytes are longer than `max_value_bytes` is not mapped: an
+/// [`oversize`](crate::event_size::oversize) marker takes its place (see
+/// [`crate::event_size`]), so a 100 MB TOASTed text costs no copy of itself.
+pub fn row(
+    relation: &Relation,
+    tuple: &Tuple,
+    types: &TypeRegistry,
+    max_value_bytes: usize,
+) -> Row {
     relation
         .columns
         .iter()
         .zip(&tuple.0)
         .filter_map(|(column, value)| {
-            Some((column.name.clone(), types.to_json(column.type_oid, value)?))
+            let json = match value {
+                TupleValue::Text(bytes) | TupleValue::Binary(bytes)
+                    if bytes.len() > max_value_bytes =>
+                {
+                    crate::event_size::oversize(bytes)
+                }
+                _ => types.to_json(column.type_oid, value)?,
+            };
+            Some((column.name.clone(), json))
         })
         .collect()
 }
@@ -777,10 +794,34 @@ mod tests {
             TupleValue::UnchangedToast,
             TupleValue::Null,
         ]);
-        let row = row(&relation(), &tuple, &TypeRegistry::default());
+        let row = row(&relation(), &tuple, &TypeRegistry::default(), usize::MAX);
         assert_eq!(
             Value::Object(row),
             json!({"id": "t1", "count": 3, "deletedAt": null})
+        );
+    }
+
+    #[test]
+    fn values_over_the_limit_become_markers() {
+        let big = "y".repeat(100);
+        let tuple = Tuple(vec![
+            text("t1"),
+            text("3"),
+            TupleValue::Text(bytes::Bytes::from(big.clone())),
+            TupleValue::Binary(bytes::Bytes::from(vec![1u8; 100])),
+        ]);
+        let row = row(&relation(), &tuple, &TypeRegistry::default(), 99);
+        assert_eq!(row["id"], "t1");
+        assert_eq!(row["count"], 3);
+        assert_eq!(
+            row.values()
+                .filter(|v| crate::event_size::is_oversize(v))
+                .count(),
+            2
+        );
+        assert_eq!(
+            row.values().find(|v| crate::event_size::is_oversize(v)),
+            Some(&crate::event_size::oversize(big.as_bytes()))
         );
     }
 
@@ -789,12 +830,12 @@ mod tests {
         let types = TypeRegistry::default();
         let short = Tuple(vec![text("t1")]);
         assert_eq!(
-            Value::Object(row(&relation(), &short, &types)),
+            Value::Object(row(&relation(), &short, &types, usize::MAX)),
             json!({"id": "t1"})
         );
         let long = Tuple(vec![TupleValue::Null; 9]);
-        assert_eq!(row(&relation(), &long, &types).len(), 4);
-        assert!(row(&relation(), &Tuple::default(), &types).is_empty());
+        assert_eq!(row(&relation(), &long, &types, usize::MAX).len(), 4);
+        assert!(row(&relation(), &Tuple::default(), &types, usize::MAX).is_empty());
     }
 
     const OIDS: &[u32] = &[

@@ -42,9 +42,16 @@ impl Keys {
         format!("{}:{{control}}", self.prefix)
     }
 
-    /// `rt:{caps}:<rest>`: connection-cap counters.
-    pub fn caps(&self, rest: &str) -> String {
-        format!("{}:{{caps}}:{rest}", self.prefix)
+    /// `rt:{caps:user:<id>}`: one user's connection-cap leases. Its own hash
+    /// tag: on a Redis Cluster every user's and organization's set lives in
+    /// its own slot, so no one slot holds every cap (a hot slot).
+    pub fn caps_user(&self, user: &str) -> String {
+        format!("{}:{{caps:user:{user}}}", self.prefix)
+    }
+
+    /// `rt:{caps:org:<id>}`: one organization's connection-cap leases.
+    pub fn caps_org(&self, org: &str) -> String {
+        format!("{}:{{caps:org:{org}}}", self.prefix)
     }
 }
 
@@ -67,5 +74,7 @@ mod tests {
         assert_eq!(k.channel(&Scope::Broadcast), "rt:{broadcast}");
         assert_eq!(k.history(&Scope::Broadcast), "rt:{broadcast}:history");
         assert_eq!(k.control(), "rt:{control}");
+        assert_eq!(k.caps_user("u1"), "rt:{caps:user:u1}");
+        assert_eq!(k.caps_org("o1"), "rt:{caps:org:o1}");
     }
 }

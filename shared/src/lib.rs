@@ -7,6 +7,7 @@
 //! - [`message`]: application events sent as Postgres logical messages, validated.
 //! - [`postgres_tls`]: libpq `sslmode`/`sslrootcert` for every Postgres connection (rustls).
 //! - [`redis_conn`]: the one Redis client constructor (TLS, CA bundle, ACL user) and its start-up errors.
+//! - [`redis_target`]: one node or a Redis Cluster (comma-separated seed URLs), and the one connection type over both.
 //! - [`config`]: durations and start-up validation helpers (ARCHITECTURE.md §5).
 //! - [`telemetry`]: logging setup.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
@@ -21,5 +22,6 @@ pub mod keys;
 pub mod message;
 pub mod postgres_tls;
 pub mod redis_conn;
+pub mod redis_target;
 pub mod shutdown;
 pub mod telemetry;

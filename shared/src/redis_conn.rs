@@ -92,19 +92,7 @@ pub fn redis_client(url: &str, ca: Option<&Path>) -> Result<redis::Client, Redis
         }
         Some(_) if !tls => Err(RedisConfigError::CaWithoutTls),
         Some(path) => {
-            let pem = std::fs::read(path).map_err(|source| RedisConfigError::ReadCa {
-                path: path.to_owned(),
-                source,
-            })?;
-            // The redis crate skips a PEM file with no certificate in it and
-            // would then trust nothing: say so now instead of failing every
-            // handshake later.
-            if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
-                return Err(RedisConfigError::BadCa {
-                    path: path.to_owned(),
-                    detail: String::new(),
-                });
-            }
+            let pem = read_ca(path)?;
             redis::Client::build_with_tls(
                 info,
                 TlsCertificates {
@@ -118,6 +106,23 @@ pub fn redis_client(url: &str, ca: Option<&Path>) -> Result<redis::Client, Redis
             })
         }
     }
+}
+
+/// Reads the CA bundle at `path`. The redis crate skips a PEM file with no
+/// certificate in it and would then trust nothing: say so now instead of
+/// failing every handshake later.
+pub(crate) fn read_ca(path: &Path) -> Result<Vec<u8>, RedisConfigError> {
+    let pem = std::fs::read(path).map_err(|source| RedisConfigError::ReadCa {
+        path: path.to_owned(),
+        source,
+    })?;
+    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+        return Err(RedisConfigError::BadCa {
+            path: path.to_owned(),
+            detail: String::new(),
+        });
+    }
+    Ok(pem)
 }
 
 /// Words a failed first connection for the start-up line (see
@@ -178,7 +183,7 @@ fn certificate_error(error: &redis::RedisError) -> Option<String> {
 
 /// The URL parse error without the URL (the redis crate never quotes it,
 /// but its detail may; only the kind and description are kept).
-fn describe_url_error(error: &redis::RedisError) -> String {
+pub(crate) fn describe_url_error(error: &redis::RedisError) -> String {
     match error.kind() {
         ErrorKind::InvalidClientConfig => error
             .to_string()

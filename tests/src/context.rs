@@ -64,6 +64,19 @@ impl TestContext {
         Self::create(postgres, redis).await
     }
 
+    /// The same context, pointed at `cluster` (a Redis Cluster the test
+    /// controls): `REDIS_URL` is its seed list.
+    pub fn with_redis_cluster(mut self, cluster: &crate::RedisCluster) -> Self {
+        self.redis_url = cluster.url();
+        self.redis_ca = None;
+        self
+    }
+
+    /// A fresh context on the shared Postgres and the shared Redis Cluster.
+    pub async fn new_on_cluster() -> Self {
+        shared().cluster_context().await
+    }
+
     /// The same context, pointed at `redis` (a server the test controls)
     /// instead of the shared one.
     pub fn with_redis(mut self, redis: &RedisServer) -> Self {
@@ -210,6 +223,17 @@ impl TestContext {
     /// A new multiplexed connection to the test's Redis. Panics on failure.
     pub async fn redis(&self) -> MultiplexedConnection {
         self.try_redis()
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.redis_url))
+    }
+
+    /// A command connection to the test's Redis, one node or a cluster
+    /// (`REDIS_URL` with several seeds): for reads that must work on both.
+    /// Panics on failure.
+    pub async fn redis_commands(&self) -> realtime_shared::redis_target::RedisConn {
+        realtime_shared::redis_target::RedisTarget::parse(&self.redis_url, self.redis_ca.as_deref())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .command_connection(Duration::from_secs(5))
             .await
             .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.redis_url))
     }

@@ -10,6 +10,9 @@
 //!   same port.
 //! - [`redis`]: [`RedisServer`], a `redis-server` without persistence
 //!   (optionally TLS-only with an ACL user).
+//! - [`redis_cluster`]: [`RedisCluster`], three primaries with a replica
+//!   each (`redis-cli --cluster create`), with failover, kill and slot
+//!   migration for fault tests.
 //! - [`certs`]: [`TestCerts`], a CA and server certificate made at test time.
 //! - [`services`]: [`shared()`], one Postgres and one Redis per test process
 //!   (every integration test: they are one binary), started on first use.
@@ -54,6 +57,7 @@ mod ports;
 pub mod postgres;
 pub mod process;
 pub mod redis;
+pub mod redis_cluster;
 pub mod services;
 pub mod wait;
 mod watchdog;
@@ -66,5 +70,6 @@ pub use ports::free_port;
 pub use postgres::{PostgresServer, TestCa, TlsOptions};
 pub use process::{ChildProcess, binary_path};
 pub use redis::RedisServer;
+pub use redis_cluster::RedisCluster;
 pub use services::{Services, shared};
 pub use wait::wait_until;

@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 use crate::context::TestContext;
 use crate::postgres::PostgresServer;
 use crate::redis::RedisServer;
+use crate::redis_cluster::RedisCluster;
 
 /// One Postgres and one Redis for the whole test binary, each started on
 /// first use. Tests isolate themselves on it through [`TestContext`] (own
@@ -23,6 +24,7 @@ use crate::redis::RedisServer;
 pub struct Services {
     postgres: OnceLock<PostgresServer>,
     redis: OnceLock<RedisServer>,
+    redis_cluster: OnceLock<RedisCluster>,
 }
 
 /// The process-wide [`Services`].
@@ -30,6 +32,7 @@ pub fn shared() -> &'static Services {
     static SHARED: Services = Services {
         postgres: OnceLock::new(),
         redis: OnceLock::new(),
+        redis_cluster: OnceLock::new(),
     };
     &SHARED
 }
@@ -49,6 +52,24 @@ impl Services {
         self.redis.get_or_init(|| {
             RedisServer::start().unwrap_or_else(|e| panic!("starting the shared Redis: {e:#}"))
         })
+    }
+
+    /// The shared Redis Cluster (3 primaries, 1 replica each), started
+    /// (blocking) on first use. Tests that fail nodes over or move slots
+    /// start their own [`RedisCluster`].
+    pub fn redis_cluster(&self) -> &RedisCluster {
+        self.redis_cluster.get_or_init(|| {
+            RedisCluster::start()
+                .unwrap_or_else(|e| panic!("starting the shared Redis Cluster: {e:#}"))
+        })
+    }
+
+    /// A fresh [`TestContext`] on the shared Postgres and the shared Redis
+    /// Cluster (`REDIS_URL` = its seed list).
+    pub async fn cluster_context(&'static self) -> TestContext {
+        let (postgres, redis) =
+            crate::context::blocking(move || (self.postgres(), self.redis_cluster().url())).await;
+        TestContext::create(postgres, redis).await
     }
 
     /// A fresh [`TestContext`] on the shared servers; same as

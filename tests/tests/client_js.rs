@@ -31,7 +31,6 @@ use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use crate::support::gateway::{RunningGateway, gateway_config, token};
@@ -39,10 +38,9 @@ use crate::support::sse::SseClient;
 use crate::support::{metric_value, start_ready};
 use realtime_gateway::channels::ChannelFilter;
 use realtime_shared::event::{EventId, EventType};
+use realtime_tests::browser::{NodeDriver, client_dir};
 use realtime_tests::{TestContext, free_port};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -57,10 +55,6 @@ const CHANNELS: [&str; 5] = [
     "notifications",
     "system",
 ];
-
-fn client_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/js")
-}
 
 fn schema_path() -> PathBuf {
     client_dir().join("schema/events.json")
@@ -158,6 +152,24 @@ SELECT pg_logical_emit_message(true, 'realtime', '{"type":"system.alert","payloa
 TRUNCATE deals;
 "#;
 
+/// The ingestor's two limits, with the small settings [`describe_rust_side`]
+/// runs with: events over 4 KiB lose their row values (`"truncated": true`),
+/// and more than 5 events of one organization and table in one transaction
+/// become one `data.sync` bulk. `SAMPLE_SQL` stays under both.
+const LIMIT_SQL: &str = r#"
+INSERT INTO properties (id, "organizationId", "createdBy", price, description) VALUES ('pbig', 'orgA', 'ua', 1, repeat('d', 8000));
+UPDATE organizations SET name = repeat('n', 8000) WHERE id = 'orgA';
+UPDATE organizations SET name = 'Acme' WHERE id = 'orgA';
+INSERT INTO clients (id, "organizationId", "createdBy", name) VALUES ('cbig', 'orgA', 'ua', repeat('c', 8000));
+INSERT INTO activities (id, "organizationId", "actorId", "actionType", "entityType", payload)
+  VALUES ('abig', 'orgA', 'ua', 'NOTE_ADDED', 'CLIENT', jsonb_build_object('note', repeat('a', 8000)));
+INSERT INTO notifications (id, "organizationId", "userId", title, message, priority, category, metadata)
+  VALUES ('nbig', 'orgA', 'ua', 'Hi', 'Big', 'low', 'task', jsonb_build_object('k', repeat('m', 8000)));
+BEGIN;
+INSERT INTO tasks (id, "organizationId", title, "createdBy") SELECT 'tb' || g, 'orgA', 'Call', 'ua' FROM generate_series(1, 6) g;
+COMMIT;
+"#;
+
 /// The description of the events as the Rust side produces them.
 async fn describe_rust_side() -> Value {
     let mut routes = std::fs::read_to_string(
@@ -165,14 +177,22 @@ async fn describe_rust_side() -> Value {
     )
     .expect("reading ingestor/routes/oikion.toml");
     routes.push_str(EXTRA_ROUTES);
-    let ing = support::RunningIngestor::start_with_routes(EXTRA_DDL, &routes).await;
-    let ctx = ing.ctx.clone();
+    let ctx = TestContext::new().await;
+    ctx.batch(EXTRA_DDL).await;
+    let path = ctx.temp_dir().join("routes.toml");
+    std::fs::write(&path, routes).expect("write routes");
+    let mut config = support::config_for(&ctx);
+    config.routes = Some(path);
+    config.max_event_bytes = 4096;
+    config.bulk_threshold = 5;
+    let ing = support::RunningIngestor::start(ctx.clone(), config).await;
     ctx.batch(SAMPLE_SQL).await;
+    ctx.batch(LIMIT_SQL).await;
 
-    // 24 organization events (the note created in the transaction that
-    // deletes its client is skipped) and 2 broadcasts (the alert, the
-    // truncate).
-    let mut events: Vec<Value> = support::wait_for_history(&ctx, Some("orgA"), 24, WAIT)
+    // 24 organization events of SAMPLE_SQL (the note created in the
+    // transaction that deletes its client is skipped), 7 of LIMIT_SQL (6
+    // truncated, one bulk), and 2 broadcasts (the alert, the truncate).
+    let mut events: Vec<Value> = support::wait_for_history(&ctx, Some("orgA"), 31, WAIT)
         .await
         .into_iter()
         .map(|e| e.event)
@@ -286,91 +306,34 @@ async fn event_description_matches_the_rust_side() {
     );
 }
 
-/// The browser driver (`clients/js/e2e/driver.mjs`) as a child process: one
-/// JSON command per line in, one JSON reply per line out. Killed on drop
-/// (Chromium, its child, exits when the driver's pipe to it closes).
+/// The client library's page in a browser (`clients/js/e2e/driver.mjs`,
+/// through the shared [`NodeDriver`]).
 struct Driver {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Lines<BufReader<ChildStdout>>,
-    log: PathBuf,
+    driver: NodeDriver,
 }
 
 impl Driver {
     async fn start(ctx: &TestContext, env: &[(&str, String)]) -> Driver {
         let dir = client_dir();
-        for needed in [
-            "node_modules/playwright-core",
-            "node_modules/esbuild",
-            "dist/index.js",
-        ] {
+        for needed in ["node_modules/esbuild", "dist/index.js"] {
             assert!(
                 dir.join(needed).exists(),
                 "clients/js/{needed} is missing: run `make test-js` (npm ci + build) before this test"
             );
         }
         let log = ctx.temp_dir().join("driver.log");
-        let stderr = std::fs::File::create(&log).expect("creating the driver's log");
-        let mut child = tokio::process::Command::new("node")
-            .arg("e2e/driver.mjs")
-            .current_dir(&dir)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting `node` (is Node.js installed?)");
-        let stdin = child.stdin.take().expect("piped stdin");
-        let lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-        let mut driver = Driver {
-            child,
-            stdin,
-            lines,
-            log,
-        };
-        let ready = driver.read(Duration::from_secs(90)).await;
-        assert_eq!(
-            ready["ready"],
-            true,
-            "driver: {ready}\n{}",
-            driver.log_text()
-        );
-        driver
+        let (driver, _) =
+            NodeDriver::start("e2e/driver.mjs", env, log, Duration::from_secs(90), WAIT).await;
+        Driver { driver }
     }
 
     fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn read(&mut self, within: Duration) -> Value {
-        match tokio::time::timeout(within, self.lines.next_line()).await {
-            Ok(Ok(Some(line))) => serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("driver said {line:?}: {e}\n{}", self.log_text())),
-            Ok(Ok(None)) => panic!("the driver exited; its log:\n{}", self.log_text()),
-            Ok(Err(e)) => panic!("reading the driver: {e}\n{}", self.log_text()),
-            Err(_) => panic!(
-                "the driver did not answer within {within:?}; its log:\n{}",
-                self.log_text()
-            ),
-        }
+        self.driver.log_text()
     }
 
     /// Sends one command and returns its result; panics on a failure reply.
     async fn call(&mut self, command: Value) -> Value {
-        let line = format!("{command}\n");
-        self.stdin
-            .write_all(line.as_bytes())
-            .await
-            .unwrap_or_else(|e| panic!("writing to the driver: {e}\n{}", self.log_text()));
-        let reply = self.read(WAIT).await;
-        assert_eq!(
-            reply["ok"],
-            true,
-            "{command} failed: {reply}\n{}",
-            self.log_text()
-        );
-        reply["result"].clone()
+        self.driver.call(command).await
     }
 
     /// Polls the page's state until `done` holds, for at most `WAIT`.
@@ -400,9 +363,8 @@ impl Driver {
         }
     }
 
-    async fn quit(mut self) {
-        let _ = self.call(json!({"cmd": "quit"})).await;
-        let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
+    async fn quit(self) {
+        self.driver.quit().await;
     }
 }
 

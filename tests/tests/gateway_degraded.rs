@@ -79,9 +79,9 @@ async fn publish_to_redis(ctx: &TestContext, id: EventId, n: u64) {
         "payload": {"n": n},
     }))
     .unwrap();
-    let client = realtime_shared::redis_conn::redis_client(&ctx.redis_url(), None).unwrap();
+    let target = realtime_shared::redis_target::RedisTarget::parse(&ctx.redis_url(), None).unwrap();
     let mut publisher = Publisher::connect(
-        &client,
+        &target,
         None,
         Keys::new(ctx.key_prefix()),
         10_000,

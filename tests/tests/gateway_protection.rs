@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::support::gateway::{JWT_SECRET, RunningGateway, gateway_config, token};
 use crate::support::sse::SseClient;
-use crate::support::{RunningIngestor, config_for, http_get, metric_value};
+use crate::support::{Redis, RunningIngestor, config_for, http_get, metric_value};
 use realtime_tests::{ChildProcess, TestContext, binary_path, free_port, wait_until};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -42,7 +42,16 @@ async fn cluster_of(
     tune_a: &dyn Fn(&mut realtime_gateway::Config),
     tune_b: &dyn Fn(&mut realtime_gateway::Config),
 ) -> Cluster {
-    let ctx = TestContext::new().await;
+    cluster_on(Redis::Single, tune_a, tune_b).await
+}
+
+/// [`cluster_of`] on `redis` (one node or the shared Redis Cluster).
+async fn cluster_on(
+    redis: Redis,
+    tune_a: &dyn Fn(&mut realtime_gateway::Config),
+    tune_b: &dyn Fn(&mut realtime_gateway::Config),
+) -> Cluster {
+    let ctx = redis.context().await;
     ctx.batch(SEED).await;
     let mut config = config_for(&ctx);
     config.history_len = 50_000;
@@ -141,7 +150,13 @@ async fn publish(base: &str, key: Option<&str>, body: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caps_hold_across_replicas_and_free_after_a_replica_is_killed() {
-    let ctx = TestContext::new().await;
+    caps_hold_across_replicas(Redis::Single).await;
+}
+
+/// The body of the test above, on `redis` (also run on a Redis Cluster by
+/// `redis_cluster.rs`, where the two caps sets live in different slots).
+pub(crate) async fn caps_hold_across_replicas(redis: Redis) {
+    let ctx = redis.context().await;
     ctx.batch(SEED).await;
     let caps = [
         ("REALTIME_MAX_CONNECTIONS_PER_USER", "2"),
@@ -311,7 +326,14 @@ async fn connect_rate_is_limited_per_client_ip_behind_trusted_proxies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_and_delete_act_on_a_stream_held_by_the_other_replica() {
-    let c = cluster(|cfg| cfg.publish_key = Some(PUBLISH_KEY.into())).await;
+    put_and_delete_act_across_replicas(Redis::Single).await;
+}
+
+/// The body of the test above, on `redis` (control over `SPUBLISH` on a
+/// Redis Cluster).
+pub(crate) async fn put_and_delete_act_across_replicas(redis: Redis) {
+    let tune = |cfg: &mut realtime_gateway::Config| cfg.publish_key = Some(PUBLISH_KEY.into());
+    let c = cluster_on(redis, &tune, &tune).await;
     let (g0, g1) = (&c.gw[0], &c.gw[1]);
     let ua = token("ua", 600);
     let mut s = SseClient::connect(&g0.stream_url("organizationId=orgA"), Some(&ua), &[]).await;
@@ -459,11 +481,16 @@ async fn put_and_delete_act_on_a_stream_held_by_the_other_replica() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_events_arrive_with_ids_resume_and_bad_bodies_publish_nothing() {
-    let c = cluster(|cfg| {
+    published_events_arrive(Redis::Single).await;
+}
+
+/// The body of the test above, on `redis`.
+pub(crate) async fn published_events_arrive(redis: Redis) {
+    let tune = |cfg: &mut realtime_gateway::Config| {
         cfg.publish_key = Some(PUBLISH_KEY.into());
         cfg.max_publish_bytes = 1024;
-    })
-    .await;
+    };
+    let c = cluster_on(redis, &tune, &tune).await;
     let (g0, g1) = (&c.gw[0], &c.gw[1]);
     let mut a = SseClient::connect(
         &g0.stream_url("organizationId=orgA"),

@@ -2,6 +2,8 @@
 //! replicas: auth statuses, wire format, organization isolation, user
 //! targeting, resume across replicas, gap detection and revocation.
 
+#![allow(clippy::unwrap_used)] // test bodies shared with redis_cluster.rs, not only #[test] fns
+
 use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -9,7 +11,7 @@ use std::time::Duration;
 
 use crate::support::gateway::{RunningGateway, gateway_config, token, token_with};
 use crate::support::sse::SseClient;
-use crate::support::{RunningIngestor, config_for};
+use crate::support::{Redis, RunningIngestor, config_for};
 use rand::Rng;
 use rand::seq::IndexedRandom;
 
@@ -21,7 +23,12 @@ struct Cluster {
 }
 
 async fn cluster_with(history_len: u64) -> Cluster {
-    let ctx = realtime_tests::TestContext::new().await;
+    cluster_on(Redis::Single, history_len).await
+}
+
+/// [`cluster_with`] on `redis` (one node or the shared Redis Cluster).
+async fn cluster_on(redis: Redis, history_len: u64) -> Cluster {
+    let ctx = redis.context().await;
     ctx.batch(
         "INSERT INTO organizations (id, name) VALUES ('orgA', 'Acme'), ('orgB', 'Bolt');
          INSERT INTO users (id) VALUES ('ua'), ('ua2'), ('ub'), ('outsider');
@@ -145,7 +152,13 @@ async fn auth_and_query_statuses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_reach_their_organization_on_both_replicas_in_order_and_nowhere_else() {
-    let c = cluster().await;
+    events_reach_their_organization_in_order(Redis::Single).await;
+}
+
+/// The body of the test above, on `redis` (also run on a Redis Cluster by
+/// `redis_cluster.rs`).
+pub(crate) async fn events_reach_their_organization_in_order(redis: Redis) {
+    let c = cluster_on(redis, 10_000).await;
     let ctx = &c.ing.ctx;
     let mut a0 = SseClient::connect(
         &c.gw[0].stream_url("organizationId=orgA"),
@@ -230,16 +243,7 @@ async fn events_reach_their_organization_on_both_replicas_in_order_and_nowhere_e
     // Each replica holds one Redis subscription per organization with local
     // streams, and drops it when the last stream goes.
     let channel = format!("{}:{{org:orgA}}", ctx.key_prefix());
-    let subscribers = |channel: String| async move {
-        let mut redis = ctx.redis().await;
-        let (_, n): (String, u64) = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(&channel)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        n
-    };
+    let subscribers = |channel: String| async move { redis.subscribers(ctx, &channel).await };
     assert_eq!(
         subscribers(channel.clone()).await,
         2,
@@ -255,7 +259,12 @@ async fn events_reach_their_organization_on_both_replicas_in_order_and_nowhere_e
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_on_the_other_replica_gets_exactly_the_missed_events() {
-    let c = cluster().await;
+    resume_on_the_other_replica(Redis::Single).await;
+}
+
+/// The body of the test above, on `redis`.
+pub(crate) async fn resume_on_the_other_replica(redis: Redis) {
+    let c = cluster_on(redis, 10_000).await;
     let ctx = &c.ing.ctx;
     let tok = token("ua", 600);
     let mut first =
@@ -412,7 +421,12 @@ async fn resume_older_than_history_gets_data_sync() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_a_membership_closes_the_members_streams_on_every_replica() {
-    let c = cluster().await;
+    removing_a_membership_closes_streams(Redis::Single).await;
+}
+
+/// The body of the test above, on `redis`.
+pub(crate) async fn removing_a_membership_closes_streams(redis: Redis) {
+    let c = cluster_on(redis, 10_000).await;
     let ctx = &c.ing.ctx;
     let tok = token("ua", 600);
     let mut s0 =

@@ -20,51 +20,20 @@
  * re-creating its EventSource. The probe subclasses EventSource and changes
  * nothing of its behaviour.
  *
- * First line out: {"ready":true}. Failures are {"ok":false,"error":…}. It
- * exits when stdin closes, so it never outlives the test. Settings (env):
+ * The line protocol, the Chromium and the cookie are protocol.mjs's, shared
+ * with driver.mjs: first line out {"ready":true}; failures are
+ * {"ok":false,"error":…}; it exits when stdin closes. Settings (env):
  * E2E_URL, E2E_COOKIE, CHROMIUM (default /usr/bin/chromium).
  */
 
-import { existsSync } from "node:fs";
-import { createInterface } from "node:readline";
+import { launchChromium, logPage, serveCommands, setCookie, setting } from "./protocol.mjs";
 
-import { chromium } from "playwright-core";
+const url = setting("browse", "E2E_URL");
+const cookie = setting("browse", "E2E_COOKIE");
 
-function setting(name) {
-  const value = process.env[name];
-  if (!value) {
-    process.stderr.write(`e2e browse: ${name} is not set\n`);
-    process.exit(2);
-  }
-  return value;
-}
-
-const url = setting("E2E_URL");
-const cookie = setting("E2E_COOKIE");
-const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
-if (!existsSync(executablePath)) {
-  process.stderr.write(`e2e browse: no Chromium at ${executablePath}; install Debian's \`chromium\` package\n`);
-  process.exit(2);
-}
-
-const browser = await chromium.launch({
-  executablePath,
-  headless: true,
-  // As root Chromium refuses to start sandboxed; the page is the test's own.
-  args: ["--no-sandbox"],
-});
+const browser = await launchChromium("browse");
 const context = await browser.newContext();
-const eq = cookie.indexOf("=");
-await context.addCookies([
-  {
-    name: cookie.slice(0, eq),
-    value: cookie.slice(eq + 1),
-    domain: new URL(url).hostname,
-    path: "/",
-    httpOnly: true,
-    sameSite: "Lax",
-  },
-]);
+await setCookie(context, cookie, new URL(url).hostname);
 await context.addInitScript(() => {
   const counts = { constructed: 0, closed: 0 };
   window.__eventSources = counts;
@@ -85,8 +54,7 @@ let navigations = 0;
 page.on("framenavigated", (frame) => {
   if (frame === page.mainFrame()) navigations += 1;
 });
-page.on("console", (m) => process.stderr.write(`page console.${m.type()}: ${m.text()}\n`));
-page.on("pageerror", (e) => process.stderr.write(`page error: ${e.message}\n`));
+logPage(page);
 page.on("requestfinished", (r) => process.stderr.write(`request finished: ${r.method()} ${r.url()}\n`));
 page.on("requestfailed", (r) =>
   process.stderr.write(`request failed: ${r.method()} ${r.url()}: ${r.failure()?.errorText ?? "?"}\n`),
@@ -101,37 +69,4 @@ const commands = {
   },
 };
 
-function reply(value) {
-  process.stdout.write(`${JSON.stringify(value)}\n`);
-}
-
-reply({ ready: true });
-
-const lines = createInterface({ input: process.stdin });
-for await (const line of lines) {
-  if (!line.trim()) continue;
-  let request;
-  try {
-    request = JSON.parse(line);
-  } catch {
-    reply({ ok: false, error: `not JSON: ${line}` });
-    continue;
-  }
-  if (request.cmd === "quit") {
-    reply({ ok: true });
-    break;
-  }
-  const run = commands[request.cmd];
-  if (!run) {
-    reply({ ok: false, error: `unknown command ${request.cmd}` });
-    continue;
-  }
-  try {
-    reply({ ok: true, result: (await run(request)) ?? null });
-  } catch (error) {
-    reply({ ok: false, error: String(error?.message ?? error) });
-  }
-}
-// quit, or stdin closed: the test is gone.
-await browser.close().catch(() => {});
-process.exit(0);
+await serveCommands(commands, {}, () => browser.close());

@@ -21,46 +21,34 @@
  *   {"cmd":"quit"}                    close the browser and exit 0
  *
  * The Rust side owns the services and the assertions; this script only drives
- * and reports. First line out: {"ready":true,"origin":…}. Failures are
- * {"ok":false,"error":…}. It exits when stdin closes, so it never outlives the
- * test. Settings (env): E2E_PAGE_PORT, E2E_GATEWAYS (comma-separated base
+ * and reports. The line protocol, the Chromium and the cookie are
+ * protocol.mjs's, shared with browse.mjs: first line out
+ * {"ready":true,"origin":…}; failures are {"ok":false,"error":…}; it exits
+ * when stdin closes, so it never outlives the test. Settings (env): E2E_PAGE_PORT, E2E_GATEWAYS (comma-separated base
  * URLs), E2E_ORG, E2E_COOKIE (`name=value`), CHROMIUM (default /usr/bin/chromium).
  */
 
 import { existsSync } from "node:fs";
 import { createServer } from "node:http";
 import { dirname, join } from "node:path";
-import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 
 import { build } from "esbuild";
-import { chromium } from "playwright-core";
+
+import { launchChromium, logPage, serveCommands, setCookie, setting as required } from "./protocol.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
-
-function setting(name) {
-  const value = process.env[name];
-  if (!value) {
-    process.stderr.write(`e2e driver: ${name} is not set\n`);
-    process.exit(2);
-  }
-  return value;
-}
+const setting = (name) => required("driver", name);
 
 const port = Number(setting("E2E_PAGE_PORT"));
 const gateways = setting("E2E_GATEWAYS");
 const org = setting("E2E_ORG");
 const cookie = setting("E2E_COOKIE");
-const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 const origin = `http://127.0.0.1:${port}`;
 
 const dist = join(root, "dist/index.js");
 if (!existsSync(dist)) {
   process.stderr.write(`e2e driver: ${dist} is missing; run \`npm run build\` in clients/js (make test-js does)\n`);
-  process.exit(2);
-}
-if (!existsSync(executablePath)) {
-  process.stderr.write(`e2e driver: no Chromium at ${executablePath}; install Debian's \`chromium\` package\n`);
   process.exit(2);
 }
 
@@ -95,32 +83,11 @@ await new Promise((resolve, reject) => {
   server.listen(port, "127.0.0.1", resolve);
 });
 
-const browser = await chromium.launch({
-  executablePath,
-  headless: true,
-  // As root Chromium refuses to start sandboxed; the page is our own.
-  args: ["--no-sandbox"],
-});
+const browser = await launchChromium("driver");
 const context = await browser.newContext();
-async function setCookie(value) {
-  await context.clearCookies();
-  if (!value) return;
-  const eq = value.indexOf("=");
-  await context.addCookies([
-    {
-      name: value.slice(0, eq),
-      value: value.slice(eq + 1),
-      domain: "127.0.0.1",
-      path: "/",
-      httpOnly: true,
-      sameSite: "Lax",
-    },
-  ]);
-}
-await setCookie(cookie);
+await setCookie(context, cookie, "127.0.0.1");
 const page = await context.newPage();
-page.on("console", (m) => process.stderr.write(`page console.${m.type()}: ${m.text()}\n`));
-page.on("pageerror", (e) => process.stderr.write(`page error: ${e.message}\n`));
+logPage(page);
 
 // The client's control requests (PUT/DELETE /api/realtime/stream) as the
 // browser sent them and the gateway answered (preflights are not listed).
@@ -144,7 +111,7 @@ async function waitForProbe() {
 
 const commands = {
   async open(request) {
-    if ("cookie" in request) await setCookie(request.cookie);
+    if ("cookie" in request) await setCookie(context, request.cookie, "127.0.0.1");
     await page.goto(pageUrl(request.org ?? org));
     await waitForProbe();
   },
@@ -167,42 +134,7 @@ const commands = {
   },
 };
 
-async function shutdown(code) {
-  await browser.close().catch(() => {});
+await serveCommands(commands, { origin }, async () => {
+  await browser.close();
   server.close();
-  process.exit(code);
-}
-
-function reply(value) {
-  process.stdout.write(`${JSON.stringify(value)}\n`);
-}
-
-reply({ ready: true, origin });
-
-const lines = createInterface({ input: process.stdin });
-for await (const line of lines) {
-  if (!line.trim()) continue;
-  let request;
-  try {
-    request = JSON.parse(line);
-  } catch {
-    reply({ ok: false, error: `not JSON: ${line}` });
-    continue;
-  }
-  if (request.cmd === "quit") {
-    reply({ ok: true });
-    await shutdown(0);
-  }
-  const run = commands[request.cmd];
-  if (!run) {
-    reply({ ok: false, error: `unknown command ${request.cmd}` });
-    continue;
-  }
-  try {
-    reply({ ok: true, result: (await run(request)) ?? null });
-  } catch (error) {
-    reply({ ok: false, error: String(error?.message ?? error) });
-  }
-}
-// stdin closed: the test is gone.
-await shutdown(0);
+});

@@ -57,6 +57,15 @@ export type ColumnValue = string | number | boolean | null | ColumnValue[] | { [
 export type Row = Record<string, ColumnValue>;
 
 /**
+ * Set on an event that was larger than the ingestor's
+ * `REALTIME_MAX_EVENT_BYTES` (64 KiB by default): it keeps its ids and keys
+ * (and `updatedFields`) but not the row values (`changes`, `data`; for an
+ * activity or notification also `metadata`), and a single value larger than
+ * the limit anywhere else is `null`. Refetch the entity.
+ */
+export type Truncated = true;
+
+/**
  * The acting user of the transaction that made the change: the id the app
  * passed to `SELECT realtime.set_actor(<userId>)` in that transaction, or
  * `null` when it named none (a property route with `updated_by_column` gives
@@ -91,10 +100,12 @@ export interface PropertyUpdatePayload {
    * values. Delete: the old row. A child row's fields are nested under its
    * field on the property (`listing`, `address`, `mediaAssets`):
    * `{"listing": {"marketingStatus": "ARCHIVED", "archivedAt": "…"}}`.
+   * Absent when the event was {@link Truncated}.
    */
-  changes: Row;
+  changes?: Row;
   /** Who made the change (see {@link Actor}). */
   updatedBy: Actor;
+  truncated?: Truncated;
 }
 
 /** An organization row changed. */
@@ -108,10 +119,11 @@ export interface OrganizationChangePayload {
    * and must keep to the four for this type to hold.
    */
   changeType: "name" | "settings" | "permissions" | "billing";
-  /** The changed fields' new values. */
-  changes: Row;
+  /** The changed fields' new values. Absent when the event was {@link Truncated}. */
+  changes?: Row;
   /** Who made the change (see {@link Actor}). */
   updatedBy: Actor;
+  truncated?: Truncated;
 }
 
 /** A membership was created or its role changed. */
@@ -140,7 +152,9 @@ export interface UserActivityPayload {
   action: ColumnValue;
   resource: ColumnValue;
   resourceId?: ColumnValue;
-  metadata: ColumnValue;
+  /** Absent when the event was {@link Truncated}. */
+  metadata?: ColumnValue;
+  truncated?: Truncated;
 }
 
 /** A notification for the current user (only its addressee receives it). */
@@ -151,6 +165,7 @@ export interface NotificationNewPayload {
   priority: ColumnValue;
   category: ColumnValue;
   metadata?: ColumnValue;
+  truncated?: Truncated;
 }
 
 /** Whatever the application published (`POST /api/realtime/publish` or `pg_logical_emit_message`). */
@@ -167,14 +182,28 @@ export interface RoutedSyncPayload {
   /** The row's id. A number only from routes over integer keys. */
   entityId: string | number;
   operation: "create" | "update" | "delete";
-  /** Create and update: the new row. Delete: the old row. */
-  data: Row;
+  /** Create and update: the new row. Delete: the old row. Absent when the event was {@link Truncated}. */
+  data?: Row;
+  truncated?: Truncated;
 }
 
 /** A routed table was truncated: every organization should refetch that entity. */
 export interface TruncateSyncPayload {
   entityType: string;
   operation: "truncate";
+}
+
+/**
+ * One transaction changed more rows of one table of this organization than
+ * the ingestor's `REALTIME_BULK_THRESHOLD` (1,000 by default): instead of
+ * one event per row, this one; refetch that entity (`entityType` is the
+ * table's name, as for a truncate). Membership changes are never coalesced.
+ */
+export interface BulkSyncPayload {
+  entityType: string;
+  operation: "bulk";
+  /** How many events it stands for. */
+  count: number;
 }
 
 /** The resume point is older than the retained history: refetch, then carry on live. */
@@ -194,13 +223,18 @@ export interface SlotLostSyncPayload {
 
 /**
  * `data.sync`: the app's routed shape, or one of the gateway's and ingestor's
- * own signals to refetch (truncate, gap, slot lost). Those signals are a
+ * own signals to refetch (truncate, bulk, gap, slot lost). Those signals are a
  * superset of the app's `data.sync` payload: they lack `entityId` and `data`
  * (and the gap notice an event `id`), so code typed with the app's
  * declarations must not read those fields without checking `reason` /
  * `operation` first. Narrow on `"reason" in payload` or on `operation`.
  */
-export type DataSyncPayload = RoutedSyncPayload | TruncateSyncPayload | GapSyncPayload | SlotLostSyncPayload;
+export type DataSyncPayload =
+  | RoutedSyncPayload
+  | TruncateSyncPayload
+  | BulkSyncPayload
+  | GapSyncPayload
+  | SlotLostSyncPayload;
 
 /** The fields every event shares. */
 interface EventBase<T extends EventType, P> {

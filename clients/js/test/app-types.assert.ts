@@ -20,7 +20,13 @@
  *    the app's exactly, so a value it handles (say `archive`) cannot vanish.
  */
 
-import type { DataSyncPayload, EventType, RealtimeEventMap, RoutedSyncPayload } from "../src/events.js";
+import type {
+  BulkSyncPayload,
+  DataSyncPayload,
+  EventType,
+  RealtimeEventMap,
+  RoutedSyncPayload,
+} from "../src/events.js";
 import type * as App from "./fixtures/oikion-app-events.js";
 
 /** `true` when every `A` is a `B` (not distributed over unions). */
@@ -40,8 +46,8 @@ interface Gaps {
    * `string`). `propertyId`: a number from a route over an integer key.
    */
   "property.update": "propertyId" | "updatedBy";
-  /** `updatedBy`: `null` without an actor. */
-  "organization.change": "updatedBy";
+  /** `updatedBy`: `null` without an actor. `changes`: absent from a truncated event (over `REALTIME_MAX_EVENT_BYTES`). */
+  "organization.change": "changes" | "updatedBy";
   /** `invitedBy`: `null` without an actor. `role`: any column value of a configurable route. */
   "member.join": "invitedBy" | "role";
   "member.leave": never;
@@ -51,8 +57,8 @@ interface Gaps {
   "notification.new": "category" | "message" | "metadata" | "priority" | "title";
   /** Free-form: whatever the application published (see the reverse check below). */
   "system.alert": "affectedUsers" | "alertType" | "message" | "metadata";
-  /** Routed rows: `entityId` is a number from a route over an integer key. */
-  "data.sync": "entityId";
+  /** Routed rows: `entityId` is a number from a route over an integer key; `data` is absent from a truncated event. */
+  "data.sync": "data" | "entityId";
 }
 
 /** The envelope fields where ours is wider: the gateway's gap notice has no `id`. */
@@ -153,6 +159,12 @@ type Signal = Exclude<DataSyncPayload, RoutedSyncPayload>;
 export type DataSyncSignalsAreTheSuperset = Fails<
   Signal extends unknown ? Assignable<Signal, Theirs<"data.sync">> : never
 >;
+// The ingestor's bulk signal is one of our data.sync payloads (so
+// `onResync` and `on("data.sync")` handlers receive it typed), and, like the
+// other signals, not the app's routed shape: it has no `entityId`/`data`.
+export type DataSyncBulkIsOurs = Holds<Assignable<BulkSyncPayload, DataSyncPayload>>;
+export type DataSyncBulkIsASignal = Holds<Assignable<BulkSyncPayload, Signal>>;
+export type DataSyncBulkIsNotRouted = Fails<Assignable<BulkSyncPayload, Theirs<"data.sync">>>;
 export type DataSyncEnvelope = Holds<EnvelopeFits<"data.sync">>;
 export type DataSyncEnvelopeGap = Fails<
   Assignable<Pick<RealtimeEventMap["data.sync"], "id">, Pick<App.DataSyncEvent, "id">>

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use realtime_shared::event::Scope;
 use realtime_shared::keys::Keys;
+use realtime_shared::redis_target::RedisTarget;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +32,9 @@ use super::shard::{Job, SHARD_QUEUE, TraceDone, fan_out};
 use super::subscription::Subscription;
 use crate::frame::{Frame, Leave};
 use crate::trace::Fanout;
+
+/// The subscriber on a Redis Cluster (sharded pub/sub).
+mod sharded;
 
 /// Called for every `member.leave` seen, with its organization (`None` for
 /// a broadcast one), before the leave is queued to any stream.
@@ -68,10 +72,10 @@ pub(crate) struct Hub {
 
 impl Hub {
     /// Starts the subscriber task; it runs until `shutdown`. `redis` is the
-    /// replica's one client (TLS and ACL user included): every pub/sub
-    /// (re)connection is opened from it.
+    /// replica's one node or cluster (TLS and ACL user included): every
+    /// pub/sub (re)connection is opened from it.
     pub(crate) fn start(
-        redis: redis::Client,
+        redis: RedisTarget,
         keys: Keys,
         capacity: usize,
         on_leave: impl Fn(Leave<'_>, Option<&str>) + Send + Sync + 'static,
@@ -141,7 +145,7 @@ impl Hub {
 
     async fn run(
         self,
-        redis: redis::Client,
+        redis: RedisTarget,
         mut commands: mpsc::UnboundedReceiver<Command>,
         shutdown: CancellationToken,
     ) {
@@ -149,10 +153,17 @@ impl Hub {
         let mut first = true;
         let mut delay = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
-            match self
-                .session(&redis, &broadcast_channel, &mut commands, &shutdown, first)
-                .await
-            {
+            let session = match &redis {
+                RedisTarget::Single(client) => {
+                    self.session(client, &broadcast_channel, &mut commands, &shutdown, first)
+                        .await
+                }
+                RedisTarget::Cluster(seeds) => {
+                    self.sharded_session(seeds, &broadcast_channel, &mut commands, &shutdown, first)
+                        .await
+                }
+            };
+            match session {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "redis subscription lost; resubscribing");

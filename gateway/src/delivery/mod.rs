@@ -9,7 +9,10 @@
 //!   of the organization's feed, each lane on its fan-out shard (one shard
 //!   per runtime worker: a lane's order is kept, different lanes are written
 //!   in parallel). A shard that fell behind gives each lane all its queued
-//!   messages at once, and a parked stream gets them in one `writev`.
+//!   messages at once, and a parked stream gets them in one `writev`. On a
+//!   Redis Cluster its subscriber is `hub/sharded.rs`: `SSUBSCRIBE` on the
+//!   shard owning each channel's slot, resubscribing and resyncing when a
+//!   slot moves or a node drops.
 //! - `shard.rs`: a fan-out shard's task, which takes every job queued for
 //!   it (bounded) and gives each lane its messages in one call.
 //! - `OrgFeed` (`feed.rs`): one organization's live feed, split into lanes

@@ -88,6 +88,9 @@ impl Ctx<'_, '_> {
         };
         match self.value(row, column, side)? {
             Value::String(s) if s.is_empty() => Err(bad("an empty string")),
+            v if crate::event_size::is_oversize(v) => {
+                Err(bad("a value larger than REALTIME_MAX_EVENT_BYTES"))
+            }
             Value::String(s) => Ok(s.clone()),
             Value::Number(n) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
             Value::Number(_) => Err(bad("a non-integer number")),

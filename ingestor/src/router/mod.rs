@@ -212,6 +212,20 @@ impl Router {
         self.is_parent.get(index).copied().unwrap_or(false)
     }
 
+    /// Whether the events of the table at `index` may be coalesced into a
+    /// bulk `data.sync` (ARCHITECTURE.md §2, *Bulk changes*): not a
+    /// membership's (each `member.leave` revokes streams, each join is a
+    /// person let in) nor a notification's (addressed to one user, not to
+    /// the organization a `data.sync` goes to).
+    pub(crate) fn may_coalesce(&self, index: usize) -> bool {
+        self.routes.tables().get(index).is_some_and(|t| {
+            !matches!(
+                t.kind(),
+                RouteKind::Membership(_) | RouteKind::Notification(_)
+            )
+        })
+    }
+
     /// The events of one row change, in publishing order. Empty: the table
     /// is not routed, or this operation produces no event for its kind. Two:
     /// an update moved the row between organizations (or users, for a

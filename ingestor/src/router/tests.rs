@@ -540,6 +540,10 @@ fn missing_or_null_org_is_an_error_not_a_broadcast() {
         (json!(""), "an empty string"),
         (json!(1.5), "a non-integer number"),
         (json!({"a": 1}), "an object"),
+        (
+            crate::event_size::oversize(&[b'o'; 100]),
+            "a value larger than REALTIME_MAX_EVENT_BYTES",
+        ),
     ] {
         let mut r0 = property_row();
         r0["organizationId"] = bad;

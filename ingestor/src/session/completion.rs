@@ -1,15 +1,39 @@
 //! Completing a transaction's events at its commit: the actor
 //! (`realtime.set_actor`) into their actor fields, child rows addressed to
-//! their parents' organizations, then into the batch with their ids.
+//! their parents' organizations, bulk changes left out (see [`super::bulk`]),
+//! then into the batch with their ids, each within the event size limit
+//! (see [`crate::event_size`]).
 
 use super::*;
 
 impl<'a> super::Session<'a> {
     /// Keeps a routed event of the current transaction until
-    /// [`Session::complete`].
-    pub(super) fn defer(&mut self, routed: Routed, index: u64) {
+    /// [`Session::complete`]. `len` is the length of the replication message
+    /// it came from: an event of a message longer than a quarter of the
+    /// size limit is measured now, and truncated if it is over the limit or
+    /// holds an oversize value, so that no held event weighs more than
+    /// about the limit. Application messages (`source: api`) are not
+    /// subject to the limit (see [`Session::push_with`]).
+    pub(super) fn defer(
+        &mut self,
+        mut routed: Routed,
+        index: u64,
+        bulk_table: Option<usize>,
+        len: usize,
+    ) {
+        let max = self.limits.max_event_bytes;
+        if len > max / 4 && routed.draft.source == Source::Postgres {
+            fit_payload(&mut routed.draft.payload, max, index);
+        }
         match &mut self.txn {
-            Some(txn) => txn.pending.push((routed, index)),
+            Some(txn) => {
+                txn.pending_bytes += len.min(max);
+                txn.pending.push(Pending {
+                    routed,
+                    index,
+                    bulk_table,
+                });
+            }
             None => {
                 tracing::warn!("skipping a change outside a transaction");
                 metrics::counter!(m::SKIPPED, "reason" => "no_transaction").increment(1);
@@ -49,15 +73,52 @@ impl<'a> super::Session<'a> {
         if txn.pending.is_empty() {
             return Ok(());
         }
-        let pending = std::mem::take(&mut txn.pending);
+        let mut pending = std::mem::take(&mut txn.pending);
+        txn.pending_bytes = 0;
         let actor = txn.actor.clone();
         self.parents
-            .fetch(pending.iter().filter_map(|(r, _)| r.parent.as_ref()))
+            .fetch(pending.iter().filter_map(|p| p.routed.parent.as_ref()))
             .await?;
-        for (mut routed, index) in pending {
+        // Children first get their organizations, so that they count
+        // towards their organization's bulk like any other event.
+        for p in &mut pending {
+            if let Some(parent) = &p.routed.parent
+                && let ParentOrg::Org(org) = self.parents.org(parent)
+            {
+                p.routed.address(org);
+            }
+        }
+        if let Some(txn) = self.txn.as_mut()
+            && self.limits.bulk_threshold > 0
+        {
+            for p in &pending {
+                if let (Some(table), Some(org)) =
+                    (p.bulk_table, p.routed.draft.organization_id.as_deref())
+                {
+                    txn.bulk.count(org, table, self.limits.bulk_threshold);
+                }
+            }
+        }
+        let mut coalesced = 0u64;
+        for Pending {
+            mut routed,
+            index,
+            bulk_table,
+        } in pending
+        {
+            if let (Some(table), Some(org), Some(txn)) = (
+                bulk_table,
+                routed.draft.organization_id.as_deref(),
+                self.txn.as_ref(),
+            ) && txn.bulk.is_bulk(org, table, self.limits.bulk_threshold)
+            {
+                // Its index stays a hole; the bulk data.sync stands for it.
+                coalesced += 1;
+                continue;
+            }
             if let Some(parent) = &routed.parent {
                 match self.parents.org(parent) {
-                    ParentOrg::Org(org) => routed.address(org),
+                    ParentOrg::Org(_) => {}
                     ParentOrg::Gone => {
                         let table = self
                             .router
@@ -81,6 +142,9 @@ impl<'a> super::Session<'a> {
             }
             self.push(routed.draft, index);
         }
+        if coalesced > 0 {
+            metrics::counter!(m::EVENTS_COALESCED).increment(coalesced);
+        }
         Ok(())
     }
 
@@ -96,6 +160,14 @@ impl<'a> super::Session<'a> {
         self.push_with(draft, id, commit_ms, traceparent);
     }
 
+    /// Appends the event to the batch, within the size limit: an envelope
+    /// of a row change over `max_event_bytes` is truncated (see
+    /// [`crate::event_size`]) and serialized again; one that cannot be
+    /// brought under it is skipped, logged and counted. An application
+    /// message (`source: api`) has no row values to drop and its content is
+    /// the application's: it is published whole (the publish endpoints bound
+    /// it with `REALTIME_MAX_PUBLISH_BYTES`), with a warning when it is over
+    /// the limit.
     pub(super) fn push_with(
         &mut self,
         draft: Draft,
@@ -114,19 +186,61 @@ impl<'a> super::Session<'a> {
         };
         let scope = event.scope();
         let event_type = event.event_type;
-        let envelope = Envelope {
+        let mut envelope = Envelope {
             event,
             user_id: draft.user_id,
             traceparent,
         };
-        self.batch.push(Outgoing {
-            id,
-            scope,
-            bytes: envelope.to_bytes(),
-        });
+        let mut bytes = envelope.to_bytes();
+        let max = self.limits.max_event_bytes;
+        if bytes.len() > max && envelope.event.source == Source::Api {
+            tracing::warn!(
+                event_id = %id,
+                event_type = %event_type,
+                bytes = bytes.len(),
+                max,
+                "publishing an application message larger than REALTIME_MAX_EVENT_BYTES whole"
+            );
+        } else if bytes.len() > max && event_size::truncate(&mut envelope.event.payload) {
+            note_truncated(id.index, bytes.len(), max);
+            bytes = envelope.to_bytes();
+        }
+        if bytes.len() > max && envelope.event.source == Source::Postgres {
+            tracing::error!(
+                event_id = %id,
+                event_type = %event_type,
+                bytes = bytes.len(),
+                max,
+                "skipping an event larger than REALTIME_MAX_EVENT_BYTES even without its row values"
+            );
+            metrics::counter!(m::SKIPPED, "reason" => "size").increment(1);
+            return;
+        }
+        self.batch.push(Outgoing { id, scope, bytes });
         self.sent.push(Sent {
             event_type,
             commit_ms,
         });
     }
+}
+
+/// Truncates a held event's payload when it is over `max` bytes or holds
+/// an oversize marker (the envelope adds a few hundred bytes more, checked
+/// again at [`Session::push_with`]).
+fn fit_payload(payload: &mut Value, max: usize, index: u64) {
+    let len = event_size::json_len(payload);
+    if (len > max || event_size::contains_oversize(payload)) && event_size::truncate(payload) {
+        note_truncated(index, len, max);
+    }
+}
+
+/// The log line and metric of one truncated event.
+fn note_truncated(index: u64, bytes: usize, max: usize) {
+    tracing::warn!(
+        index,
+        bytes,
+        max,
+        "an event is larger than REALTIME_MAX_EVENT_BYTES: publishing it without its row values, with \"truncated\": true (clients refetch the entity)"
+    );
+    metrics::counter!(m::EVENTS_TRUNCATED).increment(1);
 }

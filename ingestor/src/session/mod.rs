@@ -10,12 +10,15 @@
 //!   has its replica identity checked, see [`crate::identity`]); Insert/Update/Delete/Truncate
 //!   and logical messages go through the router and become [`Outgoing`]
 //!   events, appended to the current batch.
-//! - A transaction's events wait for its Commit (at most `max_batch` of
-//!   them: past that they are completed early, in order), because two things
-//!   are only known then: the acting user (`realtime.set_actor`, a
+//! - A transaction's events wait for its Commit (at most
+//!   [`Limits::hold`] of them, and [`HOLD_BYTES`] of their rows: past that
+//!   they are completed early, in order), because three things are only
+//!   known then: the acting user (`realtime.set_actor`, a
 //!   transactional message under [`ACTOR_PREFIX`], sets `updatedBy` /
 //!   `invitedBy` on every event of its transaction) and the organizations of
-//!   child rows' parents at the end of the transaction ([`crate::parents`]).
+//!   child rows' parents at the end of the transaction ([`crate::parents`]),
+//!   and whether one organization's changes to one table are a bulk change
+//!   to be sent as one `data.sync` ([`bulk`]).
 //!   Event ids are fixed when a change arrives, so a child skipped at commit
 //!   leaves a hole in the indexes, never a shifted id.
 //! - The batch is sent to Redis as one pipeline when it is full or when no
@@ -30,6 +33,7 @@
 //!   a child span per Redis pipeline carrying its events, and the span's
 //!   `traceparent` in each event's envelope.
 
+mod bulk;
 mod completion;
 mod flush;
 
@@ -40,11 +44,12 @@ use crate::publish::{Outgoing, PublishError, Publisher};
 use futures_util::FutureExt;
 use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationEvent};
 use realtime_shared::envelope::Envelope;
-use realtime_shared::event::{Event, EventId, EventType, EventVersion};
+use realtime_shared::event::{Event, EventId, EventType, EventVersion, Source};
 use realtime_shared::telemetry;
 use tokio_util::sync::CancellationToken;
 
 use crate::change::{Operation, RowChange};
+use crate::event_size;
 use crate::identity::{self, IdentityWatch};
 use crate::metrics as m;
 use crate::parents::{ParentOrg, Parents, ParentsError};
@@ -53,6 +58,7 @@ use crate::router::{self, Draft, RouteError, Routed, Router, Side};
 use crate::slot::{SlotError, SlotRecord};
 use crate::trace::{self, TxnTrace};
 use crate::value::{self, TypeRegistry};
+use serde_json::Value;
 
 /// The prefix of our heartbeat messages (ARCHITECTURE.md §2).
 pub(crate) const HEARTBEAT_PREFIX: &str = "realtime-heartbeat";
@@ -106,13 +112,59 @@ struct Txn {
     final_lsn: u64,
     commit_ms: i64,
     next_index: u64,
-    /// Events routed but not yet completed (see the module docs), with
-    /// their indexes.
-    pending: Vec<(Routed, u64)>,
+    /// Events routed but not yet completed (see the module docs).
+    pending: Vec<Pending>,
+    /// The row bytes behind `pending` (each change's message length, at most
+    /// `max_event_bytes` per event): with [`HOLD_BYTES`], bounds what a
+    /// transaction holds whatever its rows weigh.
+    pending_bytes: usize,
+    /// Events per organization and table so far, for coalescing.
+    bulk: bulk::Counts,
     /// The transaction's actor, from `realtime.set_actor`.
     actor: Option<String>,
     /// `None` unless tracing is on and the sampler kept the transaction.
     trace: Option<TxnTrace>,
+}
+
+/// A routed event held until its transaction's commit (or an early
+/// completion).
+struct Pending {
+    routed: Routed,
+    index: u64,
+    /// The routed table (its index in [`crate::routes::Routes::tables`]) when
+    /// the event may be coalesced into a bulk `data.sync`; `None` for
+    /// membership and notification events, truncates and messages.
+    bulk_table: Option<usize>,
+}
+
+/// The row bytes a transaction may hold before its events are completed
+/// early (see [`Txn::pending_bytes`]).
+const HOLD_BYTES: usize = 16 * 1024 * 1024;
+
+/// How many events a session batches and holds, and the two limits on
+/// what it publishes (ARCHITECTURE.md §2, *Batching*, *Bulk changes*,
+/// *Event size*).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Events per Redis pipeline (`REALTIME_PUBLISH_BATCH`).
+    pub(crate) max_batch: usize,
+    /// Past this many events of one organization and table in one
+    /// transaction they become one `data.sync` (`REALTIME_BULK_THRESHOLD`;
+    /// 0: never).
+    pub(crate) bulk_threshold: u64,
+    /// `REALTIME_MAX_EVENT_BYTES` (see [`crate::event_size`]).
+    pub(crate) max_event_bytes: usize,
+}
+
+impl Limits {
+    /// How many events of a transaction wait for its commit: enough for a
+    /// bulk change to cross the threshold before any of its events is
+    /// published (four times the threshold, at most 65,536), at least one
+    /// pipeline.
+    pub(crate) fn hold(&self) -> usize {
+        let bulk = usize::try_from(self.bulk_threshold.saturating_mul(4)).unwrap_or(usize::MAX);
+        bulk.min(65_536).max(self.max_batch)
+    }
 }
 
 /// Metadata kept beside each batched event for metrics.
@@ -127,7 +179,7 @@ pub(crate) struct Session<'a> {
     router: &'a Router,
     identity: &'a IdentityWatch,
     parents: Parents,
-    max_batch: usize,
+    limits: Limits,
     relations: HashMap<u32, Relation>,
     types: TypeRegistry,
     txn: Option<Txn>,
@@ -158,16 +210,17 @@ impl<'a> Session<'a> {
         router: &'a Router,
         identity: &'a IdentityWatch,
         parents: Parents,
-        max_batch: usize,
+        limits: Limits,
         slot: SlotRecord,
     ) -> Self {
+        let max_batch = limits.max_batch;
         Self {
             client,
             publisher,
             router,
             identity,
             parents,
-            max_batch,
+            limits,
             relations: HashMap::new(),
             types: TypeRegistry::default(),
             txn: None,
@@ -223,7 +276,7 @@ impl<'a> Session<'a> {
                 Some(event) => self.handle(event).await?,
                 None => return Err(SessionError::StreamEnded),
             }
-            if self.batch.len() >= self.max_batch {
+            if self.batch.len() >= self.limits.max_batch {
                 self.flush().await?;
             }
         }
@@ -242,12 +295,15 @@ impl<'a> Session<'a> {
                     commit_ms: unix_millis(commit_time_micros),
                     next_index: 0,
                     pending: Vec::new(),
+                    pending_bytes: 0,
+                    bulk: bulk::Counts::default(),
                     actor: None,
                     trace: TxnTrace::start(xid, final_lsn.as_u64()),
                 });
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
                 self.complete().await?;
+                self.publish_bulk();
                 if let Some(Txn {
                     trace: Some(trace),
                     next_index,
@@ -261,22 +317,23 @@ impl<'a> Session<'a> {
                     self.flush().await?;
                 }
             }
-            ReplicationEvent::XLogData { data, .. } => match pgoutput::decode(&data) {
-                Ok(message) => {
-                    self.handle_message(message)?;
-                    if self
-                        .txn
-                        .as_ref()
-                        .is_some_and(|t| t.pending.len() >= self.max_batch)
-                    {
-                        self.complete().await?;
+            ReplicationEvent::XLogData { data, .. } => {
+                match pgoutput::decode(&data) {
+                    Ok(message) => {
+                        self.handle_message(message, data.len())?;
+                        let hold = self.limits.hold();
+                        if self.txn.as_ref().is_some_and(|t| {
+                            t.pending.len() >= hold || t.pending_bytes >= HOLD_BYTES
+                        }) {
+                            self.complete().await?;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "skipping an undecodable replication message");
+                        metrics::counter!(m::SKIPPED, "reason" => "decode").increment(1);
                     }
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "skipping an undecodable replication message");
-                    metrics::counter!(m::SKIPPED, "reason" => "decode").increment(1);
-                }
-            },
+            }
             ReplicationEvent::Message {
                 transactional,
                 lsn,
@@ -289,7 +346,8 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    fn handle_message(&mut self, message: Message) -> Result<(), SessionError> {
+    /// `len`: the message's length in bytes, what its rows weigh.
+    fn handle_message(&mut self, message: Message, len: usize) -> Result<(), SessionError> {
         match message {
             Message::Relation(rel) => {
                 if let Some(route) = self.router.routes().find(&rel.namespace, &rel.name) {
@@ -303,13 +361,13 @@ impl<'a> Session<'a> {
                 name,
             } => self.types.remember(oid, namespace, name),
             Message::Insert { relation, new } => {
-                self.change(relation, Operation::Insert, None, Some(&new))?
+                self.change(relation, Operation::Insert, None, Some(&new), len)?
             }
             Message::Update { relation, old, new } => {
-                self.change(relation, Operation::Update, old.as_ref(), Some(&new))?
+                self.change(relation, Operation::Update, old.as_ref(), Some(&new), len)?
             }
             Message::Delete { relation, old } => {
-                self.change(relation, Operation::Delete, Some(&old), None)?
+                self.change(relation, Operation::Delete, Some(&old), None, len)?
             }
             Message::Truncate { relations, .. } => {
                 for oid in relations {
@@ -319,7 +377,7 @@ impl<'a> Session<'a> {
                         .get(&oid)
                         .ok_or(SessionError::UnknownRelation(oid))?;
                     if let Some(draft) = self.router.route_truncate(&rel.namespace, &rel.name) {
-                        self.defer(Routed::from(draft), index);
+                        self.defer(Routed::from(draft), index, None, 0);
                     }
                 }
             }
@@ -336,13 +394,15 @@ impl<'a> Session<'a> {
         operation: Operation,
         old: Option<&OldTuple>,
         new: Option<&pgoutput::Tuple>,
+        len: usize,
     ) -> Result<(), SessionError> {
         let rel = self
             .relations
             .get(&relation)
             .ok_or(SessionError::UnknownRelation(relation))?;
+        let max_value = self.limits.max_event_bytes;
         let old_row = old.map(|old| {
-            let mut row = value::row(rel, old.tuple(), &self.types);
+            let mut row = value::row(rel, old.tuple(), &self.types, max_value);
             if let OldTuple::Key(_) = old {
                 // A key-only image sends non-key columns as NULL: keep the
                 // key columns only, so those NULLs never look like values.
@@ -354,7 +414,7 @@ impl<'a> Session<'a> {
             }
             row
         });
-        let mut new_row = new.map(|t| value::row(rel, t, &self.types));
+        let mut new_row = new.map(|t| value::row(rel, t, &self.types, max_value));
         // Unchanged TOASTed columns are absent from the new row: take them
         // from the old row (REPLICA IDENTITY FULL sends it whole).
         if let (Some(old_row), Some(new_row)) = (&old_row, &mut new_row) {
@@ -371,14 +431,16 @@ impl<'a> Session<'a> {
             old: old_row,
             new: new_row,
         };
-        // One lookup of the table's route for both uses.
-        let routed = match self.router.index_of(change.schema, change.table) {
+        // One lookup of the table's route for all uses.
+        let table = self.router.index_of(change.schema, change.table);
+        let routed = match table {
             Some(index) => {
                 self.parents.observe(index, &change);
                 self.router.route_change_at(index, &change)
             }
             None => Ok(Vec::new()),
         };
+        let bulk_table = table.filter(|&i| self.router.may_coalesce(i));
         match &routed {
             Err(e) if lacks_old_row(e) && rel.replica_identity != identity::FULL => {
                 let table = qualified(rel);
@@ -418,7 +480,7 @@ impl<'a> Session<'a> {
         }
         for routed in drafts {
             let index = self.next_index();
-            self.defer(routed, index);
+            self.defer(routed, index, bulk_table, len);
         }
         Ok(())
     }
@@ -449,7 +511,7 @@ impl<'a> Session<'a> {
         };
         match self.router.route_message(prefix, content) {
             Ok(Some(draft)) if transactional && self.txn.is_some() => {
-                self.defer(Routed::from(draft), index);
+                self.defer(Routed::from(draft), index, None, content.len());
             }
             Ok(Some(draft)) => {
                 let (id, traceparent) = match &mut self.txn {
@@ -524,6 +586,20 @@ fn now_millis() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_transaction_holds_enough_events_for_a_bulk_change_to_show() {
+        let limits = |max_batch, bulk_threshold| Limits {
+            max_batch,
+            bulk_threshold,
+            max_event_bytes: 65_536,
+        };
+        assert_eq!(limits(512, 1000).hold(), 4000);
+        assert_eq!(limits(512, 0).hold(), 512, "no coalescing: one pipeline");
+        assert_eq!(limits(512, 10).hold(), 512);
+        assert_eq!(limits(512, 1_000_000).hold(), 65_536, "bounded");
+        assert_eq!(limits(100_000, 1000).hold(), 100_000);
+    }
 
     #[test]
     fn postgres_epoch_converts_to_unix_millis() {

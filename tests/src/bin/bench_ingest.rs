@@ -3,9 +3,13 @@
 //! latency at a steady rate. Starts its own Postgres and Redis (as the tests
 //! do) and the real ingestor binary; prints a report.
 //!
-//! Settings (environment): `BENCH_ROWS` (default 200000) rows in
-//! `BENCH_TXN_ROWS` (default 100) rows per transaction; `BENCH_RATE`
-//! (default 1000) rows/s for `BENCH_SECONDS` (default 10) in the steady phase.
+//! Three backlogs of `BENCH_ROWS` (default 200000) rows, each in its own
+//! database with its own slots: `BENCH_TXN_ROWS` (default 100) rows per
+//! transaction, then 1,000 (the default bulk threshold: still one event per
+//! row), then 1 (`BENCH_SINGLE_ROWS`, default 50000, rows: writing 200,000
+//! single-row transactions takes long). Each is read by pg_recvlogical, then
+//! by the ingestor, in the same run. Then the steady phase: `BENCH_RATE`
+//! (default 1000) rows/s for `BENCH_SECONDS` (default 10).
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -72,19 +76,33 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let rows = env_or("BENCH_ROWS", 200_000);
-    let txn_rows = env_or("BENCH_TXN_ROWS", 100).max(1);
-    let rate = env_or("BENCH_RATE", 1000).max(1);
-    let seconds = env_or("BENCH_SECONDS", 10).max(1);
+/// One backlog drained by pg_recvlogical, then by the ingestor.
+struct Drain {
+    backlog: u64,
+    txns: u64,
+    txn_rows: u64,
+    recvlogical: Duration,
+    ingestor: Duration,
+    ingestor_cpu: f64,
+    redis_cpu: f64,
+}
 
-    eprintln!("starting Postgres and Redis…");
-    let pg = PostgresServer::start()?;
-    let redis_server = RedisServer::start()?;
+/// Writes a backlog of `rows` rows, `txn_rows` per transaction, into a new
+/// database `name`, and times pg_recvlogical and the ingestor (a child
+/// process, left running for the steady phase) draining it.
+async fn drain(
+    pg: &PostgresServer,
+    redis_url: &str,
+    name: &str,
+    rows: u64,
+    txn_rows: u64,
+    history_cap: u64,
+) -> anyhow::Result<(Drain, tokio_postgres::Client, ChildProcess)> {
     let admin = connect(&pg.url("postgres")).await;
-    admin.batch_execute("CREATE DATABASE bench").await?;
-    let url = pg.url("bench");
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await?;
+    let url = pg.url(name);
     let db = connect(&url).await;
     db.batch_execute(include_str!("../../fixtures/oikion-schema.sql"))
         .await?;
@@ -107,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     }
 
-    eprintln!("writing a backlog of {rows} rows, {txn_rows} per transaction…");
+    eprintln!("{name}: writing a backlog of {rows} rows, {txn_rows} per transaction…");
     let txns = rows.div_ceil(txn_rows);
     db.batch_execute(&format!(
         "DO $$ BEGIN FOR t IN 0..{last} LOOP
@@ -145,41 +163,76 @@ async fn main() -> anyhow::Result<()> {
     let recvlogical = started.elapsed();
 
     // The ingestor, draining the same backlog into Redis.
-    let mut redis = redis::Client::open(redis_server.url())?
+    let mut redis = redis::Client::open(redis_url)?
         .get_multiplexed_async_connection()
         .await?;
-    let key = "rt:{org:bench}:history";
+    let key = format!("{name}:{{org:bench}}:history");
     let env = vec![
         ("DATABASE_URL", url.clone()),
-        ("REDIS_URL", redis_server.url()),
+        ("REDIS_URL", redis_url.to_owned()),
+        ("REALTIME_KEY_PREFIX", name.to_owned()),
         ("REALTIME_ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
-        (
-            "REALTIME_HISTORY_LEN",
-            (backlog + rate * seconds + 1000).to_string(),
-        ),
+        ("REALTIME_HISTORY_LEN", history_cap.to_string()),
         ("RUST_LOG", "warn".to_owned()),
     ];
     let redis_cpu_before = redis_cpu_seconds(&mut redis).await;
     let started = Instant::now();
     let ingestor = ChildProcess::spawn(&binary_path("realtime-ingestor"), &env);
     let deadline = started + Duration::from_secs(600);
-    while history_len(&mut redis, key).await < backlog {
+    while history_len(&mut redis, &key).await < backlog {
         anyhow::ensure!(
             Instant::now() < deadline,
             "the ingestor did not drain the backlog in 10 minutes"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let drain = started.elapsed();
+    let drained = started.elapsed();
     let ingestor_cpu = process_cpu_seconds(ingestor.pid());
     let redis_cpu = redis_cpu_seconds(&mut redis).await - redis_cpu_before;
+    Ok((
+        Drain {
+            backlog,
+            txns,
+            txn_rows,
+            recvlogical,
+            ingestor: drained,
+            ingestor_cpu,
+            redis_cpu,
+        },
+        db,
+        ingestor,
+    ))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let rows = env_or("BENCH_ROWS", 200_000);
+    let txn_rows = env_or("BENCH_TXN_ROWS", 100).max(1);
+    let single_rows = env_or("BENCH_SINGLE_ROWS", 50_000).max(1);
+    let rate = env_or("BENCH_RATE", 1000).max(1);
+    let seconds = env_or("BENCH_SECONDS", 10).max(1);
+
+    eprintln!("starting Postgres and Redis…");
+    let pg = PostgresServer::start()?;
+    let redis_server = RedisServer::start()?;
+    let history = rows.max(single_rows) + rate * seconds + 1000;
+    // The main backlog first, on a fresh cluster as before; its ingestor
+    // stays (idle) for the steady phase while the other two are drained.
+    let (main_drain, db, ingestor) =
+        drain(&pg, &redis_server.url(), "bench", rows, txn_rows, history).await?;
+    let mut drains = vec![main_drain];
+    for (name, n, per_txn) in [("bench1000", rows, 1000), ("bench1", single_rows, 1)] {
+        let (d, _db, other) = drain(&pg, &redis_server.url(), name, n, per_txn, history).await?;
+        drop(other);
+        drains.push(d);
+    }
 
     // Steady phase: one row per transaction at `rate`, timed from the
     // COMMIT's return to the event's arrival on the live channel.
     let mut pubsub = redis::Client::open(redis_server.url())?
         .get_async_pubsub()
         .await?;
-    pubsub.subscribe("rt:{org:bench}").await?;
+    pubsub.subscribe("bench:{org:bench}").await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
     let listener = tokio::spawn(async move {
         let mut messages = pubsub.into_on_message();
@@ -228,26 +281,34 @@ async fn main() -> anyhow::Result<()> {
     drop(ingestor);
     latencies.sort();
 
-    let ingest_rate = backlog as f64 / drain.as_secs_f64();
-    let recv_rate = backlog as f64 / recvlogical.as_secs_f64();
     println!(
         "## bench-ingest ({} cores)",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    println!("backlog: {backlog} rows in {txns} transactions of {txn_rows}");
-    println!(
-        "pg_recvlogical read it in {:.2} s ({recv_rate:.0} rows/s)",
-        recvlogical.as_secs_f64()
-    );
-    println!(
-        "ingestor published it in {:.2} s ({ingest_rate:.0} events/s), including process start",
-        drain.as_secs_f64()
-    );
-    println!("CPU during the drain: ingestor {ingestor_cpu:.2} s, Redis {redis_cpu:.2} s");
-    println!(
-        "ratio ingestor / pg_recvlogical time: {:.2}x",
-        drain.as_secs_f64() / recvlogical.as_secs_f64()
-    );
+    for d in &drains {
+        println!(
+            "backlog: {} rows in {} transactions of {}",
+            d.backlog, d.txns, d.txn_rows
+        );
+        println!(
+            "  pg_recvlogical read it in {:.2} s ({:.0} rows/s)",
+            d.recvlogical.as_secs_f64(),
+            d.backlog as f64 / d.recvlogical.as_secs_f64()
+        );
+        println!(
+            "  ingestor published it in {:.2} s ({:.0} events/s), including process start",
+            d.ingestor.as_secs_f64(),
+            d.backlog as f64 / d.ingestor.as_secs_f64()
+        );
+        println!(
+            "  CPU during the drain: ingestor {:.2} s, Redis {:.2} s",
+            d.ingestor_cpu, d.redis_cpu
+        );
+        println!(
+            "  ratio ingestor / pg_recvlogical time: {:.2}x",
+            d.ingestor.as_secs_f64() / d.recvlogical.as_secs_f64()
+        );
+    }
     println!(
         "steady: {total} single-row transactions at {achieved:.0}/s (target {rate}/s); {} events timed",
         latencies.len()

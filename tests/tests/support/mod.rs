@@ -58,6 +58,55 @@ impl Drop for InProcess {
     }
 }
 
+/// Which Redis a test runs on: the shared single node (the default
+/// everywhere), or the shared Redis Cluster (3 primaries with a replica
+/// each). Tests whose promise must hold on both take one of these, and
+/// `redis_cluster.rs` runs them on the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redis {
+    Single,
+    Cluster,
+}
+
+impl Redis {
+    /// A fresh test context on the shared Postgres and this Redis.
+    pub async fn context(self) -> TestContext {
+        match self {
+            Redis::Single => TestContext::new().await,
+            Redis::Cluster => TestContext::new_on_cluster().await,
+        }
+    }
+
+    /// How many connections are subscribed to `channel`: `PUBSUB NUMSUB`
+    /// on the one node; `PUBSUB SHARDNUMSUB` summed over every node of the
+    /// cluster (only the shard owning the channel's slot has any).
+    pub async fn subscribers(self, ctx: &TestContext, channel: &str) -> u64 {
+        match self {
+            Redis::Single => {
+                let mut redis = ctx.redis().await;
+                let (_, n): (String, u64) = redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg(channel)
+                    .query_async(&mut redis)
+                    .await
+                    .unwrap_or_else(|e| panic!("PUBSUB NUMSUB: {e}"));
+                n
+            }
+            Redis::Cluster => {
+                let channel = channel.to_owned();
+                tokio::task::spawn_blocking(move || {
+                    realtime_tests::shared()
+                        .redis_cluster()
+                        .shard_subscribers(&channel)
+                        .unwrap_or_else(|e| panic!("PUBSUB SHARDNUMSUB: {e:#}"))
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+            }
+        }
+    }
+}
+
 /// One history entry: its stream id, the event JSON and the target user.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -96,12 +145,22 @@ impl RunningIngestor {
 
     /// Runs `ddl`, writes `routes` to a file and starts with it.
     pub async fn start_with_routes(ddl: &str, routes: &str) -> Self {
+        Self::start_with_routes_and(ddl, routes, |_| {}).await
+    }
+
+    /// The same, with `adjust` applied to the config.
+    pub async fn start_with_routes_and(
+        ddl: &str,
+        routes: &str,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Self {
         let ctx = TestContext::new().await;
         ctx.batch(ddl).await;
         let path = ctx.temp_dir().join("routes.toml");
         std::fs::write(&path, routes).expect("write routes");
         let mut config = config_for(&ctx);
         config.routes = Some(path);
+        adjust(&mut config);
         Self::start(ctx, config).await
     }
 
@@ -195,11 +254,11 @@ type StreamEntry = (String, Vec<(String, Vec<u8>)>);
 
 /// Every entry of an organization's history (`None`: the broadcast history).
 pub async fn history(ctx: &TestContext, org: Option<&str>) -> Vec<Entry> {
-    let mut redis = ctx.redis().await;
+    let mut redis = ctx.redis_commands().await;
     history_on(&mut redis, &history_key(ctx, org)).await
 }
 
-pub async fn history_on(redis: &mut redis::aio::MultiplexedConnection, key: &str) -> Vec<Entry> {
+pub async fn history_on(redis: &mut impl redis::aio::ConnectionLike, key: &str) -> Vec<Entry> {
     let raw: Vec<StreamEntry> = redis::cmd("XRANGE")
         .arg(key)
         .arg("-")
@@ -239,7 +298,7 @@ pub async fn wait_for_history(
 /// Waits until `n` events were ever appended to an organization's history
 /// (`entries-added`, which counts trimmed entries too).
 pub async fn wait_until_published(ctx: &TestContext, org: &str, n: u64) {
-    let conn = ctx.redis().await;
+    let conn = ctx.redis_commands().await;
     let key = history_key(ctx, Some(org));
     wait_until(
         &format!("{n} events published to {org}"),
