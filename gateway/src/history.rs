@@ -17,6 +17,12 @@ use realtime_shared::redis_target::RedisConn;
 use crate::frame::Frame;
 use crate::shared_reads::SharedReads;
 
+/// Pages being read, shared by (organization, after).
+type PageReads = SharedReads<(Arc<str>, Option<EventId>), redis::RedisResult<Arc<Page>>>;
+
+/// Gap checks being made, shared by (organization, last).
+type GapReads = SharedReads<(Arc<str>, EventId), redis::RedisResult<bool>>;
+
 /// Entries read per stream per page: bounds memory per catching-up client.
 pub(crate) const PAGE: usize = 256;
 
@@ -28,9 +34,9 @@ pub(crate) struct History {
     conn: RedisConn,
     keys: Keys,
     /// Pages being read, by (organization, after).
-    pages: Arc<SharedReads<(Arc<str>, Option<EventId>), redis::RedisResult<Arc<Page>>>>,
+    pages: Arc<PageReads>,
     /// Gap checks being made, by (organization, last).
-    gaps: Arc<SharedReads<(Arc<str>, EventId), redis::RedisResult<bool>>>,
+    gaps: Arc<GapReads>,
 }
 
 /// One page of a merged replay.

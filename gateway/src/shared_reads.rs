@@ -215,7 +215,7 @@ mod tests {
         let reads: Arc<SharedReads<&'static str, u64>> = Arc::default();
         let first = {
             let reads = reads.clone();
-            tokio::spawn(async move { reads.read("org", || std::future::pending::<u64>()).await })
+            tokio::spawn(async move { reads.read("org", std::future::pending::<u64>).await })
         };
         let joiner = {
             let reads = reads.clone();
@@ -230,7 +230,7 @@ mod tests {
         first.abort();
         assert_eq!(joiner.await.unwrap(), 7);
         // Dropped while still gathering: the entry goes with it.
-        let mut gatherer = Box::pin(reads.read("org", || std::future::pending::<u64>()));
+        let mut gatherer = Box::pin(reads.read("org", std::future::pending::<u64>));
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         assert!(gatherer.as_mut().poll(&mut cx).is_pending());
         assert_eq!(reads.gathering(), 1, "the gatherer opened its entry");

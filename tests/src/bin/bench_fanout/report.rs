@@ -76,6 +76,7 @@ pub(crate) fn print_report(
     println!(
         "`make bench-fanout` (release ingestor and gateway, then `cargo run --release -p realtime-tests --bin bench_fanout`) with \
          BENCH_CASE={} BENCH_CLIENTS={} BENCH_ORGS={} BENCH_USERS={} BENCH_RATE={} BENCH_SECONDS={} BENCH_PER_PROCESS={} BENCH_CLIENT_ROUND_US={} BENCH_WARMUP_SECONDS={}",
+        s.case.name(),
         s.phases
             .iter()
             .map(u64::to_string)
