@@ -200,20 +200,7 @@ impl Hub {
         for channel in &channels {
             subscriber.subscribe(channel).await?;
         }
-        let now = Instant::now();
-        let feeds: Vec<Arc<OrgFeed>> = self
-            .lock()
-            .values()
-            .map(|entry| {
-                entry.ready.send_replace(Some(now));
-                entry.feed.clone()
-            })
-            .collect();
-        if !first {
-            for feed in feeds {
-                self.enqueue(feed, FeedMessage::Resync, None).await;
-            }
-        }
+        self.subscribed_all(first).await;
         loop {
             tokio::select! {
                 biased;
@@ -240,6 +227,27 @@ impl Hub {
                     Some(message) => self.dispatch(message.get_channel_name(), message.get_payload_bytes(), broadcast_channel).await,
                     None => return Err(redis::RedisError::from((redis::ErrorKind::Io, "pub/sub connection closed"))),
                 },
+            }
+        }
+    }
+
+    /// After (re)subscribing every joined channel: marks each ready (a
+    /// waiting stream may replay history now) and, after a reconnection
+    /// (`!first`), tells every feed to resync from history. Both
+    /// subscribers (one node, cluster) call it.
+    async fn subscribed_all(&self, first: bool) {
+        let now = Instant::now();
+        let feeds: Vec<Arc<OrgFeed>> = self
+            .lock()
+            .values()
+            .map(|entry| {
+                entry.ready.send_replace(Some(now));
+                entry.feed.clone()
+            })
+            .collect();
+        if !first {
+            for feed in feeds {
+                self.enqueue(feed, FeedMessage::Resync, None).await;
             }
         }
     }

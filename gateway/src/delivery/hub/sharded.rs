@@ -58,20 +58,7 @@ impl Hub {
         for channel in &channels {
             conn.ssubscribe(channel).await?;
         }
-        let now = Instant::now();
-        let feeds: Vec<Arc<OrgFeed>> = self
-            .lock()
-            .values()
-            .map(|entry| {
-                entry.ready.send_replace(Some(now));
-                entry.feed.clone()
-            })
-            .collect();
-        if !first {
-            for feed in feeds {
-                self.enqueue(feed, FeedMessage::Resync, None).await;
-            }
-        }
+        self.subscribed_all(first).await;
         loop {
             tokio::select! {
                 biased;
