@@ -1093,48 +1093,6 @@ fn open_fds(pid: u32) -> usize {
         .expect("/proc/PID/fd")
 }
 
-/// This process's open-files limit: (soft, hard).
-fn nofile_limit() -> (u64, u64) {
-    let limits = std::fs::read_to_string("/proc/self/limits").expect("/proc/self/limits");
-    let line = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .expect("Max open files");
-    let numbers: Vec<u64> = line
-        .split_whitespace()
-        .filter_map(|w| match w {
-            "unlimited" => Some(u64::MAX),
-            w => w.parse().ok(),
-        })
-        .collect();
-    (numbers[0], numbers[1])
-}
-
-/// Makes sure this process, and the gateway it starts (which inherits the
-/// limit), may hold `needed` open files: raises the soft limit to the hard
-/// one with `prlimit(1)` when it is lower (this crate forbids unsafe code,
-/// so no setrlimit call here). Panics with the figures when it cannot.
-fn ensure_open_files(needed: u64) {
-    let (soft, hard) = nofile_limit();
-    if soft >= needed {
-        return;
-    }
-    assert!(
-        hard >= needed,
-        "this test holds {IDLE_STREAMS} connections and needs {needed} open files, but the hard limit is {hard}: raise it (ulimit -Hn)"
-    );
-    let raised = std::process::Command::new("prlimit")
-        .arg("--pid")
-        .arg(std::process::id().to_string())
-        .arg(format!("--nofile={hard}:{hard}"))
-        .status();
-    let (soft, _) = nofile_limit();
-    assert!(
-        soft >= needed,
-        "the open-files soft limit is {soft}, {needed} are needed, and prlimit could not raise it ({raised:?}): run `ulimit -n {hard}` first"
-    );
-}
-
 /// Opens one authenticated stream and reads until its connection message;
 /// returns the socket, left open. A transient refusal (the replica is busy,
 /// e.g. its Postgres pool saturated by the burst: a 200 stream with only a
@@ -1277,7 +1235,7 @@ async fn nine_thousand_idle_streams_opened_and_dropped_leave_memory_at_baseline(
     let started = std::time::Instant::now();
     // The client side of every stream lives in this process, the server
     // side in the gateway (a child: it inherits the limit).
-    ensure_open_files(IDLE_STREAMS as u64 + 1_000);
+    let _turn = crate::support::many_sockets(IDLE_STREAMS as u64 + 1_000).await;
     let ctx = realtime_tests::TestContext::new().await;
     seed(&ctx).await;
     // One user per stream, as 9,000 browser tabs would be (a per-user

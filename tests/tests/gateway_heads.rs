@@ -436,46 +436,6 @@ async fn streams_with_3_kib_of_cookies_take_the_fast_path_and_cost_what_small_on
     );
 }
 
-/// The open-files limit of this process: (soft, hard).
-fn nofile_limit() -> (u64, u64) {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
-    let line = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .unwrap();
-    let numbers: Vec<u64> = line
-        .split_whitespace()
-        .filter_map(|w| match w {
-            "unlimited" => Some(u64::MAX),
-            w => w.parse().ok(),
-        })
-        .collect();
-    (numbers[0], numbers[1])
-}
-
-/// Raises this process's soft open-files limit to `needed` (up to the hard
-/// one) with `prlimit(1)`; panics with the figures when it cannot.
-fn ensure_open_files(needed: u64) {
-    let (soft, hard) = nofile_limit();
-    if soft >= needed {
-        return;
-    }
-    assert!(
-        hard >= needed,
-        "this test needs {needed} open files, the hard limit is {hard}: raise it (ulimit -Hn)"
-    );
-    let raised = std::process::Command::new("prlimit")
-        .arg("--pid")
-        .arg(std::process::id().to_string())
-        .arg(format!("--nofile={hard}:{hard}"))
-        .status();
-    let (soft, _) = nofile_limit();
-    assert!(
-        soft >= needed,
-        "the open-files soft limit is {soft}, {needed} are needed ({raised:?})"
-    );
-}
-
 const HALF_OPEN: usize = 10_000;
 /// The gateway's open-files limit in that test: a modest production value,
 /// well below the number of half-open sockets.
@@ -490,7 +450,7 @@ const GATEWAY_NOFILE: u64 = 4096;
 /// descriptors and accepted nobody until a socket closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_half_open_sockets_do_not_keep_a_client_from_its_stream() {
-    ensure_open_files(HALF_OPEN as u64 + 1_000);
+    let _turn = crate::support::many_sockets(HALF_OPEN as u64 + 1_000).await;
     let ctx = TestContext::new().await;
     ctx.batch(SEED).await;
     let gw = gateway(

@@ -77,6 +77,7 @@ impl RunningGateway {
     }
 
     async fn start_with(config: Config, metrics: MetricsUse) -> Self {
+        super::logs_when_asked();
         let gateway = Gateway::build(config).await.expect("gateway starts");
         let addr = gateway.local_addr();
         let admin = gateway.admin_addr();

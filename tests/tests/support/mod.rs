@@ -5,6 +5,74 @@
 pub mod gateway;
 pub mod sse;
 
+/// A turn for a test that holds thousands of sockets in this process (and
+/// lets its gateway child inherit the limit): waits while another such test
+/// runs, since two at once (9,000 idle streams and 10,000 half-open
+/// sockets) would pass the open-files limit together, and makes sure this
+/// process may hold `needed` open files. Hold the guard for the test.
+pub async fn many_sockets(needed: u64) -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let turn = TURN.lock().await;
+    ensure_open_files(needed);
+    turn
+}
+
+/// This process's open-files limit: (soft, hard).
+fn nofile_limit() -> (u64, u64) {
+    let limits = std::fs::read_to_string("/proc/self/limits").expect("/proc/self/limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files");
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| match w {
+            "unlimited" => Some(u64::MAX),
+            w => w.parse().ok(),
+        })
+        .collect();
+    (numbers[0], numbers[1])
+}
+
+/// Raises this process's soft open-files limit to the hard one with
+/// `prlimit(1)` when it is below `needed` (the crate forbids unsafe code,
+/// so no setrlimit call); panics with the figures when it cannot.
+fn ensure_open_files(needed: u64) {
+    let (soft, hard) = nofile_limit();
+    if soft >= needed {
+        return;
+    }
+    assert!(
+        hard >= needed,
+        "this test needs {needed} open files, the hard limit is {hard}: raise it (ulimit -Hn)"
+    );
+    let raised = std::process::Command::new("prlimit")
+        .arg("--pid")
+        .arg(std::process::id().to_string())
+        .arg(format!("--nofile={hard}:{hard}"))
+        .status();
+    let (soft, _) = nofile_limit();
+    assert!(
+        soft >= needed,
+        "the open-files soft limit is {soft}, {needed} are needed, and prlimit could not raise it ({raised:?}): run `ulimit -n {hard}` first"
+    );
+}
+
+/// The in-process services' logs on stderr when `RUST_LOG` is set (e.g.
+/// `RUST_LOG=realtime_gateway=debug`), for reading a failing test; silent
+/// otherwise. Called by every in-process gateway and ingestor start.
+pub fn logs_when_asked() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
 use std::time::Duration;
 
 use realtime_ingestor::{Config, Ingestor};
@@ -165,6 +233,7 @@ impl RunningIngestor {
     }
 
     pub async fn start(ctx: TestContext, config: Config) -> Self {
+        logs_when_asked();
         let ingestor = Ingestor::build(config).await.expect("ingestor starts");
         let admin = ingestor.admin_addr();
         let process = InProcess::spawn(|rx| {

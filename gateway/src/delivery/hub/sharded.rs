@@ -16,13 +16,24 @@
 //!   reconnect.
 //! - **A shard gave a channel up** (a server `sunsubscribe` push: its slot
 //!   was migrated away, or its primary became a replica in a failover): the
-//!   channel is subscribed again, which the cluster client routes to the
-//!   slot's new owner (following `-MOVED` and refreshing its slot map), and
-//!   that one feed resyncs (every feed for the broadcast channel). Control
-//!   messages are not history: one sent in that window is lost, as on a
-//!   single-node reconnect.
+//!   same, a new session ([`Hub::gave_up`] says why not a resubscription on
+//!   this connection). Control messages are not history: one sent in that
+//!   window is lost, as on a single-node reconnect.
+//!
+//! **Every subscription is proven to sit on the slot's primary** before its
+//! feed is ready or resynced ([`Probe::subscribe_on_primary`]). Right after a
+//! failover the client's slot map can still name the demoted primary, and
+//! a replica accepts `SSUBSCRIBE` for its primary's slots: such a
+//! subscription gets the primary's messages only by the cluster bus, and
+//! only once the new primary counts the node among its replicas (seen
+//! here, consistent with it: a gateway that resubscribed right after a
+//! failover and resynced at once lost the ~20 events the new primary
+//! published in the next ~250 ms, then got the rest live). So
+//! the channel is subscribed together with a probe channel of its slot
+//! (unique to this session), and a script (`EVAL`, a write as far as
+//! routing goes: a replica redirects it) `SPUBLISH`es to the probe on the
+//! primary: it counts one receiver only if this subscription is there.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use realtime_shared::redis_target::ClusterSeeds;
@@ -30,10 +41,25 @@ use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Command, FeedMessage, Hub, OrgFeed};
+use super::{Command, Hub};
 
 /// Connect and response timeout of the subscriber's cluster connection.
 const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Tries of [`Hub::subscribe_on_primary`] (50 ms doubling between them,
+/// about 6 s in all) before the session ends and the next one starts from
+/// the seeds: longer than a cluster takes to elect and announce a primary.
+const PROBE_TRIES: u32 = 8;
+
+/// `SPUBLISH`es to `KEYS[1]` on the primary of its slot and returns how
+/// many clients there received it. Declared as a key so that the cluster
+/// routes it by slot; a script without flags is treated as a write, which a
+/// replica never serves (it answers `-MOVED`).
+const PROBE_SCRIPT: &str = "return redis.call('SPUBLISH', KEYS[1], ARGV[1])";
+
+/// What marks a probe channel: `<channel>` + this + the session's id. It
+/// keeps the channel's hash tag, so the probe lives in the same slot.
+const PROBE_MARK: &str = ":probe:";
 
 impl Hub {
     /// One cluster pub/sub connection; `Ok` only on shutdown. Mirrors
@@ -49,14 +75,19 @@ impl Hub {
         let (tx, mut pushes) = mpsc::unbounded_channel::<PushInfo>();
         let client = seeds.pubsub_client(tx, TIMEOUT)?;
         let mut conn = client.get_async_connection().await?;
+        let probe = Probe::new();
         let control_channel = self.inner.keys.control();
-        conn.ssubscribe(broadcast_channel).await?;
-        conn.ssubscribe(&control_channel).await?;
+        probe
+            .subscribe_on_primary(&mut conn, broadcast_channel)
+            .await?;
+        probe
+            .subscribe_on_primary(&mut conn, &control_channel)
+            .await?;
         // Commands queued while disconnected are reflected in the map.
         while commands.try_recv().is_ok() {}
         let channels: Vec<String> = self.lock().keys().cloned().collect();
         for channel in &channels {
-            conn.ssubscribe(channel).await?;
+            probe.subscribe_on_primary(&mut conn, channel).await?;
         }
         self.subscribed_all(first).await;
         loop {
@@ -65,7 +96,7 @@ impl Hub {
                 _ = shutdown.cancelled() => return Ok(()),
                 command = commands.recv() => match command {
                     Some(Command::Subscribe(channel)) => {
-                        conn.ssubscribe(&channel).await?;
+                        probe.subscribe_on_primary(&mut conn, &channel).await?;
                         if let Some(entry) = self.lock().get(&channel) {
                             entry.ready.send_replace(Some(Instant::now()));
                         }
@@ -80,7 +111,7 @@ impl Hub {
                 },
                 push = pushes.recv() => match push {
                     Some(push) => {
-                        self.on_push(&mut conn, push, broadcast_channel, &control_channel)
+                        self.on_push(push, broadcast_channel, &control_channel)
                             .await?;
                     }
                     None => return Err(closed("the cluster push channel closed")),
@@ -91,7 +122,6 @@ impl Hub {
 
     async fn on_push(
         &self,
-        conn: &mut redis::cluster_async::ClusterConnection,
         push: PushInfo,
         broadcast_channel: &str,
         control_channel: &str,
@@ -103,7 +133,10 @@ impl Hub {
                 else {
                     return Ok(());
                 };
-                if channel.as_slice() == control_channel.as_bytes() {
+                if Probe::is_probe(channel) {
+                    // A probe's own message (or one reaching a subscription
+                    // left on a demoted node): nothing to deliver.
+                } else if channel.as_slice() == control_channel.as_bytes() {
                     (self.inner.on_control)(payload.as_slice());
                 } else if let Ok(channel) = std::str::from_utf8(channel) {
                     self.dispatch(channel, payload.as_slice(), broadcast_channel)
@@ -119,59 +152,113 @@ impl Hub {
                 let Ok(channel) = std::str::from_utf8(channel) else {
                     return Ok(());
                 };
-                self.regain(conn, channel, broadcast_channel, control_channel)
-                    .await
+                self.gave_up(channel, broadcast_channel, control_channel)
             }
             _ => Ok(()),
         }
     }
 
     /// `channel` was unsubscribed. If this replica still needs it, the shard
-    /// gave it up (its slot moved): subscribe it again where the slot lives
-    /// now, then resync what it feeds. Otherwise it was this hub's own
-    /// `SUNSUBSCRIBE`, confirmed.
-    async fn regain(
+    /// gave it up (its slot was migrated away, or its primary was demoted in
+    /// a failover): the session ends, and the next one subscribes every
+    /// channel again from the seeds on a fresh connection (each proven on
+    /// its primary) and resyncs every feed, as after a lost connection.
+    /// Otherwise it was this hub's own `SUNSUBSCRIBE`, confirmed.
+    ///
+    /// Why not resubscribe the one channel on this connection: seen here,
+    /// after a manual failover, a channel resubscribed (and proven) on the
+    /// same cluster connection went silent for good on one of two gateways
+    /// while the other kept receiving; the client's own resubscription after
+    /// its slot-map refresh and ours interleave in ways its API does not
+    /// let us check. A failover or a migration is rare; a fresh session is
+    /// the path already proven by the kill -9 test.
+    fn gave_up(
         &self,
-        conn: &mut redis::cluster_async::ClusterConnection,
         channel: &str,
         broadcast_channel: &str,
         control_channel: &str,
     ) -> redis::RedisResult<()> {
-        let fixed = channel == broadcast_channel || channel == control_channel;
-        let joined = {
-            let entries = self.lock();
-            match entries.get(channel) {
-                Some(entry) => {
-                    entry.ready.send_replace(None);
-                    true
-                }
-                None => false,
-            }
-        };
-        if !fixed && !joined {
-            return Ok(());
-        }
-        tracing::info!(
-            channel,
-            "a Redis Cluster shard gave up a channel (slot moved); subscribing where it lives now"
-        );
-        conn.ssubscribe(channel).await?;
-        let now = Instant::now();
-        let feeds: Vec<Arc<OrgFeed>> = {
-            let entries = self.lock();
-            if channel == broadcast_channel {
-                entries.values().map(|e| e.feed.clone()).collect()
-            } else if let Some(entry) = entries.get(channel) {
-                entry.ready.send_replace(Some(now));
-                vec![entry.feed.clone()]
-            } else {
-                Vec::new()
-            }
-        };
-        for feed in feeds {
-            self.enqueue(feed, FeedMessage::Resync, None).await;
+        let needed = channel == broadcast_channel
+            || channel == control_channel
+            || self.lock().contains_key(channel);
+        if needed {
+            tracing::info!(
+                channel,
+                "a Redis Cluster shard gave up a channel (slot moved or primary demoted); subscribing everything again"
+            );
+            return Err(closed("a Redis Cluster shard gave up a channel"));
         }
         Ok(())
+    }
+}
+
+/// A session's proof that its subscriptions sit on the primaries (module
+/// documentation).
+struct Probe {
+    /// Unique to the session: no other client subscribes to its channels,
+    /// so one receiver counted is this subscription.
+    suffix: String,
+    script: redis::Script,
+}
+
+impl Probe {
+    fn new() -> Self {
+        let id: u64 = rand::random();
+        Self {
+            suffix: format!("{PROBE_MARK}{id:016x}"),
+            script: redis::Script::new(PROBE_SCRIPT),
+        }
+    }
+
+    fn is_probe(channel: &[u8]) -> bool {
+        channel
+            .windows(PROBE_MARK.len())
+            .any(|w| w == PROBE_MARK.as_bytes())
+    }
+
+    /// `SSUBSCRIBE channel probe` (one command: one slot, one node), then
+    /// the probe script on the slot's primary. One receiver: the
+    /// subscription is on the primary and gets every message published
+    /// from now on. None (or the script failed): the subscription landed
+    /// on a node that no longer serves the slot; it is dropped and tried
+    /// again once the client's slot map has caught up (the redirected
+    /// script makes it refresh). After [`PROBE_TRIES`] the session ends.
+    async fn subscribe_on_primary(
+        &self,
+        conn: &mut redis::cluster_async::ClusterConnection,
+        channel: &str,
+    ) -> redis::RedisResult<()> {
+        let probe = format!("{channel}{}", self.suffix);
+        let mut delay = Duration::from_millis(50);
+        for _ in 0..PROBE_TRIES {
+            conn.ssubscribe(&[channel, probe.as_str()]).await?;
+            let receivers: redis::RedisResult<i64> = self
+                .script
+                .key(&probe)
+                .arg("probe")
+                .invoke_async(conn)
+                .await;
+            // The probe channel is not needed past the answer.
+            conn.sunsubscribe(&probe).await?;
+            match receivers {
+                Ok(n) if n >= 1 => return Ok(()),
+                Ok(_) => tracing::info!(
+                    channel,
+                    "subscribed on a node that is not the slot's primary (a failover in progress); subscribing again"
+                ),
+                Err(e) => tracing::info!(
+                    channel,
+                    error = %e,
+                    "the subscription probe failed; subscribing again"
+                ),
+            }
+            conn.sunsubscribe(channel).await?;
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+        Err(closed(
+            "a channel could not be subscribed on its slot's primary",
+        ))
     }
 }
 
