@@ -116,8 +116,10 @@ async fn drain(
          CREATE PUBLICATION realtime FOR TABLE properties, organization_members, organizations, activities;",
     )
     .await?;
-    // Both slots start at the same point, before the backlog.
-    for slot in ["realtime", "recvlogical"] {
+    // Both slots start at the same point, before the backlog. Slots are
+    // per server, not per database: each backlog names its own.
+    let (slot, floor_slot) = (format!("{name}_realtime"), format!("{name}_recvlogical"));
+    for slot in [&slot, &floor_slot] {
         db.execute(
             "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
             &[&slot],
@@ -147,7 +149,7 @@ async fn drain(
     let bindir = String::from_utf8(Command::new("pg_config").arg("--bindir").output()?.stdout)?;
     let started = Instant::now();
     let status = Command::new(format!("{}/pg_recvlogical", bindir.trim()))
-        .args(["-d", &url, "--slot", "recvlogical", "--start", "--no-loop"])
+        .args(["-d", &url, "--slot", &floor_slot, "--start", "--no-loop"])
         .args([
             "--endpos",
             &end_lsn,
@@ -171,15 +173,25 @@ async fn drain(
         ("DATABASE_URL", url.clone()),
         ("REDIS_URL", redis_url.to_owned()),
         ("REALTIME_KEY_PREFIX", name.to_owned()),
+        ("REALTIME_SLOT", slot.clone()),
         ("REALTIME_ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
         ("REALTIME_HISTORY_LEN", history_cap.to_string()),
+        // The schema's other routed tables (listings, …) are not set up
+        // here: the ingestor sets their replica identity at start-up.
+        ("REALTIME_MANAGE_REPLICA_IDENTITY", "true".to_owned()),
         ("RUST_LOG", "warn".to_owned()),
     ];
     let redis_cpu_before = redis_cpu_seconds(&mut redis).await;
     let started = Instant::now();
-    let ingestor = ChildProcess::spawn(&binary_path("realtime-ingestor"), &env);
+    let mut ingestor = ChildProcess::spawn(&binary_path("realtime-ingestor"), &env);
     let deadline = started + Duration::from_secs(600);
     while history_len(&mut redis, &key).await < backlog {
+        if let Some(status) = ingestor.try_status() {
+            anyhow::bail!(
+                "the ingestor exited ({status}) before draining the backlog:\n{}",
+                ingestor.output_text()
+            );
+        }
         anyhow::ensure!(
             Instant::now() < deadline,
             "the ingestor did not drain the backlog in 10 minutes"
