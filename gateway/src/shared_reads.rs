@@ -198,11 +198,12 @@ mod tests {
             let reads = reads.clone();
             tokio::spawn(async move { reads.read("org", || async { 1 }).await })
         };
-        assert_eq!(
-            second.await.unwrap(),
-            1,
-            "an answer older than the question"
-        );
+        // Joined to the first read, the second would wait for the gate:
+        // a deadline turns that into a failure rather than a hang.
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(5), second)
+            .await
+            .expect("the second read was joined to one sent before it asked");
+        assert_eq!(answer.unwrap(), 1, "an answer older than the question");
         gate.notify_one();
         assert_eq!(first.await.unwrap(), 0);
         assert_eq!(reads.gathering(), 0);
