@@ -60,20 +60,29 @@ fn mib(kb: u64) -> f64 {
     kb as f64 / 1024.0
 }
 
-/// Waits until the marker row `id` of organization `marker` is in Redis:
-/// everything committed before it was processed.
+/// Waits until a marker row `id` of organization `marker` is in Redis:
+/// everything committed before it was processed. The marker is written
+/// again every 2 s (as `<id>-<n>`): one written before the ingestor made
+/// its slot (the first, "ready") is never decoded.
 async fn wait_marker(
     db: &tokio_postgres::Client,
     redis: &mut redis::aio::MultiplexedConnection,
     id: &str,
 ) -> anyhow::Result<()> {
-    db.execute(
-        "INSERT INTO properties (id, \"organizationId\", \"createdBy\", price) VALUES ($1, 'marker', 'u1', 1)",
-        &[&id],
-    )
-    .await?;
     let deadline = Instant::now() + Duration::from_secs(1800);
+    let wanted = format!("\"{id}-");
+    let mut written = 0u32;
+    let mut next_write = Instant::now();
     loop {
+        if Instant::now() >= next_write {
+            db.execute(
+                "INSERT INTO properties (id, \"organizationId\", \"createdBy\", price) VALUES ($1, 'marker', 'u1', 1)",
+                &[&format!("{id}-{written}")],
+            )
+            .await?;
+            written += 1;
+            next_write = Instant::now() + Duration::from_secs(2);
+        }
         let entries: Vec<StreamEntry> = redis::cmd("XREVRANGE")
             .arg("rt:{org:marker}:history")
             .arg("+")
@@ -86,7 +95,7 @@ async fn wait_marker(
         let found = entries.first().is_some_and(|(_, fields)| {
             fields
                 .iter()
-                .any(|(_, v)| String::from_utf8_lossy(v).contains(&format!("\"{id}\"")))
+                .any(|(_, v)| String::from_utf8_lossy(v).contains(&wanted))
         });
         if found {
             return Ok(());
