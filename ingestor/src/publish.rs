@@ -33,7 +33,7 @@
 //! publishing down, it does not stop it), so a failover does not lose events
 //! Postgres was told are safe.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use redis::Value;
@@ -150,6 +150,47 @@ pub struct Publisher {
     keys: Keys,
     history_len: usize,
     timeout: Duration,
+    /// Cluster pipelines no replica confirmed (`WAIT 1` answered 0), logged
+    /// at most once per [`UNREPLICATED_WARNING_EVERY`]: a shard without a
+    /// replica would otherwise log every batch.
+    unreplicated: LogEvery,
+}
+
+/// How often the "no replica confirmed" warning may be logged.
+const UNREPLICATED_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+/// Counts occurrences and says when one may be logged: the first, then at
+/// most one per `every`, each carrying how many happened since the last.
+#[derive(Debug)]
+struct LogEvery {
+    every: Duration,
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl LogEvery {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            since: 0,
+        }
+    }
+
+    /// `n` more at `now`; `Some(count since the last log)` when it is time
+    /// to log.
+    fn count(&mut self, n: u64, now: Instant) -> Option<u64> {
+        self.since += n;
+        if self.since == 0
+            || self
+                .last
+                .is_some_and(|t| now.duration_since(t) < self.every)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.since))
+    }
 }
 
 impl Publisher {
@@ -180,6 +221,7 @@ impl Publisher {
             keys,
             history_len,
             timeout,
+            unreplicated: LogEvery::new(UNREPLICATED_WARNING_EVERY),
         })
     }
 
@@ -362,13 +404,12 @@ impl Publisher {
                 .await;
                 let mut failed = Vec::new();
                 let mut missing_function = false;
+                let mut unreplicated = 0;
                 for (indices, result) in pending.into_iter().zip(results) {
                     match result {
                         Ok((replies, replicas)) if replies.len() == indices.len() => {
                             if matches!(replicas, Some(Value::Int(0))) {
-                                tracing::warn!(
-                                    "no Redis replica confirmed a publish within {wait_ms} ms; a failover of that shard now could lose it"
-                                );
+                                unreplicated += 1;
                             }
                             for (i, r) in indices.into_iter().zip(replies) {
                                 accepted[i] = r == 1;
@@ -386,6 +427,12 @@ impl Publisher {
                         }
                         Err(e) => return Err(PublishError::Publish(e)),
                     }
+                }
+                if let Some(pipelines) = self.unreplicated.count(unreplicated, Instant::now()) {
+                    tracing::warn!(
+                        pipelines,
+                        "no Redis replica confirmed a publish within {wait_ms} ms; a failover of that shard now could lose it"
+                    );
                 }
                 if failed.is_empty() {
                     break;
@@ -423,4 +470,27 @@ async fn load_library(conn: &mut RedisConn) -> redis::RedisResult<()> {
 fn is_missing_function(error: &redis::RedisError) -> bool {
     let text = error.to_string();
     text.contains("Function not found") || error.code() == Some("NOSCRIPT")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_warning_is_logged_once_per_period_with_its_count() {
+        let every = Duration::from_secs(10);
+        let mut log = LogEvery::new(every);
+        let t0 = Instant::now();
+        assert_eq!(log.count(0, t0), None, "nothing happened");
+        assert_eq!(log.count(1, t0), Some(1), "the first is logged");
+        assert_eq!(log.count(3, t0 + Duration::from_secs(1)), None);
+        assert_eq!(log.count(2, t0 + Duration::from_secs(9)), None);
+        assert_eq!(
+            log.count(1, t0 + every),
+            Some(6),
+            "the next, with every one since the last log"
+        );
+        assert_eq!(log.count(0, t0 + 3 * every), None, "none since");
+        assert_eq!(log.count(1, t0 + 3 * every), Some(1));
+    }
 }
