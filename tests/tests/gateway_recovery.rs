@@ -477,15 +477,7 @@ async fn a_redis_error_during_resume_or_catch_up_is_never_a_gap() {
     // 3. Redis answers again: exactly the events after each client's id.
     acl(&mut admin, &["+xinfo"]).await;
     let rest = live.events(3, Duration::from_secs(30)).await;
-    let got: Vec<String> = rest
-        .iter()
-        .map(|m| {
-            m.json()["payload"]["propertyId"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let got = crate::support::sse::property_ids(&rest);
     assert_eq!(got, ["p5", "p6", "p7"], "the connected stream catches up");
     let mut resumed = SseClient::connect(&url, Some(&tok), &[("last-event-id", &covered)]).await;
     assert_eq!(resumed.status, 200);
@@ -512,15 +504,7 @@ async fn a_redis_error_during_resume_or_catch_up_is_never_a_gap() {
             Err(()) => break,
         }
     }
-    let got: Vec<String> = after
-        .iter()
-        .map(|m| {
-            m.json()["payload"]["propertyId"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let got = crate::support::sse::property_ids(&after);
     assert_eq!(
         got,
         ["p2", "p3", "p4", "p5", "p6", "p7"],

@@ -290,15 +290,7 @@ pub(crate) async fn resume_on_the_other_replica(redis: Redis) {
     assert_eq!(second.status, 200);
     insert_property(ctx, "p12", "orgA").await;
     let got = second.events(8, WAIT).await;
-    let ids: Vec<String> = got
-        .iter()
-        .map(|m| {
-            m.json()["payload"]["propertyId"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let ids = crate::support::sse::property_ids(&got);
     let want: Vec<String> = (5..13).map(|i| format!("p{i}")).collect();
     assert_eq!(
         ids, want,
@@ -388,15 +380,7 @@ async fn a_reconnect_storm_resumes_every_stream_exactly_once_in_order() {
     let want: Vec<String> = (3..40).map(|i| format!("s{i}")).collect();
     for resume in resumes {
         let (got, extra) = resume.await.unwrap();
-        let ids: Vec<String> = got
-            .iter()
-            .map(|m| {
-                m.json()["payload"]["propertyId"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            })
-            .collect();
+        let ids = crate::support::sse::property_ids(&got);
         assert_eq!(
             ids, want,
             "every event after the resume point, once, in order"

@@ -121,15 +121,7 @@ async fn a_bulk_update_reaches_its_organization_as_one_data_sync() {
 
     // orgB's two rows of the same transaction arrive as usual.
     let got_b = b.events(2, WAIT).await;
-    let ids_b: Vec<String> = got_b
-        .iter()
-        .map(|m| {
-            m.json()["payload"]["propertyId"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let ids_b = crate::support::sse::property_ids(&got_b);
     assert_eq!(ids_b, ["b1", "b2"]);
     assert_eq!(id_of(&got_b[0]).lsn, bulk.lsn);
     assert!(id_of(&got_b[1]) < bulk);

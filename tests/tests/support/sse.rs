@@ -22,6 +22,20 @@ impl Message {
     }
 }
 
+/// The `payload.propertyId` of each message, in order: what the tests
+/// compare against the rows they inserted.
+pub fn property_ids(messages: &[Message]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| {
+            m.json()["payload"]["propertyId"]
+                .as_str()
+                .expect("a propertyId")
+                .to_owned()
+        })
+        .collect()
+}
+
 pub struct SseClient {
     pub status: u16,
     pub headers: reqwest::header::HeaderMap,

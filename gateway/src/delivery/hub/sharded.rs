@@ -111,7 +111,7 @@ impl Hub {
                 },
                 push = pushes.recv() => match push {
                     Some(push) => {
-                        self.on_push(push, broadcast_channel, &control_channel)
+                        self.on_push(&probe, push, broadcast_channel, &control_channel)
                             .await?;
                     }
                     None => return Err(closed("the cluster push channel closed")),
@@ -122,6 +122,7 @@ impl Hub {
 
     async fn on_push(
         &self,
+        probe: &Probe,
         push: PushInfo,
         broadcast_channel: &str,
         control_channel: &str,
@@ -133,7 +134,7 @@ impl Hub {
                 else {
                     return Ok(());
                 };
-                if Probe::is_probe(channel) {
+                if probe.is_probe(channel) {
                     // A probe's own message (or one reaching a subscription
                     // left on a demoted node): nothing to deliver.
                 } else if channel.as_slice() == control_channel.as_bytes() {
@@ -210,10 +211,10 @@ impl Probe {
         }
     }
 
-    fn is_probe(channel: &[u8]) -> bool {
-        channel
-            .windows(PROBE_MARK.len())
-            .any(|w| w == PROBE_MARK.as_bytes())
+    /// A channel of this session's probes (one left on a demoted node
+    /// included): a suffix compare per message, not a search.
+    fn is_probe(&self, channel: &[u8]) -> bool {
+        channel.ends_with(self.suffix.as_bytes())
     }
 
     /// `SSUBSCRIBE channel probe` (one command: one slot, one node), then
