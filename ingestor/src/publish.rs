@@ -266,13 +266,27 @@ impl Publisher {
     /// from its last acknowledged position and the histories refuse what
     /// they already hold.
     pub async fn publish(&mut self, batch: &[Outgoing]) -> Result<Vec<bool>, PublishError> {
+        self.send(batch).await.answer().await
+    }
+
+    /// Starts publishing `batch` (as [`Self::publish`]) and returns the
+    /// pending answer, which owns what it needs: on one node the pipeline is
+    /// encoded now and the caller may build the next batch while Redis
+    /// works on this one (the ingest drain's overlap, ARCHITECTURE.md §2
+    /// *Batching*). The request leaves once the answer is first polled
+    /// ([`Pending::start`]). On a cluster the batch is published here and
+    /// the answer is ready (its scopes' pipelines, the broadcast ordering
+    /// and the library reload need the publisher itself).
+    pub async fn send(&mut self, batch: &[Outgoing]) -> Pending {
         if batch.is_empty() {
-            return Ok(Vec::new());
+            return Pending::ready(Ok(Vec::new()));
         }
         if self.conn.is_cluster() {
-            return tokio::time::timeout(self.timeout, self.publish_sharded(batch))
+            let result = tokio::time::timeout(self.timeout, self.publish_sharded(batch))
                 .await
-                .map_err(|_| PublishError::Timeout(self.timeout))?;
+                .map_err(|_| PublishError::Timeout(self.timeout))
+                .and_then(|r| r);
+            return Pending::ready(result);
         }
         let mut pipe = redis::pipe();
         let mut id = String::with_capacity(48);
@@ -308,34 +322,15 @@ impl Publisher {
                 cmd.arg(id.as_str()).arg(out.bytes.as_slice());
             }
         }
-        let replies: Vec<redis::Value> =
-            tokio::time::timeout(self.timeout, pipe.query_async(&mut self.conn))
-                .await
-                .map_err(|_| PublishError::Timeout(self.timeout))?
-                .map_err(PublishError::Publish)?;
-        if replies.len() != runs {
-            return Err(PublishError::ShortReply {
-                sent: runs,
-                got: replies.len(),
-            });
-        }
-        let mut accepted = Vec::with_capacity(batch.len());
-        for reply in replies {
-            match reply {
-                redis::Value::Int(n) => accepted.push(n == 1),
-                redis::Value::Array(items) => {
-                    accepted.extend(items.iter().map(|v| matches!(v, redis::Value::Int(1))))
-                }
-                _ => return Err(PublishError::BadReply),
-            }
-        }
-        if accepted.len() != batch.len() {
-            return Err(PublishError::ShortReply {
-                sent: batch.len(),
-                got: accepted.len(),
-            });
-        }
-        Ok(accepted)
+        let (mut conn, timeout, events) = (self.conn.clone(), self.timeout, batch.len());
+        Pending::new(async move {
+            let replies: Vec<redis::Value> =
+                tokio::time::timeout(timeout, pipe.query_async(&mut conn))
+                    .await
+                    .map_err(|_| PublishError::Timeout(timeout))?
+                    .map_err(PublishError::Publish)?;
+            accepted_of(replies, runs, events)
+        })
     }
 
     /// One `FCALL` per event at `indices` of `batch`, in that order.
@@ -463,6 +458,77 @@ async fn load_library(conn: &mut RedisConn) -> redis::RedisResult<()> {
         .query_async::<Value>(conn)
         .await
         .map(drop)
+}
+
+/// The answer to one publish batch, per event whether it was new (see
+/// [`Publisher::send`]).
+pub struct Pending {
+    answer: futures_util::future::BoxFuture<'static, Result<Vec<bool>, PublishError>>,
+}
+
+impl Pending {
+    fn new(
+        answer: impl std::future::Future<Output = Result<Vec<bool>, PublishError>> + Send + 'static,
+    ) -> Self {
+        Self {
+            answer: Box::pin(answer),
+        }
+    }
+
+    fn ready(result: Result<Vec<bool>, PublishError>) -> Self {
+        Self::new(std::future::ready(result))
+    }
+
+    /// Polls the answer once, which hands the pipeline to the connection's
+    /// writer; `Some` when it is already complete.
+    pub fn start(&mut self) -> Option<Result<Vec<bool>, PublishError>> {
+        use futures_util::FutureExt;
+        (&mut self.answer).now_or_never()
+    }
+
+    /// Waits for Redis's answer.
+    pub async fn answer(self) -> Result<Vec<bool>, PublishError> {
+        self.answer.await
+    }
+
+    /// Waits for Redis's answer without giving the pending answer up (for a
+    /// `select!` branch; poll no more once it returned).
+    pub async fn answered(&mut self) -> Result<Vec<bool>, PublishError> {
+        (&mut self.answer).await
+    }
+}
+
+/// Per event of a one-node batch of `events` sent as `runs` calls, whether
+/// it was new: a call of one event answers a count, a call of a run a list
+/// of them.
+fn accepted_of(
+    replies: Vec<redis::Value>,
+    runs: usize,
+    events: usize,
+) -> Result<Vec<bool>, PublishError> {
+    if replies.len() != runs {
+        return Err(PublishError::ShortReply {
+            sent: runs,
+            got: replies.len(),
+        });
+    }
+    let mut accepted = Vec::with_capacity(events);
+    for reply in replies {
+        match reply {
+            redis::Value::Int(n) => accepted.push(n == 1),
+            redis::Value::Array(items) => {
+                accepted.extend(items.iter().map(|v| matches!(v, redis::Value::Int(1))))
+            }
+            _ => return Err(PublishError::BadReply),
+        }
+    }
+    if accepted.len() != events {
+        return Err(PublishError::ShortReply {
+            sent: events,
+            got: accepted.len(),
+        });
+    }
+    Ok(accepted)
 }
 
 /// The node has no such function: it never loaded the library (a new node,

@@ -318,6 +318,11 @@ impl TableRoute {
         self.rename.get(column).map_or(column, String::as_str)
     }
 
+    /// Whether some column has a payload field name of its own (`rename`).
+    pub fn renames(&self) -> bool {
+        !self.rename.is_empty()
+    }
+
     /// Every column this route reads, org column (or parent columns) first,
     /// without duplicates: the ingestor checks at start that the table has
     /// all of them.

@@ -192,6 +192,8 @@ pub(crate) struct Session<'a> {
     /// already in Redis, with their change counts: ended after the next
     /// successful flush, like `ack_after_flush`.
     committed_traces: Vec<(TxnTrace, u64)>,
+    /// The batch sent to Redis and not answered yet (see [`flush`]).
+    in_flight: Option<flush::InFlight>,
     /// Event ids are `<commit LSN + slot.id_offset>-<index>` (see
     /// [`crate::slot`]); the acknowledged LSN is written to `slot.key`.
     slot: SlotRecord,
@@ -228,6 +230,7 @@ impl<'a> Session<'a> {
             sent: Vec::with_capacity(max_batch),
             ack_after_flush: None,
             committed_traces: Vec::new(),
+            in_flight: None,
             slot,
             recorded_at: None,
         }
@@ -259,16 +262,35 @@ impl<'a> Session<'a> {
                 return Ok(SessionEnd::Shutdown);
             }
             // PRIORITY 2: the next replication event, if one is ready now;
-            // otherwise flush the batch before waiting, so latency stays low
+            // otherwise send the batch before waiting, so latency stays low
             // when traffic is light and batches grow when it is heavy.
+            // While waiting, Redis's answer to the batch in flight is
+            // settled as soon as it comes (acknowledging its commits).
             let next = match self.client.recv().now_or_never() {
                 Some(next) => next,
                 None => {
-                    self.flush().await?;
-                    tokio::select! {
-                        biased;
-                        _ = shutdown.cancelled() => continue,
-                        next = self.client.recv() => next,
+                    self.send().await?;
+                    let next = loop {
+                        let (client, in_flight) = (&mut self.client, &mut self.in_flight);
+                        tokio::select! {
+                            biased;
+                            _ = shutdown.cancelled() => break None,
+                            result = async move {
+                                match in_flight {
+                                    Some(f) => f.answer_mut().answered().await,
+                                    None => std::future::pending().await,
+                                }
+                            } => {
+                                if let Some(in_flight) = self.in_flight.take() {
+                                    self.answered(in_flight, result).await?;
+                                }
+                            }
+                            next = client.recv() => break Some(next),
+                        }
+                    };
+                    match next {
+                        Some(next) => next,
+                        None => continue,
                     }
                 }
             };
@@ -277,7 +299,7 @@ impl<'a> Session<'a> {
                 None => return Err(SessionError::StreamEnded),
             }
             if self.batch.len() >= self.limits.max_batch {
-                self.flush().await?;
+                self.send().await?;
             }
         }
     }
@@ -314,7 +336,9 @@ impl<'a> Session<'a> {
                 }
                 self.ack_after_flush = Some(end_lsn.as_u64());
                 if self.batch.is_empty() {
-                    self.flush().await?;
+                    // Nothing to send: acknowledged now, or with the batch
+                    // in flight.
+                    self.send().await?;
                 }
             }
             ReplicationEvent::XLogData { data, .. } => {
