@@ -170,10 +170,12 @@ pub fn row(
     types: &TypeRegistry,
     max_value_bytes: usize,
 ) -> Row {
+    // In name order (see `Relation::by_name`): the map's collect finds
+    // its keys sorted.
     relation
-        .columns
+        .by_name
         .iter()
-        .zip(&tuple.0)
+        .filter_map(|&i| Some((relation.columns.get(i)?, tuple.0.get(i)?)))
         .filter_map(|(column, value)| {
             let json = match value {
                 TupleValue::Text(bytes) | TupleValue::Binary(bytes)
@@ -245,11 +247,20 @@ fn iso_timestamp(text: &str, with_offset: bool) -> Option<String> {
     }
     let time = c.since(time_start);
     let offset = if with_offset {
-        iso_offset(&mut c)?
+        std::borrow::Cow::Owned(iso_offset(&mut c)?)
     } else {
-        "Z".to_owned()
+        std::borrow::Cow::Borrowed("Z")
     };
-    c.at_end().then(|| format!("{date}T{time}{offset}"))
+    c.at_end().then(|| {
+        // Pushed, not `format!`ed: this runs for every timestamp column of
+        // every row.
+        let mut iso = String::with_capacity(date.len() + time.len() + offset.len() + 1);
+        iso.push_str(date);
+        iso.push('T');
+        iso.push_str(time);
+        iso.push_str(&offset);
+        iso
+    })
 }
 
 /// `+HH[:MM[:SS]]` → `Z` or `±HH:MM`; `None` for a nonzero seconds part.
@@ -768,18 +779,18 @@ mod tests {
             type_oid,
             type_modifier: -1,
         };
-        Relation {
-            oid: 16_385,
-            namespace: "public".into(),
-            name: "Task".into(),
-            replica_identity: b'f',
-            columns: vec![
+        Relation::new(
+            16_385,
+            "public".into(),
+            "Task".into(),
+            b'f',
+            vec![
                 column("id", 25),
                 column("count", 23),
                 column("body", 25),
                 column("deletedAt", 1114),
             ],
-        }
+        )
     }
 
     fn text(s: &'static str) -> TupleValue {

@@ -199,13 +199,13 @@ fn relation(r: &mut Reader<'_>) -> Result<Relation, DecodeError> {
             type_modifier: r.i32("column type modifier")?,
         });
     }
-    Ok(Relation {
+    Ok(Relation::new(
         oid,
         namespace,
         name,
         replica_identity,
         columns,
-    })
+    ))
 }
 
 /// TupleData: column count, then per column a kind byte and maybe a value.

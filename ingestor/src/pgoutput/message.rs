@@ -59,6 +59,31 @@ pub struct Relation {
     /// `d` default, `n` nothing, `f` full, `i` index.
     pub replica_identity: u8,
     pub columns: Vec<Column>,
+    /// Indexes into `columns` in the order of their names: a row's map is
+    /// built in this order, so collecting it finds the keys sorted (no sort
+    /// per row; sorting took a tenth of the drain's CPU).
+    pub by_name: Vec<usize>,
+}
+
+impl Relation {
+    pub fn new(
+        oid: u32,
+        namespace: String,
+        name: String,
+        replica_identity: u8,
+        columns: Vec<Column>,
+    ) -> Self {
+        let mut by_name: Vec<usize> = (0..columns.len()).collect();
+        by_name.sort_by(|&a, &b| columns[a].name.cmp(&columns[b].name));
+        Self {
+            oid,
+            namespace,
+            name,
+            replica_identity,
+            columns,
+            by_name,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

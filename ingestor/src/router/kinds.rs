@@ -140,13 +140,29 @@ impl Ctx<'_, '_> {
 
     /// `row` with its columns under their field names.
     fn fields(&self, row: &Row) -> Map<String, Value> {
-        if !self.route.renames() {
-            // A copy of the map as it is: no lookup per column, no sort.
-            return row.clone();
+        // A copy of the map as it is (no lookup per column, no sort), then
+        // the renamed columns it has moved to their field names. The row
+        // and the renames are both in column order: one walk finds the
+        // renamed columns present (usually none or one).
+        let mut fields = row.clone();
+        let mut present = Vec::new();
+        let mut columns = row.keys().map(String::as_str).peekable();
+        for (column, field) in self.route.renames() {
+            while columns.next_if(|c| *c < column).is_some() {}
+            if columns.peek() == Some(&column) {
+                present.push((column, field));
+            }
         }
-        row.iter()
-            .map(|(k, v)| (self.route.field_name(k).to_owned(), v.clone()))
-            .collect()
+        if !present.is_empty() {
+            // All taken out first: a field named like another renamed
+            // column is not lost.
+            let moved: Vec<(String, Value)> = present
+                .into_iter()
+                .filter_map(|(column, field)| Some((field.to_owned(), fields.remove(column)?)))
+                .collect();
+            fields.extend(moved);
+        }
+        fields
     }
 
     /// Whether this update sets the archive column to the archive value.

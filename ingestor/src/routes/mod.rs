@@ -318,9 +318,10 @@ impl TableRoute {
         self.rename.get(column).map_or(column, String::as_str)
     }
 
-    /// Whether some column has a payload field name of its own (`rename`).
-    pub fn renames(&self) -> bool {
-        !self.rename.is_empty()
+    /// The columns with a payload field name of their own (`rename`), and
+    /// that name.
+    pub fn renames(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.rename.iter().map(|(c, f)| (c.as_str(), f.as_str()))
     }
 
     /// Every column this route reads, org column (or parent columns) first,

@@ -83,6 +83,8 @@ struct Drain {
     txn_rows: u64,
     recvlogical: Duration,
     ingestor: Duration,
+    /// From the ingestor's spawn to its first event in Redis: its start-up.
+    first_event: Duration,
     ingestor_cpu: f64,
     redis_cpu: f64,
 }
@@ -185,7 +187,15 @@ async fn drain(
     let started = Instant::now();
     let mut ingestor = ChildProcess::spawn(&binary_path("realtime-ingestor"), &env);
     let deadline = started + Duration::from_secs(600);
-    while history_len(&mut redis, &key).await < backlog {
+    let mut first_event = None;
+    loop {
+        let len = history_len(&mut redis, &key).await;
+        if len > 0 && first_event.is_none() {
+            first_event = Some(started.elapsed());
+        }
+        if len >= backlog {
+            break;
+        }
         if let Some(status) = ingestor.try_status() {
             anyhow::bail!(
                 "the ingestor exited ({status}) before draining the backlog:\n{}",
@@ -208,6 +218,7 @@ async fn drain(
             txn_rows,
             recvlogical,
             ingestor: drained,
+            first_event: first_event.unwrap_or(drained),
             ingestor_cpu,
             redis_cpu,
         },
@@ -311,6 +322,10 @@ async fn main() -> anyhow::Result<()> {
             "  ingestor published it in {:.2} s ({:.0} events/s), including process start",
             d.ingestor.as_secs_f64(),
             d.backlog as f64 / d.ingestor.as_secs_f64()
+        );
+        println!(
+            "  of which start-up (spawn to first event in Redis): {:.2} s",
+            d.first_event.as_secs_f64()
         );
         println!(
             "  CPU during the drain: ingestor {:.2} s, Redis {:.2} s",
