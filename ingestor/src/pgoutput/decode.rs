@@ -554,13 +554,13 @@ mod tests {
                 proptest::collection::vec(column(), 0..5)
             )
                 .prop_map(|(oid, namespace, name, replica_identity, columns)| {
-                    Message::Relation(Relation {
+                    Message::Relation(Relation::new(
                         oid,
                         namespace,
                         name,
                         replica_identity,
                         columns,
-                    })
+                    ))
                 }),
             (any::<u32>(), name(), name()).prop_map(|(oid, namespace, name)| Message::Type {
                 oid,
@@ -721,12 +721,12 @@ mod tests {
         ]);
         assert_eq!(
             decode(&data).unwrap(),
-            Message::Relation(Relation {
-                oid: 16_385,
-                namespace: "public".into(),
-                name: "Café".into(),
-                replica_identity: b'f',
-                columns: vec![
+            Message::Relation(Relation::new(
+                16_385,
+                "public".into(),
+                "Café".into(),
+                b'f',
+                vec![
                     Column {
                         flags: 1,
                         name: "id".into(),
@@ -740,7 +740,7 @@ mod tests {
                         type_modifier: 68
                     },
                 ],
-            })
+            ))
         );
     }
 
@@ -1176,12 +1176,12 @@ mod tests {
                 "52000040147075626c696300446f63006400030169640000000017ffffffff007469746c65\
                  0000000019ffffffff00626f64790000000019ffffffff"
             ),
-            Message::Relation(Relation {
-                oid: 16_404,
-                namespace: "public".into(),
-                name: "Doc".into(),
-                replica_identity: b'd',
-                columns: vec![
+            Message::Relation(Relation::new(
+                16_404,
+                "public".into(),
+                "Doc".into(),
+                b'd',
+                vec![
                     Column {
                         flags: 1,
                         name: "id".into(),
@@ -1201,7 +1201,7 @@ mod tests {
                         type_modifier: -1
                     },
                 ],
-            })
+            ))
         );
         // UPDATE "Doc" SET title = 'b': the externally stored body is unchanged TOAST.
         assert_eq!(
