@@ -187,6 +187,118 @@ async fn redis_restart_under_load_loses_nothing_committed_after_it() {
     ing.stop().await;
 }
 
+/// `confirmed_flush_lsn` of the context's slot, as a number.
+async fn confirmed_flush(pg: &tokio_postgres::Client, slot: &str) -> Option<f64> {
+    pg.query_one(
+        "SELECT (confirmed_flush_lsn - '0/0')::text FROM pg_replication_slots WHERE slot_name = $1",
+        &[&slot],
+    )
+    .await
+    .ok()?
+    .get::<_, Option<String>>(0)?
+    .parse()
+    .ok()
+}
+
+/// A batch sent to Redis and not answered yet holds the acknowledgement
+/// back: heartbeats and keepalives that arrive while it is in flight are
+/// not acknowledged (their positions are past its commit), or a crash then
+/// would lose the commit. Redis is paused for writes (`CLIENT PAUSE WRITE`
+/// holds the publish call) while one row is in flight and heartbeat messages
+/// follow it; the slot must stay before the row until Redis answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_in_flight_holds_the_acknowledgement_back() {
+    let redis = RedisServer::start().expect("redis");
+    let ctx = TestContext::new().await.with_redis(&redis);
+    seed(&ctx).await;
+    let ing = RunningIngestor::start(ctx.clone(), config_for(&ctx)).await;
+    let pg = ctx.pg().await;
+    let slot = ctx.slot().to_owned();
+    insert_properties(&ctx, 0, 5).await;
+    wait_for_count(&ctx, 5, Duration::from_secs(30)).await;
+    let lsn_now = || async {
+        pg.query_one("SELECT (pg_current_wal_lsn() - '0/0')::text", &[])
+            .await
+            .expect("lsn")
+            .get::<_, String>(0)
+            .parse::<f64>()
+            .expect("number")
+    };
+    wait_until(
+        "the first rows are acknowledged",
+        Duration::from_secs(30),
+        || {
+            let (pg, slot) = (&pg, &slot);
+            let end = lsn_now();
+            async move { (confirmed_flush(pg, slot).await? >= end.await).then_some(()) }
+        },
+    )
+    .await;
+
+    let mut admin = redis::Client::open(redis.url())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    // Long enough for the checks below, well short of the publish timeout
+    // (REALTIME_IO_TIMEOUT, 10 s): the batch stays in flight throughout.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(6000)
+        .arg("WRITE")
+        .query_async(&mut admin)
+        .await
+        .expect("pause");
+    insert_properties(&ctx, 5, 6).await;
+    // The row's commit ends here: acknowledging it, or anything after it,
+    // reaches this position; everything before the row is below it.
+    let row_end = lsn_now().await;
+    // Heartbeats after the row (the ingestor writes its own every second
+    // in tests too): each reaches the session while the row is in flight.
+    for _ in 0..5 {
+        pg.execute(
+            "SELECT pg_logical_emit_message(false, 'realtime-heartbeat', '')",
+            &[],
+        )
+        .await
+        .expect("heartbeat");
+    }
+    let after_heartbeats = lsn_now().await;
+    // Many status intervals (200 ms here): an acknowledgement would show.
+    let window = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < window {
+        let confirmed = confirmed_flush(&pg, &slot).await.expect("slot");
+        assert!(
+            confirmed < row_end,
+            "acknowledged {confirmed}, the row (ending at {row_end}) or past it, while Redis had not taken it"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        history(&ctx, Some("org1")).await.len(),
+        5,
+        "Redis was paused"
+    );
+
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query_async(&mut admin)
+        .await
+        .expect("unpause");
+    wait_for_count(&ctx, 6, Duration::from_secs(30)).await;
+    wait_until(
+        "the row and the heartbeats after it are acknowledged",
+        Duration::from_secs(30),
+        || {
+            let (pg, slot) = (&pg, &slot);
+            async move { (confirmed_flush(pg, slot).await? >= after_heartbeats).then_some(()) }
+        },
+    )
+    .await;
+    assert_exactly_once(&ctx, 6).await;
+    ing.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_under_load_loses_nothing() {
     let pg = PostgresServer::start().expect("postgres");
