@@ -203,6 +203,10 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     let final_rss = status_kb(pid, "VmRSS");
+    // The allocator gives freed pages back after its decay time (jemalloc's
+    // background threads, 10 s by default): RSS once that has passed.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let settled_rss = status_kb(pid, "VmRSS");
     drop(ingestor);
 
     println!(
@@ -222,5 +226,9 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!("ingestor RSS at the end: {:.1} MiB", mib(final_rss));
+    println!(
+        "ingestor RSS 15 s later (freed pages given back): {:.1} MiB",
+        mib(settled_rss)
+    );
     Ok(())
 }
