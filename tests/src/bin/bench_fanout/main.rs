@@ -34,7 +34,10 @@
 //! `storm` (as `two-replicas`, and a third of the way through the timed
 //! events every stream is cut at once and resumes on the other replica
 //! with its `Last-Event-ID`: reports the time until all resumed, events
-//! lost and repeated).
+//! lost and repeated); `cluster` (as `two-replicas`, on a Redis Cluster of 3
+//! primaries with a replica each instead of one Redis: the ingestor
+//! `SPUBLISH`es, the gateways `SSUBSCRIBE` per organization; compare its
+//! Redis CPU per event, summed over every node, with `two-replicas`').
 //!
 //! Settings (environment): `BENCH_CLIENTS` (default `1000,9000`, ascending:
 //! clients are added, never removed), `BENCH_ORGS` (100), `BENCH_USERS` (3
@@ -58,7 +61,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use realtime_tests::{ChildProcess, PostgresServer, RedisServer, binary_path};
+use realtime_tests::{ChildProcess, PostgresServer, RedisCluster, RedisServer, binary_path};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
@@ -93,6 +96,7 @@ enum Case {
     HotOrg,
     TwoReplicas,
     Storm,
+    Cluster,
 }
 
 impl Case {
@@ -102,8 +106,11 @@ impl Case {
             Ok("hot-org") => Ok(Case::HotOrg),
             Ok("two-replicas") => Ok(Case::TwoReplicas),
             Ok("storm") => Ok(Case::Storm),
+            Ok("cluster") => Ok(Case::Cluster),
             Ok(other) => {
-                anyhow::bail!("BENCH_CASE {other:?}: one of default, hot-org, two-replicas, storm")
+                anyhow::bail!(
+                    "BENCH_CASE {other:?}: one of default, hot-org, two-replicas, storm, cluster"
+                )
             }
         }
     }
@@ -114,6 +121,7 @@ impl Case {
             Case::HotOrg => "hot-org",
             Case::TwoReplicas => "two-replicas",
             Case::Storm => "storm",
+            Case::Cluster => "cluster",
         }
     }
 
@@ -122,7 +130,7 @@ impl Case {
         match self {
             Case::Default => (vec![1000, 9000], 100, 1000, 1),
             Case::HotOrg => (vec![5000], 1, 30, 1),
-            Case::TwoReplicas | Case::Storm => (vec![9000], 100, 1000, 2),
+            Case::TwoReplicas | Case::Storm | Case::Cluster => (vec![9000], 100, 1000, 2),
         }
     }
 }
@@ -195,6 +203,67 @@ async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     Ok(client)
 }
 
+/// The Redis the bench runs against: one server, or (case `cluster`) a
+/// cluster of 3 primaries with a replica each.
+enum Redis {
+    Single(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Redis {
+    fn start(case: Case) -> anyhow::Result<Self> {
+        Ok(match case {
+            Case::Cluster => Redis::Cluster(RedisCluster::start()?),
+            _ => Redis::Single(RedisServer::start()?),
+        })
+    }
+
+    /// `REDIS_URL`: the server, or every cluster node as a seed.
+    fn url(&self) -> String {
+        match self {
+            Redis::Single(server) => server.url(),
+            Redis::Cluster(cluster) => cluster.url(),
+        }
+    }
+
+    /// A connection to every node, for their CPU (`INFO cpu`): one, or all
+    /// six cluster nodes (replicas replay every write, so they count too).
+    async fn nodes(&self) -> anyhow::Result<Vec<redis::aio::MultiplexedConnection>> {
+        let urls = match self {
+            Redis::Single(server) => vec![server.url()],
+            Redis::Cluster(cluster) => cluster
+                .ports()
+                .iter()
+                .map(|p| format!("redis://127.0.0.1:{p}"))
+                .collect(),
+        };
+        let mut nodes = Vec::new();
+        for url in urls {
+            nodes.push(
+                redis::Client::open(url)?
+                    .get_multiplexed_async_connection()
+                    .await?,
+            );
+        }
+        Ok(nodes)
+    }
+
+    /// `XLEN key`, on the node that serves it.
+    async fn xlen(&self, key: &str) -> anyhow::Result<u64> {
+        let url = match self {
+            Redis::Single(server) => server.url(),
+            Redis::Cluster(cluster) => format!(
+                "redis://127.0.0.1:{}",
+                cluster.primary_of_slot(cluster.key_slot(key)?)?
+            ),
+        };
+        let mut conn = redis::Client::open(url)?
+            .get_multiplexed_async_connection()
+            .await?;
+        Ok(redis::cmd("XLEN").arg(key).query_async(&mut conn).await?)
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let s = Settings::from_env()?;
@@ -208,7 +277,7 @@ async fn main() -> anyhow::Result<()> {
 
     eprintln!("starting Postgres and Redis…");
     let pg = PostgresServer::start()?;
-    let redis_server = RedisServer::start()?;
+    let redis_server = Redis::start(s.case)?;
     let admin = connect(&pg.url("postgres")).await?;
     admin.batch_execute("CREATE DATABASE bench").await?;
     let url = pg.url("bench");
@@ -228,9 +297,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
 
     eprintln!("starting the release ingestor…");
-    let mut redis = redis::Client::open(redis_server.url())?
-        .get_multiplexed_async_connection()
-        .await?;
+    let mut redis = redis_server.nodes().await?;
     let ingestor = ChildProcess::spawn(
         &binary_path("realtime-ingestor"),
         &[
@@ -253,10 +320,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let len: u64 = redis::cmd("XLEN")
-            .arg(&warm_key)
-            .query_async(&mut redis)
-            .await?;
+        let len = redis_server.xlen(&warm_key).await?;
         if len > 0 {
             break;
         }

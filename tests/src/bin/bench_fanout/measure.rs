@@ -36,16 +36,23 @@ pub(crate) fn cpu_split(pid: u32) -> (f64, f64) {
     (ticks(11) / 100.0, ticks(12) / 100.0)
 }
 
-pub(crate) async fn redis_cpu_seconds(redis: &mut redis::aio::MultiplexedConnection) -> f64 {
-    let info: String = redis::cmd("INFO")
-        .arg("cpu")
-        .query_async(redis)
-        .await
-        .unwrap_or_default();
-    info.lines()
-        .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
-        .filter_map(|l| l.split_once(':')?.1.trim().parse::<f64>().ok())
-        .sum()
+/// CPU seconds (user + system) Redis has used so far (`INFO cpu`), summed
+/// over `nodes` (one server, or every node of a cluster).
+pub(crate) async fn redis_cpu_seconds(nodes: &mut [redis::aio::MultiplexedConnection]) -> f64 {
+    let mut total = 0.0;
+    for node in nodes {
+        let info: String = redis::cmd("INFO")
+            .arg("cpu")
+            .query_async(node)
+            .await
+            .unwrap_or_default();
+        total += info
+            .lines()
+            .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
+            .filter_map(|l| l.split_once(':')?.1.trim().parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    total
 }
 
 /// A gateway metric's value from its `/metrics` (first sample of `name`).
