@@ -46,11 +46,6 @@ use super::{Command, Hub};
 /// Connect and response timeout of the subscriber's cluster connection.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Tries of [`Hub::subscribe_on_primary`] (50 ms doubling between them,
-/// about 6 s in all) before the session ends and the next one starts from
-/// the seeds: longer than a cluster takes to elect and announce a primary.
-const PROBE_TRIES: u32 = 8;
-
 /// `SPUBLISH`es to `KEYS[1]` on the primary of its slot and returns how
 /// many clients there received it. Declared as a key so that the cluster
 /// routes it by slot; a script without flags is treated as a write, which a
@@ -221,45 +216,39 @@ impl Probe {
     /// the probe script on the slot's primary. One receiver: the
     /// subscription is on the primary and gets every message published
     /// from now on. None (or the script failed): the subscription landed
-    /// on a node that no longer serves the slot; it is dropped and tried
-    /// again once the client's slot map has caught up (the redirected
-    /// script makes it refresh). After [`PROBE_TRIES`] the session ends.
+    /// on a node that no longer serves the slot (a failover in progress);
+    /// the session ends, and the next one starts from the seeds, after the
+    /// reconnect backoff, with a fresh slot map. Trying again on this
+    /// connection would not do: unsubscribing the channel first reads, when
+    /// its push arrives, as the shard giving it up, which ends the session
+    /// anyway.
     async fn subscribe_on_primary(
         &self,
         conn: &mut redis::cluster_async::ClusterConnection,
         channel: &str,
     ) -> redis::RedisResult<()> {
         let probe = format!("{channel}{}", self.suffix);
-        let mut delay = Duration::from_millis(50);
-        for _ in 0..PROBE_TRIES {
-            conn.ssubscribe(&[channel, probe.as_str()]).await?;
-            let receivers: redis::RedisResult<i64> = self
-                .script
-                .key(&probe)
-                .arg("probe")
-                .invoke_async(conn)
-                .await;
-            // The probe channel is not needed past the answer.
-            conn.sunsubscribe(&probe).await?;
-            match receivers {
-                Ok(n) if n >= 1 => return Ok(()),
-                Ok(_) => tracing::info!(
+        conn.ssubscribe(&[channel, probe.as_str()]).await?;
+        let receivers: redis::RedisResult<i64> = self
+            .script
+            .key(&probe)
+            .arg("probe")
+            .invoke_async(conn)
+            .await;
+        // The probe channel is not needed past the answer.
+        conn.sunsubscribe(&probe).await?;
+        match receivers? {
+            n if n >= 1 => Ok(()),
+            _ => {
+                tracing::info!(
                     channel,
-                    "subscribed on a node that is not the slot's primary (a failover in progress); subscribing again"
-                ),
-                Err(e) => tracing::info!(
-                    channel,
-                    error = %e,
-                    "the subscription probe failed; subscribing again"
-                ),
+                    "subscribed on a node that is not the slot's primary (a failover in progress); starting a new subscriber session"
+                );
+                Err(closed(
+                    "a channel was subscribed on a node that is not its slot's primary",
+                ))
             }
-            conn.sunsubscribe(channel).await?;
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
         }
-        Err(closed(
-            "a channel could not be subscribed on its slot's primary",
-        ))
     }
 }
 
