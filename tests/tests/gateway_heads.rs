@@ -347,6 +347,10 @@ async fn open_streams(addr: SocketAddr, request: &[u8], n: usize) -> Vec<TcpStre
         .await
 }
 
+/// The streams the cookie test holds at its end: a warm-up of 500 and
+/// four waves of 2,500.
+const COOKIE_TEST_SOCKETS: u64 = 10_500;
+
 /// A stream request with 3 KiB of other cookies (common in real apps) is
 /// served by the fast path, in one write or split at every byte, and an
 /// idle stream opened with it costs what one with a small head costs
@@ -354,6 +358,9 @@ async fn open_streams(addr: SocketAddr, request: &[u8], n: usize) -> Vec<TcpStre
 /// used to miss the fast path and cost hyper's buffers for its whole life.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_with_3_kib_of_cookies_take_the_fast_path_and_cost_what_small_ones_do() {
+    // 10,500 streams held at the end: beside another many-socket test this
+    // process ran out of open files (EMFILE in CI).
+    let _turn = crate::support::many_sockets(COOKIE_TEST_SOCKETS + 1_000).await;
     let ctx = TestContext::new().await;
     ctx.batch(SEED).await;
     let gw = gateway(&ctx, &[("REALTIME_HEAD_TIMEOUT", "60s")], None).await;
@@ -400,6 +407,7 @@ async fn streams_with_3_kib_of_cookies_take_the_fast_path_and_cost_what_small_on
     // to the end, the warm-up's too (state built on first use), so no wave
     // fills memory another freed and the allocator kept.
     const N: usize = 2500;
+    const _: () = assert!(500 + 4 * N == COOKIE_TEST_SOCKETS as usize);
     let mut held = open_streams(gw.addr, &small, 500).await;
     let (mut small_kib, mut cookie_kib) = (0.0, 0.0);
     for (what, request) in [

@@ -7,8 +7,9 @@ pub mod sse;
 
 /// A turn for a test that holds thousands of sockets in this process (and
 /// lets its gateway child inherit the limit): waits while another such test
-/// runs, since two at once (9,000 idle streams and 10,000 half-open
-/// sockets) would pass the open-files limit together, and makes sure this
+/// runs, since two at once (9,000 idle streams, 10,000 half-open sockets,
+/// 10,500 cookie-head streams) would pass the open-files limit together
+/// (seen: EMFILE in CI), and makes sure this
 /// process may hold `needed` open files. Hold the guard for the test.
 pub async fn many_sockets(needed: u64) -> tokio::sync::MutexGuard<'static, ()> {
     static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
