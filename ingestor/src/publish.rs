@@ -266,7 +266,7 @@ impl Publisher {
     /// from its last acknowledged position and the histories refuse what
     /// they already hold.
     pub async fn publish(&mut self, batch: &[Outgoing]) -> Result<Vec<bool>, PublishError> {
-        self.send(batch).await.answer().await
+        self.send(batch).await.answered().await
     }
 
     /// Starts publishing `batch` (as [`Self::publish`]) and returns the
@@ -484,11 +484,6 @@ impl Pending {
     pub fn start(&mut self) -> Option<Result<Vec<bool>, PublishError>> {
         use futures_util::FutureExt;
         (&mut self.answer).now_or_never()
-    }
-
-    /// Waits for Redis's answer.
-    pub async fn answer(self) -> Result<Vec<bool>, PublishError> {
-        self.answer.await
     }
 
     /// Waits for Redis's answer without giving the pending answer up (for a

@@ -180,36 +180,26 @@ impl Ctx<'_, '_> {
         }
         let org_value = |t: &Target| t.org().map_or(Value::Null, Value::String);
         let updated_by = |row: Option<&Row>| updated_by(p, row);
-        let create = |row: &Row, target: Target| -> Result<Routed, RouteError> {
+        // A whole row as the property's creation (new row) or deletion
+        // (old row; a deletion names no updater).
+        let whole = |row: &Row, target: Target, side: Side| -> Result<Routed, RouteError> {
+            let (operation, by) = match side {
+                Side::New => ("create", updated_by(Some(row))),
+                Side::Old => ("delete", updated_by(None)),
+            };
             let payload = object([
-                (
-                    "propertyId",
-                    self.value(row, &p.id_column, Side::New)?.clone(),
-                ),
+                ("propertyId", self.value(row, &p.id_column, side)?.clone()),
                 ("organizationId", org_value(&target)),
-                ("operation", Value::from("create")),
+                ("operation", Value::from(operation)),
                 ("changes", Value::Object(self.fields(row))),
-                ("updatedBy", updated_by(Some(row))),
+                ("updatedBy", by),
             ]);
             Ok(self
                 .draft(EventType::PropertyUpdate, target, payload)
                 .with_actor("updatedBy"))
         };
-        let delete = |row: &Row, target: Target| -> Result<Routed, RouteError> {
-            let payload = object([
-                (
-                    "propertyId",
-                    self.value(row, &p.id_column, Side::Old)?.clone(),
-                ),
-                ("organizationId", org_value(&target)),
-                ("operation", Value::from("delete")),
-                ("changes", Value::Object(self.fields(row))),
-                ("updatedBy", updated_by(None)),
-            ]);
-            Ok(self
-                .draft(EventType::PropertyUpdate, target, payload)
-                .with_actor("updatedBy"))
-        };
+        let create = |row: &Row, target: Target| whole(row, target, Side::New);
+        let delete = |row: &Row, target: Target| whole(row, target, Side::Old);
         match self.change.operation {
             Operation::Insert => {
                 let new = self.row(Side::New)?;

@@ -14,7 +14,7 @@ use crate::publish::Pending as Answer;
 /// A batch sent to Redis and not answered yet, with what its answer
 /// settles.
 pub(super) struct InFlight {
-    answer: Answer,
+    pub(super) answer: Answer,
     sent: Vec<Sent>,
     /// The newest commit whose events are all in this batch or an earlier
     /// one: acknowledged once Redis accepted this batch.
@@ -24,12 +24,6 @@ pub(super) struct InFlight {
     traces: Vec<(TxnTrace, u64)>,
     /// This batch's `realtime.publish` spans (none when tracing is off).
     spans: Vec<telemetry::Span>,
-}
-
-impl InFlight {
-    pub(super) fn answer_mut(&mut self) -> &mut Answer {
-        &mut self.answer
-    }
 }
 
 impl<'a> super::Session<'a> {

@@ -277,7 +277,7 @@ impl<'a> Session<'a> {
                             _ = shutdown.cancelled() => break None,
                             result = async move {
                                 match in_flight {
-                                    Some(f) => f.answer_mut().answered().await,
+                                    Some(f) => f.answer.answered().await,
                                     None => std::future::pending().await,
                                 }
                             } => {
