@@ -19,6 +19,10 @@ pub(crate) struct Frame {
     /// For `member.leave`: the member who left (revocation). `None` for a
     /// leave that names no member (see [`Leave::Unknown`]).
     pub leaving_member: Option<Box<str>>,
+    /// On a Redis Cluster, the last broadcast published before this
+    /// organization event (`lastBroadcast`; the hub's cluster subscriber
+    /// checks it has read it, ARCHITECTURE.md §4 *Broadcast order*).
+    pub last_broadcast: Option<EventId>,
     /// `id: <id>\ndata: <event JSON>\n\n`.
     pub bytes: Bytes,
 }
@@ -68,6 +72,7 @@ impl Frame {
             commit_ms: head.timestamp,
             user_id: env.user_id.map(|u| Box::from(&*u)),
             leaving_member,
+            last_broadcast: env.last_broadcast,
             bytes: buf.freeze(),
         })
     }

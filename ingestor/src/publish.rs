@@ -24,7 +24,11 @@
 //! broadcast-scope event is published on its own, after every event before
 //! it was accepted and before any event after it is sent, so the broadcast
 //! shard never runs behind the organizations' shards by more than one
-//! event. The library is loaded on every primary; a primary that lacks it
+//! event. Every organization event published after a broadcast carries
+//! that broadcast's id (`lastBroadcast`, spliced into its envelope; the
+//! last one is read back from the broadcast history on connecting), so a
+//! gateway that reads the organization's shard first knows a broadcast is
+//! missing (ARCHITECTURE.md §4, *Broadcast order*). The library is loaded on every primary; a primary that lacks it
 //! (a new node that took slots over) answers "Function not found", and the
 //! library is loaded again and the failed scopes retried once. Each scope's
 //! pipeline ends with `WAIT 1`: the batch is acknowledged to Postgres once
@@ -33,11 +37,13 @@
 //! publishing down, it does not stop it), so a failover does not lose events
 //! Postgres was told are safe.
 
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use redis::Value;
 
+use realtime_shared::envelope::Envelope;
 use realtime_shared::event::{EventId, Scope};
 use realtime_shared::keys::Keys;
 use realtime_shared::redis_conn::{RedisConnectError, explain_connect_error};
@@ -154,6 +160,11 @@ pub struct Publisher {
     /// at most once per [`UNREPLICATED_WARNING_EVERY`]: a shard without a
     /// replica would otherwise log every batch.
     unreplicated: LogEvery,
+    /// On a cluster: the last broadcast-scope event published (or found in
+    /// the broadcast history on connecting), named by every later
+    /// organization event's envelope (module docs). Always `None` on one
+    /// node.
+    last_broadcast: Option<EventId>,
 }
 
 /// How often the "no replica confirmed" warning may be logged.
@@ -216,13 +227,36 @@ impl Publisher {
                 RedisConnectError::Other(e) => PublishError::LoadFunction(e),
                 known => PublishError::Connect(known),
             })?;
-        Ok(Self {
+        let mut publisher = Self {
             conn,
             keys,
             history_len,
             timeout,
             unreplicated: LogEvery::new(UNREPLICATED_WARNING_EVERY),
-        })
+            last_broadcast: None,
+        };
+        if publisher.conn.is_cluster() {
+            publisher.last_broadcast = publisher.newest_broadcast().await?;
+        }
+        Ok(publisher)
+    }
+
+    /// The id of the broadcast history's newest entry: the last broadcast
+    /// published before this process (a restart keeps naming it).
+    async fn newest_broadcast(&mut self) -> Result<Option<EventId>, PublishError> {
+        let history = self.keys.history(&Scope::Broadcast);
+        let entries: Vec<(String, Value)> = self
+            .query(
+                "reading the broadcast history's newest id",
+                redis::cmd("XREVRANGE")
+                    .arg(history)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1),
+            )
+            .await?;
+        Ok(entries.first().and_then(|(id, _)| id.parse().ok()))
     }
 
     pub fn keys(&self) -> &Keys {
@@ -333,8 +367,15 @@ impl Publisher {
         })
     }
 
-    /// One `FCALL` per event at `indices` of `batch`, in that order.
-    fn pipeline(&self, function: &str, batch: &[Outgoing], indices: &[usize]) -> redis::Pipeline {
+    /// One `FCALL` per event at `indices` of `batch`, in that order, with
+    /// the envelope bytes of `bytes` (the same index).
+    fn pipeline(
+        &self,
+        function: &str,
+        batch: &[Outgoing],
+        bytes: &[Cow<'_, [u8]>],
+        indices: &[usize],
+    ) -> redis::Pipeline {
         let mut pipe = redis::pipe();
         let mut id = String::with_capacity(48);
         for &i in indices {
@@ -348,14 +389,36 @@ impl Publisher {
                 .arg(self.keys.history(&out.scope))
                 .arg(self.keys.channel(&out.scope))
                 .arg(id.as_str())
-                .arg(out.bytes.as_slice())
+                .arg(&*bytes[i])
                 .arg(self.history_len);
         }
         pipe
     }
 
+    /// The envelope bytes a cluster publishes for each event of `batch`:
+    /// an organization event after a broadcast names it (`lastBroadcast`).
+    /// Returns them with the last broadcast after the batch.
+    fn stamped<'b>(&self, batch: &'b [Outgoing]) -> (Vec<Cow<'b, [u8]>>, Option<EventId>) {
+        let mut last = self.last_broadcast;
+        let bytes = batch
+            .iter()
+            .map(|out| match (&out.scope, last) {
+                (Scope::Broadcast, _) => {
+                    last = Some(out.id);
+                    Cow::Borrowed(out.bytes.as_slice())
+                }
+                (_, Some(broadcast)) => {
+                    Cow::Owned(Envelope::with_last_broadcast(&out.bytes, broadcast))
+                }
+                (_, None) => Cow::Borrowed(out.bytes.as_slice()),
+            })
+            .collect();
+        (bytes, last)
+    }
+
     /// The cluster form of [`Self::publish`] (see the module docs).
     async fn publish_sharded(&mut self, batch: &[Outgoing]) -> Result<Vec<bool>, PublishError> {
+        let (bytes, last_broadcast) = self.stamped(batch);
         let mut accepted = vec![false; batch.len()];
         let mut start = 0;
         while start < batch.len() {
@@ -380,7 +443,7 @@ impl Publisher {
             for attempt in 0..2 {
                 let wait_ms = REPLICA_WAIT.as_millis() as u64;
                 let results = join_all(pending.iter().map(|indices| {
-                    let mut pipe = self.pipeline(SHARDED_FUNCTION_NAME, batch, indices);
+                    let mut pipe = self.pipeline(SHARDED_FUNCTION_NAME, batch, &bytes, indices);
                     // Acknowledged only once the shard's replica holds it
                     // (when it has one that keeps up): a failover then
                     // loses no event Postgres was told is safe.
@@ -444,6 +507,10 @@ impl Publisher {
             }
             start = end;
         }
+        // Only once every broadcast of the batch was accepted (or found
+        // held): a failed batch is sent again from its start, and stamps
+        // again from the same point.
+        self.last_broadcast = last_broadcast;
         Ok(accepted)
     }
 }

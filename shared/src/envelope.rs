@@ -5,8 +5,19 @@
 //! `{"event":{…wire event…},"userId":"…"?,"traceparent":"…"?}`:
 //! `event` is exactly what clients receive (the gateway can forward it as a raw
 //! slice without re-serializing), `userId` addresses the event to one user
-//! only (notifications), and `traceparent` carries the W3C trace context from
-//! ingest to delivery.
+//! only (notifications), `traceparent` carries the W3C trace context from
+//! ingest to delivery, and `lastBroadcast` (Redis Cluster only) names the
+//! last broadcast-scope event published before this organization event.
+//!
+//! Why `lastBroadcast`: on a cluster the broadcast channel and an
+//! organization's channel sit on different shards, read over different
+//! connections, so a gateway can read an organization event before the
+//! broadcast committed ahead of it. Seeing a `lastBroadcast` it has not yet
+//! read, the gateway has the organization's streams fill the gap from
+//! history (which holds both, in id order) before the event
+//! (ARCHITECTURE.md §4, *Broadcast order*). One node delivers both channels
+//! on one connection in publish order, so the ingestor writes it only on a
+//! cluster.
 
 //!
 //! The wire names live here once, in two forms: [`Envelope`], owned, which
@@ -18,7 +29,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::event::Event;
+use crate::event::{Event, EventId};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -28,6 +39,14 @@ pub struct Envelope {
     pub user_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// On a Redis Cluster: the id of the last broadcast-scope event
+    /// published before this organization event (module docs).
+    #[serde(
+        rename = "lastBroadcast",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub last_broadcast: Option<EventId>,
 }
 
 impl Envelope {
@@ -36,7 +55,26 @@ impl Envelope {
             event,
             user_id: None,
             traceparent: None,
+            last_broadcast: None,
         }
+    }
+
+    /// `bytes` (an envelope as [`Self::to_bytes`] wrote it, without
+    /// `lastBroadcast`) with `"lastBroadcast":"<id>"` added as its last
+    /// member. The ingestor's cluster publisher learns the id only when it
+    /// publishes, after the envelope was encoded: splicing costs one copy
+    /// of the bytes, not a second serialization. Bytes that do not end an
+    /// object come back unchanged.
+    pub fn with_last_broadcast(bytes: &[u8], id: EventId) -> Vec<u8> {
+        use std::io::Write;
+        let Some((b'}', head)) = bytes.split_last() else {
+            return bytes.to_vec();
+        };
+        let mut out = Vec::with_capacity(bytes.len() + 48);
+        out.extend_from_slice(head);
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, r#","lastBroadcast":"{id}"}}"#);
+        out
     }
 
     /// The bytes stored in the history stream and published live.
@@ -63,6 +101,8 @@ pub struct RawEnvelope<'a> {
     pub user_id: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     pub traceparent: Option<Cow<'a, str>>,
+    #[serde(rename = "lastBroadcast", default)]
+    pub last_broadcast: Option<EventId>,
 }
 
 impl<'a> RawEnvelope<'a> {
@@ -79,7 +119,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::event::{EventId, EventType, EventVersion, Source};
+    use crate::event::{EventType, EventVersion, Source};
 
     fn event() -> Event {
         Event {
@@ -118,9 +158,24 @@ mod tests {
         assert!(!String::from_utf8_lossy(&bytes).contains("userId"));
         let raw = RawEnvelope::parse(&bytes).unwrap();
         assert_eq!((raw.user_id, raw.traceparent), (None, None));
+        assert_eq!(raw.last_broadcast, None);
         assert!(
             RawEnvelope::parse(b"{\"userId\":\"u\"}").is_err(),
             "event is required"
         );
+    }
+
+    #[test]
+    fn the_last_broadcast_is_spliced_in_as_if_serialized() {
+        let bytes = Envelope::new(event()).to_bytes();
+        let id = EventId::new(26_740_000, 0);
+        let spliced = Envelope::with_last_broadcast(&bytes, id);
+        let mut owned = Envelope::new(event());
+        owned.last_broadcast = Some(id);
+        assert_eq!(spliced, owned.to_bytes(), "the same bytes as serde writes");
+        let raw = RawEnvelope::parse(&spliced).unwrap();
+        assert_eq!(raw.last_broadcast, Some(id));
+        assert_eq!(serde_json::from_slice::<Envelope>(&spliced).unwrap(), owned);
+        assert_eq!(Envelope::with_last_broadcast(b"", id), b"");
     }
 }

@@ -188,7 +188,7 @@ async fn redis_restart_under_load_loses_nothing_committed_after_it() {
 }
 
 /// `confirmed_flush_lsn` of the context's slot, as a number.
-async fn confirmed_flush(pg: &tokio_postgres::Client, slot: &str) -> Option<f64> {
+pub(crate) async fn confirmed_flush(pg: &tokio_postgres::Client, slot: &str) -> Option<f64> {
     pg.query_one(
         "SELECT (confirmed_flush_lsn - '0/0')::text FROM pg_replication_slots WHERE slot_name = $1",
         &[&slot],

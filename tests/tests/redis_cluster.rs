@@ -21,6 +21,11 @@ use crate::support::gateway::{RunningGateway, gateway_config, token};
 use crate::support::sse::SseClient;
 use crate::support::{Redis, RunningIngestor, config_for};
 use crate::{gateway_protection, gateway_stream};
+use realtime_ingestor::publish::SHARDED_FUNCTION_NAME;
+use realtime_shared::envelope::Envelope;
+use realtime_shared::event::{Event, EventId, EventType, EventVersion, Scope, Source};
+use realtime_shared::keys::Keys;
+use realtime_shared::redis_target::RedisConn;
 use realtime_tests::{RedisCluster, TestContext};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,4 +264,281 @@ async fn exactly_once_through(fault: Fault) {
     }
     ing.stop().await;
     drop(cluster);
+}
+
+/// How the test puts one event into Redis, playing the ingestor.
+#[derive(Debug, Clone, Copy)]
+enum Put {
+    /// History and live channel, as the ingestor does (the publish function).
+    Published,
+    /// History only: the live message is "not read yet" by the gateway.
+    HistoryOnly,
+}
+
+/// One event, `put` into Redis: a broadcast `system.alert` when `org` is
+/// `None`, else a `property.update` of `org` naming `last_broadcast`.
+/// Returns the envelope bytes (for a late live copy).
+async fn put(
+    redis: &mut RedisConn,
+    keys: &Keys,
+    id: EventId,
+    org: Option<&str>,
+    last_broadcast: Option<EventId>,
+    put: Put,
+) -> Vec<u8> {
+    let scope = org.map_or(Scope::Broadcast, |o| Scope::Organization(o.to_owned()));
+    let mut envelope = Envelope::new(Event {
+        id,
+        event_type: if org.is_some() {
+            EventType::PropertyUpdate
+        } else {
+            EventType::SystemAlert
+        },
+        timestamp: 1_795_836_114_457,
+        source: Source::Api,
+        version: EventVersion,
+        organization_id: org.map(str::to_owned),
+        payload: serde_json::json!({"propertyId": id.to_string(), "message": id.to_string()}),
+    });
+    envelope.last_broadcast = last_broadcast;
+    let bytes = envelope.to_bytes();
+    let cmd = match put {
+        Put::Published => redis::cmd("FCALL")
+            .arg(SHARDED_FUNCTION_NAME)
+            .arg(2)
+            .arg(keys.history(&scope))
+            .arg(keys.channel(&scope))
+            .arg(id.to_string())
+            .arg(&bytes)
+            .arg(1000)
+            .clone(),
+        Put::HistoryOnly => redis::cmd("XADD")
+            .arg(keys.history(&scope))
+            .arg(id.to_string())
+            .arg("e")
+            .arg(&bytes)
+            .clone(),
+    };
+    cmd.query_async::<redis::Value>(redis)
+        .await
+        .unwrap_or_else(|e| panic!("{put:?} {id}: {e}"));
+    bytes
+}
+
+/// The indices of the next `n` events with commit LSN `lsn` the client
+/// reads (fewer if 30 s pass first).
+async fn indices_of(client: &mut SseClient, lsn: u64, n: usize) -> Vec<u64> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while got.len() < n {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let m = match client.next(left).await {
+            Ok(Some(m)) => m,
+            Ok(None) => panic!("the stream ended after {got:?}"),
+            Err(()) => break,
+        };
+        if let Some(id) = m.id.as_deref().and_then(|i| i.parse::<EventId>().ok())
+            && id.lsn == lsn
+        {
+            got.push(id.index);
+        }
+    }
+    got
+}
+
+/// The live copy of `bytes`, late.
+async fn publish_late(redis: &mut RedisConn, channel: &str, bytes: &[u8]) {
+    redis::cmd("SPUBLISH")
+        .arg(channel)
+        .arg(bytes)
+        .query_async::<i64>(redis)
+        .await
+        .unwrap_or_else(|e| panic!("SPUBLISH {channel}: {e}"));
+}
+
+/// ARCHITECTURE.md §4 *Broadcast order*. A broadcast and the organization
+/// events around it sit on different shards, read over different
+/// connections: a gateway may read them in the opposite order. The test
+/// plays the ingestor for five events (ids far above any it wrote) and puts
+/// one of each pair in its history with its live copy held back until the
+/// other was published, as a gateway reading the other shard first sees it:
+/// an organization event read after the next broadcast, then a broadcast
+/// read after the next organization event (which names it). The stream
+/// must get all five, in id order, once: neither late one dropped as a
+/// duplicate of what passed it, nor delivered twice when its copy arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_and_an_organization_event_read_out_of_order_keep_their_order() {
+    let ctx = Redis::Cluster.context().await;
+    ctx.batch(SEED).await;
+    // Loads the publish function on every primary; idle otherwise.
+    let ing = RunningIngestor::start(ctx.clone(), config_for(&ctx)).await;
+    let gw = RunningGateway::start(gateway_config(&ctx)).await;
+    let mut client = SseClient::connect(
+        &gw.stream_url("organizationId=orgA"),
+        Some(&token("ua", 600)),
+        &[],
+    )
+    .await;
+    assert_eq!(client.status, 200, "{}", client.body_text);
+    let mut redis = ctx.redis_commands().await;
+    let keys = Keys::new(ctx.key_prefix());
+    let org_channel = keys.channel(&Scope::Organization("orgA".into()));
+    let broadcast_channel = keys.channel(&Scope::Broadcast);
+    const LSN: u64 = 1 << 50;
+    let id = |n| EventId::new(LSN, n);
+
+    // First an organization event read after the next broadcast, then a
+    // broadcast read after the next organization event (which names it).
+    let x1 = put(
+        &mut redis,
+        &keys,
+        id(1),
+        Some("orgA"),
+        None,
+        Put::HistoryOnly,
+    )
+    .await;
+    put(&mut redis, &keys, id(2), None, None, Put::Published).await;
+    let mut got = indices_of(&mut client, LSN, 2).await;
+    publish_late(&mut redis, &org_channel, &x1).await;
+    let b3 = put(&mut redis, &keys, id(3), None, None, Put::HistoryOnly).await;
+    put(
+        &mut redis,
+        &keys,
+        id(4),
+        Some("orgA"),
+        Some(id(3)),
+        Put::Published,
+    )
+    .await;
+    publish_late(&mut redis, &broadcast_channel, &b3).await;
+    put(
+        &mut redis,
+        &keys,
+        id(5),
+        Some("orgA"),
+        Some(id(3)),
+        Put::Published,
+    )
+    .await;
+    got.extend(indices_of(&mut client, LSN, 3).await);
+    assert_eq!(
+        got,
+        [1, 2, 3, 4, 5],
+        "every event once, in id order, however the shards' messages were read"
+    );
+    drop(client);
+    gw.stop().await;
+    ing.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_ingestor_names_the_last_broadcast_in_later_organization_events() {
+    names_the_last_broadcast(Redis::Cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_envelopes_name_no_broadcast() {
+    names_the_last_broadcast(Redis::Single).await;
+}
+
+/// `lastBroadcast` in the envelopes of orgA's history: absent before any
+/// broadcast; on a cluster, after a `TRUNCATE` (a broadcast `data.sync`),
+/// that broadcast's id, in this ingestor's events and, after a restart, in
+/// the next one's (read back from the broadcast history); never on one node.
+async fn names_the_last_broadcast(redis: Redis) {
+    let ctx = redis.context().await;
+    ctx.batch(SEED).await;
+    let mut ing = RunningIngestor::start(ctx.clone(), config_for(&ctx)).await;
+    let conn = ctx.redis_commands().await;
+    let keys = Keys::new(ctx.key_prefix());
+    let org_history = keys.history(&Scope::Organization("orgA".into()));
+    let broadcast_history = keys.history(&Scope::Broadcast);
+
+    let insert = |n: u32| {
+        let ctx = ctx.clone();
+        async move {
+            ctx.execute(
+                "INSERT INTO properties (id, \"organizationId\", \"createdBy\", price) VALUES ($1, 'orgA', 'ua', 1)",
+                &[&format!("p{n}")],
+            )
+            .await;
+        }
+    };
+    // The newest entry of `key`: (id, envelope JSON).
+    type Fields = Vec<(String, Vec<u8>)>;
+    async fn newest(conn: &mut RedisConn, key: &str) -> Option<(String, serde_json::Value)> {
+        let entries: Vec<(String, Fields)> = redis::cmd("XREVRANGE")
+            .arg(key)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(conn)
+            .await
+            .unwrap_or_else(|e| panic!("XREVRANGE {key}: {e}"));
+        let (id, fields) = entries.into_iter().next()?;
+        let e = fields.into_iter().find(|(f, _)| f == "e")?.1;
+        Some((id, serde_json::from_slice(&e).expect("envelope JSON")))
+    }
+    // The envelope of `property` once it is orgA's newest entry.
+    let wait_for = |property: &'static str| {
+        let (conn, key) = (conn.clone(), org_history.clone());
+        realtime_tests::wait_until("the property in orgA's history", WAIT, move || {
+            let (mut conn, key) = (conn.clone(), key.clone());
+            async move {
+                newest(&mut conn, &key)
+                    .await
+                    .filter(|(_, e)| e["event"]["payload"]["propertyId"] == property)
+                    .map(|(_, e)| e)
+            }
+        })
+    };
+
+    insert(1).await;
+    let first = wait_for("p1").await;
+    assert_eq!(
+        first.get("lastBroadcast"),
+        None,
+        "no broadcast yet: {first}"
+    );
+
+    ctx.batch("TRUNCATE activities;").await;
+    let truncate = realtime_tests::wait_until("the truncate's broadcast", WAIT, || {
+        let (mut conn, key) = (conn.clone(), broadcast_history.clone());
+        async move { newest(&mut conn, &key).await.map(|(id, _)| id) }
+    })
+    .await;
+    let expected = match redis {
+        Redis::Cluster => serde_json::json!(truncate),
+        Redis::Single => serde_json::Value::Null,
+    };
+    insert(2).await;
+    let second = wait_for("p2").await;
+    assert_eq!(second["lastBroadcast"], expected, "{second}");
+
+    // A new ingestor: the last broadcast read back from Redis. Once the
+    // slot is past p2, so that the restart does not stream the truncate
+    // again (which would name it without the read).
+    let p2_lsn = second["event"]["id"]
+        .as_str()
+        .and_then(|id| id.parse::<EventId>().ok())
+        .expect("p2's id")
+        .lsn as f64;
+    let pg = ctx.pg().await;
+    realtime_tests::wait_until("the slot confirmed p2", WAIT, || {
+        let (pg, slot) = (&pg, ctx.slot());
+        async move {
+            crate::ingestor_recovery::confirmed_flush(pg, slot)
+                .await
+                .filter(|&lsn| lsn >= p2_lsn)
+        }
+    })
+    .await;
+    ing.stop().await;
+    ing = RunningIngestor::start(ctx.clone(), config_for(&ctx)).await;
+    insert(3).await;
+    let third = wait_for("p3").await;
+    assert_eq!(third["lastBroadcast"], expected, "after a restart: {third}");
+    ing.stop().await;
 }

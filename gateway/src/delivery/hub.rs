@@ -8,6 +8,10 @@
 //! connection's messages in publish order, which is commit order) and can
 //! drop duplicates by comparing ids.
 //!
+//! On a Redis Cluster the broadcast channel and an organization's channel
+//! are read from different shards, so that one sequence is not given by
+//! Redis: [`BroadcastOrder`] says how the hub keeps it.
+//!
 //! A SUBSCRIBE is confirmed before [`Subscription::ready`] resolves, so a
 //! stream that subscribes, then replays history, misses nothing. After a
 //! Redis disconnection the task resubscribes everything and sends
@@ -19,7 +23,7 @@ use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use realtime_shared::event::Scope;
+use realtime_shared::event::{EventId, Scope};
 use realtime_shared::keys::Keys;
 use realtime_shared::redis_target::RedisTarget;
 use tokio::sync::{mpsc, watch};
@@ -39,6 +43,31 @@ mod sharded;
 /// Called for every `member.leave` seen, with its organization (`None` for
 /// a broadcast one), before the leave is queued to any stream.
 type LeaveHook = Box<dyn Fn(Leave<'_>, Option<&str>) + Send + Sync>;
+
+/// On a Redis Cluster, how the hub keeps broadcasts in each stream's one
+/// sequence (ARCHITECTURE.md §4, *Broadcast order*). A broadcast and the
+/// organization events around it arrive over different shards' connections
+/// and may be read in either order, though both were in their histories
+/// before the later one was published:
+///
+/// - an organization event read before an earlier broadcast would make
+///   streams drop that broadcast as a duplicate by id. The ingestor names
+///   the last broadcast in every organization event (`lastBroadcast`); one
+///   naming a broadcast newer than [`Self::newest`] is preceded, in its
+///   feed, by a resync: the streams fill the gap from the histories (both
+///   hold the broadcast and the event, merged by id) and drop the live copy.
+/// - a broadcast read before an earlier organization event would make
+///   streams drop that event. So a broadcast is handed to every feed as a
+///   resync rather than as a frame: the streams read both histories up to
+///   it, the late organization event included, and drop the live copies.
+///   Broadcasts are rare (`system.alert`, truncates, a lost slot), and the
+///   resync reads are shared per organization and position.
+#[derive(Debug, Default)]
+pub(super) struct BroadcastOrder {
+    /// The newest broadcast read live, or found in the broadcast history
+    /// when the session subscribed.
+    newest: Option<EventId>,
+}
 
 /// Called with the payload of every message on the control channel.
 type ControlHook = Box<dyn Fn(&[u8]) + Send + Sync>;
@@ -224,7 +253,7 @@ impl Hub {
                     Some(message) if message.get_channel_name() == control_channel => {
                         (self.inner.on_control)(message.get_payload_bytes());
                     }
-                    Some(message) => self.dispatch(message.get_channel_name(), message.get_payload_bytes(), broadcast_channel).await,
+                    Some(message) => self.dispatch(message.get_channel_name(), message.get_payload_bytes(), broadcast_channel, None).await,
                     None => return Err(redis::RedisError::from((redis::ErrorKind::Io, "pub/sub connection closed"))),
                 },
             }
@@ -272,7 +301,17 @@ impl Hub {
         }
     }
 
-    async fn dispatch(&self, channel: &str, payload: &[u8], broadcast_channel: &str) {
+    /// Parses one message of `channel` and queues it to the feeds it
+    /// concerns (every feed for a broadcast). `order` is the cluster
+    /// session's [`BroadcastOrder`]; `None` on one node, whose one
+    /// connection already delivers in publish order.
+    async fn dispatch(
+        &self,
+        channel: &str,
+        payload: &[u8],
+        broadcast_channel: &str,
+        order: Option<&mut BroadcastOrder>,
+    ) {
         // `None` (one check) unless tracing is on and the event carries a
         // trace context: see `crate::trace`.
         let fanout = Fanout::start(payload);
@@ -319,9 +358,23 @@ impl Hub {
                 broadcast,
             })
         });
+        let message = match order {
+            None => FeedMessage::Frame(frame.clone()),
+            Some(order) if broadcast => {
+                order.newest = order.newest.max(Some(id));
+                FeedMessage::Resync
+            }
+            Some(order) => {
+                if frame.last_broadcast > order.newest {
+                    for feed in &feeds {
+                        self.enqueue(feed.clone(), FeedMessage::Resync, None).await;
+                    }
+                }
+                FeedMessage::Frame(frame.clone())
+            }
+        };
         for feed in feeds {
-            self.enqueue(feed, FeedMessage::Frame(frame.clone()), trace.clone())
-                .await;
+            self.enqueue(feed, message.clone(), trace.clone()).await;
         }
     }
 }

@@ -190,6 +190,8 @@ impl<'a> super::Session<'a> {
             event,
             user_id: draft.user_id,
             traceparent,
+            // Set by the cluster publisher, which knows the order (publish.rs).
+            last_broadcast: None,
         };
         let mut bytes = envelope.to_bytes();
         let max = self.limits.max_event_bytes;

@@ -20,6 +20,11 @@
 //!   this connection). Control messages are not history: one sent in that
 //!   window is lost, as on a single-node reconnect.
 //!
+//! **Broadcasts stay in each stream's one sequence** although their shard
+//! is read over another connection than an organization's: see
+//! [`BroadcastOrder`]; the session starts it from the broadcast history's
+//! newest id, read once the broadcast channel is subscribed.
+//!
 //! **Every subscription is proven to sit on the slot's primary** before its
 //! feed is ready or resynced ([`Probe::subscribe_on_primary`]). Right after a
 //! failover the client's slot map can still name the demoted primary, and
@@ -41,7 +46,9 @@ use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Command, Hub};
+use realtime_shared::event::{EventId, Scope};
+
+use super::{BroadcastOrder, Command, Hub};
 
 /// Connect and response timeout of the subscriber's cluster connection.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -75,6 +82,12 @@ impl Hub {
         probe
             .subscribe_on_primary(&mut conn, broadcast_channel)
             .await?;
+        // After the subscription: a broadcast published meanwhile is both
+        // read live and, perhaps, counted here; either way it is not
+        // missed, and every feed resyncs after a reconnection anyway.
+        let mut order = BroadcastOrder {
+            newest: self.newest_broadcast(&mut conn).await?,
+        };
         probe
             .subscribe_on_primary(&mut conn, &control_channel)
             .await?;
@@ -106,7 +119,7 @@ impl Hub {
                 },
                 push = pushes.recv() => match push {
                     Some(push) => {
-                        self.on_push(&probe, push, broadcast_channel, &control_channel)
+                        self.on_push(&probe, push, broadcast_channel, &control_channel, &mut order)
                             .await?;
                     }
                     None => return Err(closed("the cluster push channel closed")),
@@ -121,6 +134,7 @@ impl Hub {
         push: PushInfo,
         broadcast_channel: &str,
         control_channel: &str,
+        order: &mut BroadcastOrder,
     ) -> redis::RedisResult<()> {
         match push.kind {
             PushKind::SMessage => {
@@ -135,7 +149,7 @@ impl Hub {
                 } else if channel.as_slice() == control_channel.as_bytes() {
                     (self.inner.on_control)(payload.as_slice());
                 } else if let Ok(channel) = std::str::from_utf8(channel) {
-                    self.dispatch(channel, payload.as_slice(), broadcast_channel)
+                    self.dispatch(channel, payload.as_slice(), broadcast_channel, Some(order))
                         .await;
                 }
                 Ok(())
@@ -152,6 +166,23 @@ impl Hub {
             }
             _ => Ok(()),
         }
+    }
+
+    /// The id of the broadcast history's newest entry, if any.
+    async fn newest_broadcast(
+        &self,
+        conn: &mut redis::cluster_async::ClusterConnection,
+    ) -> redis::RedisResult<Option<EventId>> {
+        let history = self.inner.keys.history(&Scope::Broadcast);
+        let entries: Vec<(String, Value)> = redis::cmd("XREVRANGE")
+            .arg(history)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(conn)
+            .await?;
+        Ok(entries.first().and_then(|(id, _)| id.parse().ok()))
     }
 
     /// `channel` was unsubscribed. If this replica still needs it, the shard
