@@ -1288,3 +1288,56 @@ async fn non_members_are_refused_before_any_subscription() {
     assert!(subscribe_calls(&ctx).await > before);
     gw.stop().await;
 }
+
+/// `realtime_gateway_events_delivered_total` counts every event written to
+/// a stream, once: a parked stream's writes are summed per run of its lane
+/// (`delivery/feed.rs` `Lane::deliver`), a stream served by its own task
+/// counts per frame. Three streams of one organization (two of one user),
+/// a transaction of 50 events: the counter reaches exactly what the
+/// clients read, and stays there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delivered_counter_counts_every_event_written_once() {
+    const EVENTS: u64 = 50;
+    let ctx = TestContext::new().await;
+    ctx.batch(SEED).await;
+    let ing = RunningIngestor::start(ctx.clone(), config_for(&ctx)).await;
+    let gw = gateway_process(&ctx, &[]).await;
+    let mut clients = Vec::new();
+    for user in ["ua", "ua2", "ua"] {
+        let mut c = SseClient::connect(
+            &gw.stream_url("organizationId=orgA"),
+            Some(&token(user, 600)),
+            &[],
+        )
+        .await;
+        hello(&mut c).await;
+        clients.push(c);
+    }
+    emit_padded(&ctx, 1, EVENTS).await;
+    let mut received = 0u64;
+    for c in &mut clients {
+        loop {
+            let m = c.next_event(WAIT).await.expect("the events arrive");
+            received += 1;
+            if m.json()["payload"]["n"] == json!(EVENTS) {
+                break;
+            }
+        }
+    }
+    assert!(received >= 3 * EVENTS, "{received}");
+    let counted = || async {
+        metric_value(
+            &gw.metrics().await,
+            "realtime_gateway_events_delivered_total",
+        )
+    };
+    // Counted just after the write, so a read may come first.
+    wait_until("the counter reaches what was read", WAIT, || async {
+        (counted().await == received as f64).then_some(())
+    })
+    .await;
+    // Nothing is left to count: a second look finds the same.
+    assert_eq!(counted().await, received as f64);
+    drop(clients);
+    ing.stop().await;
+}

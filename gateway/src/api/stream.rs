@@ -221,7 +221,6 @@ pub(super) async fn open_stream(
     let outlet = Outlet::new(
         user.as_str().into(),
         registration.handle.clone(),
-        delivered.clone(),
         latency.clone(),
     );
     sub.set_outlet(outlet.clone());

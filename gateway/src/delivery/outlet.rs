@@ -22,7 +22,6 @@ pub(super) const NOT_PARKED: usize = usize::MAX;
 pub struct Outlet {
     pub(super) user: Arc<str>,
     pub(super) handle: Arc<Handle>,
-    pub(super) delivered: metrics::Counter,
     pub(super) latency: metrics::Histogram,
     /// Set by the listener once the response head is written; a stream
     /// without one (served by hyper) never parks.
@@ -53,16 +52,10 @@ pub(super) struct Unparked {
 }
 
 impl Outlet {
-    pub fn new(
-        user: Arc<str>,
-        handle: Arc<Handle>,
-        delivered: metrics::Counter,
-        latency: metrics::Histogram,
-    ) -> Arc<Self> {
+    pub fn new(user: Arc<str>, handle: Arc<Handle>, latency: metrics::Histogram) -> Arc<Self> {
         Arc::new(Outlet {
             user,
             handle,
-            delivered,
             latency,
             socket: OnceLock::new(),
             listener_idle: AtomicBool::new(false),

@@ -69,7 +69,6 @@ async fn stream(registry: &Registry, user: &str, small: bool) -> Stream {
     let outlet = Outlet::new(
         user.into(),
         registration.handle.clone(),
-        metrics::Counter::noop(),
         metrics::Histogram::noop(),
     );
     outlet.attach(Arc::new(server));

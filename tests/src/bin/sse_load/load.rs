@@ -104,6 +104,9 @@ pub(crate) struct Load {
     pub(crate) ready_printed: bool,
     /// When handshake deadlines were last checked.
     pub(crate) last_deadline_scan: Instant,
+    /// `\n\n`, the end of an SSE message: the searcher built once, not per
+    /// delivery.
+    pub(crate) blank_line: memchr::memmem::Finder<'static>,
 }
 
 impl Load {
@@ -302,7 +305,7 @@ impl Load {
             client.body.append(&mut client.raw);
         }
         let mut start = 0;
-        while let Some(end) = memchr::memmem::find(&client.body[start..], b"\n\n") {
+        while let Some(end) = self.blank_line.find(&client.body[start..]) {
             let msg = &client.body[start..start + end];
             if let Some(id) = event_id(msg) {
                 if client.last_id.is_some_and(|last| id <= last) {

@@ -242,6 +242,7 @@ fn run() -> anyhow::Result<()> {
         started: Instant::now(),
         ready_printed: false,
         last_deadline_scan: Instant::now(),
+        blank_line: Finder::new(b"\n\n"),
     };
     let mut events = Events::with_capacity(4096);
     loop {
