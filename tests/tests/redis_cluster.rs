@@ -359,13 +359,14 @@ async fn publish_late(redis: &mut RedisConn, channel: &str, bytes: &[u8]) {
 /// ARCHITECTURE.md §4 *Broadcast order*. A broadcast and the organization
 /// events around it sit on different shards, read over different
 /// connections: a gateway may read them in the opposite order. The test
-/// plays the ingestor for five events (ids far above any it wrote) and puts
+/// plays the ingestor for six events (ids far above any it wrote) and puts
 /// one of each pair in its history with its live copy held back until the
 /// other was published, as a gateway reading the other shard first sees it:
 /// an organization event read after the next broadcast, then a broadcast
-/// read after the next organization event (which names it). The stream
-/// must get all five, in id order, once: neither late one dropped as a
-/// duplicate of what passed it, nor delivered twice when its copy arrives.
+/// read after the next events of two organizations (which name it). The
+/// streams of both must get theirs, in id order, once: neither late one
+/// dropped as a duplicate of what passed it, nor delivered twice when its
+/// copy arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broadcast_and_an_organization_event_read_out_of_order_keep_their_order() {
     let ctx = Redis::Cluster.context().await;
@@ -373,13 +374,21 @@ async fn a_broadcast_and_an_organization_event_read_out_of_order_keep_their_orde
     // Loads the publish function on every primary; idle otherwise.
     let ing = RunningIngestor::start(ctx.clone(), config_for(&ctx)).await;
     let gw = RunningGateway::start(gateway_config(&ctx)).await;
-    let mut client = SseClient::connect(
+    let mut a = SseClient::connect(
         &gw.stream_url("organizationId=orgA"),
         Some(&token("ua", 600)),
         &[],
     )
     .await;
-    assert_eq!(client.status, 200, "{}", client.body_text);
+    let mut b = SseClient::connect(
+        &gw.stream_url("organizationId=orgB"),
+        Some(&token("ub", 600)),
+        &[],
+    )
+    .await;
+    for c in [&a, &b] {
+        assert_eq!(c.status, 200, "{}", c.body_text);
+    }
     let mut redis = ctx.redis_commands().await;
     let keys = Keys::new(ctx.key_prefix());
     let org_channel = keys.channel(&Scope::Organization("orgA".into()));
@@ -387,8 +396,7 @@ async fn a_broadcast_and_an_organization_event_read_out_of_order_keep_their_orde
     const LSN: u64 = 1 << 50;
     let id = |n| EventId::new(LSN, n);
 
-    // First an organization event read after the next broadcast, then a
-    // broadcast read after the next organization event (which names it).
+    // An organization event read after the next broadcast.
     let x1 = put(
         &mut redis,
         &keys,
@@ -399,8 +407,11 @@ async fn a_broadcast_and_an_organization_event_read_out_of_order_keep_their_orde
     )
     .await;
     put(&mut redis, &keys, id(2), None, None, Put::Published).await;
-    let mut got = indices_of(&mut client, LSN, 2).await;
+    let mut got_a = indices_of(&mut a, LSN, 2).await;
+    let mut got_b = indices_of(&mut b, LSN, 1).await;
     publish_late(&mut redis, &org_channel, &x1).await;
+    // A broadcast read after the next events of both organizations, which
+    // name it: orgA's first, then orgB's, which must not pass it either.
     let b3 = put(&mut redis, &keys, id(3), None, None, Put::HistoryOnly).await;
     put(
         &mut redis,
@@ -411,23 +422,33 @@ async fn a_broadcast_and_an_organization_event_read_out_of_order_keep_their_orde
         Put::Published,
     )
     .await;
-    publish_late(&mut redis, &broadcast_channel, &b3).await;
     put(
         &mut redis,
         &keys,
         id(5),
+        Some("orgB"),
+        Some(id(3)),
+        Put::Published,
+    )
+    .await;
+    publish_late(&mut redis, &broadcast_channel, &b3).await;
+    put(
+        &mut redis,
+        &keys,
+        id(6),
         Some("orgA"),
         Some(id(3)),
         Put::Published,
     )
     .await;
-    got.extend(indices_of(&mut client, LSN, 3).await);
+    got_a.extend(indices_of(&mut a, LSN, 3).await);
+    got_b.extend(indices_of(&mut b, LSN, 2).await);
     assert_eq!(
-        got,
-        [1, 2, 3, 4, 5],
+        (got_a, got_b),
+        (vec![1, 2, 3, 4, 6], vec![2, 3, 5]),
         "every event once, in id order, however the shards' messages were read"
     );
-    drop(client);
+    drop((a, b));
     gw.stop().await;
     ing.stop().await;
 }

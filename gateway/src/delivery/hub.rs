@@ -53,9 +53,11 @@ type LeaveHook = Box<dyn Fn(Leave<'_>, Option<&str>) + Send + Sync>;
 /// - an organization event read before an earlier broadcast would make
 ///   streams drop that broadcast as a duplicate by id. The ingestor names
 ///   the last broadcast in every organization event (`lastBroadcast`); one
-///   naming a broadcast newer than [`Self::newest`] is preceded, in its
+///   naming a broadcast newer than [`Self::newest`] is preceded, in every
 ///   feed, by a resync: the streams fill the gap from the histories (both
-///   hold the broadcast and the event, merged by id) and drop the live copy.
+///   hold the broadcast and the event, merged by id) and drop the live
+///   copies. The broadcast then counts as read, so a broadcast lost from
+///   Redis (a flush) costs one resync, not one per later event.
 /// - a broadcast read before an earlier organization event would make
 ///   streams drop that event. So a broadcast is handed to every feed as a
 ///   resync rather than as a frame: the streams read both histories up to
@@ -366,8 +368,14 @@ impl Hub {
             }
             Some(order) => {
                 if frame.last_broadcast > order.newest {
-                    for feed in &feeds {
-                        self.enqueue(feed.clone(), FeedMessage::Resync, None).await;
+                    // Every feed, not only this one: the broadcast is for
+                    // all of them, and once it counts as read, later events
+                    // naming it resync nothing.
+                    order.newest = frame.last_broadcast;
+                    let all: Vec<Arc<OrgFeed>> =
+                        self.lock().values().map(|e| e.feed.clone()).collect();
+                    for feed in all {
+                        self.enqueue(feed, FeedMessage::Resync, None).await;
                     }
                 }
                 FeedMessage::Frame(frame.clone())
