@@ -28,9 +28,10 @@
 //! that broadcast's id (`lastBroadcast`, spliced into its envelope; the
 //! last one is read back from the broadcast history on connecting), so a
 //! gateway that reads the organization's shard first knows a broadcast is
-//! missing (ARCHITECTURE.md §4, *Broadcast order*). The library is loaded on every primary; a primary that lacks it
-//! (a new node that took slots over) answers "Function not found", and the
-//! library is loaded again and the failed scopes retried once. Each scope's
+//! missing (ARCHITECTURE.md §4, *Broadcast order*). The library is loaded
+//! on every primary; a primary that lacks it (a new node that took slots
+//! over) answers "Function not found", and the library is loaded again and
+//! the failed scopes retried once. Each scope's
 //! pipeline ends with `WAIT 1`: the batch is acknowledged to Postgres once
 //! the shard's replica holds it too (or after [`REPLICA_WAIT`], with a
 //! warning, when the shard has no replica keeping up: a missing replica slows

@@ -64,7 +64,7 @@ type LeaveHook = Box<dyn Fn(Leave<'_>, Option<&str>) + Send + Sync>;
 ///   it, the late organization event included, and drop the live copies.
 ///   Broadcasts are rare (`system.alert`, truncates, a lost slot), and the
 ///   resync reads are shared per organization and position.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct BroadcastOrder {
     /// The newest broadcast read live, or found in the broadcast history
     /// when the session subscribed.
