@@ -47,6 +47,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod browser;
 pub mod certs;
 pub mod context;

@@ -16,22 +16,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use realtime_tests::{ChildProcess, PostgresServer, RedisServer, binary_path};
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the bench database");
-    tokio::spawn(conn);
-    client
-}
+use realtime_tests::bench::{cpu_seconds, env_or, quantile, redis_cpu_seconds};
+use realtime_tests::{ChildProcess, PostgresServer, RedisServer, binary_path, connect};
 
 async fn history_len(redis: &mut redis::aio::MultiplexedConnection, key: &str) -> u64 {
     redis::cmd("XLEN")
@@ -39,41 +25,6 @@ async fn history_len(redis: &mut redis::aio::MultiplexedConnection, key: &str) -
         .query_async(redis)
         .await
         .unwrap_or(0)
-}
-
-/// CPU seconds (user + system) a process has used so far, from /proc.
-fn process_cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
-        f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
-    });
-    ticks / 100.0
-}
-
-/// CPU seconds Redis has used so far (INFO cpu).
-async fn redis_cpu_seconds(redis: &mut redis::aio::MultiplexedConnection) -> f64 {
-    let info: String = redis::cmd("INFO")
-        .arg("cpu")
-        .query_async(redis)
-        .await
-        .unwrap_or_default();
-    info.lines()
-        .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
-        .filter_map(|l| l.split_once(':')?.1.trim().parse::<f64>().ok())
-        .sum()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 /// One backlog drained by pg_recvlogical, then by the ingestor.
@@ -100,12 +51,14 @@ async fn drain(
     txn_rows: u64,
     history_cap: u64,
 ) -> anyhow::Result<(Drain, tokio_postgres::Client, ChildProcess)> {
-    let admin = connect(&pg.url("postgres")).await;
+    let admin = connect(&pg.url("postgres"))
+        .await
+        .expect("connect to the bench database");
     admin
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .await?;
     let url = pg.url(name);
-    let db = connect(&url).await;
+    let db = connect(&url).await.expect("connect to the bench database");
     db.batch_execute(include_str!("../../fixtures/oikion-schema.sql"))
         .await?;
     db.batch_execute(
@@ -183,7 +136,7 @@ async fn drain(
         ("REALTIME_MANAGE_REPLICA_IDENTITY", "true".to_owned()),
         ("RUST_LOG", "warn".to_owned()),
     ];
-    let redis_cpu_before = redis_cpu_seconds(&mut redis).await;
+    let redis_cpu_before = redis_cpu_seconds(std::slice::from_mut(&mut redis)).await;
     let started = Instant::now();
     let mut ingestor = ChildProcess::spawn(&binary_path("realtime-ingestor"), &env);
     let deadline = started + Duration::from_secs(600);
@@ -209,8 +162,8 @@ async fn drain(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let drained = started.elapsed();
-    let ingestor_cpu = process_cpu_seconds(ingestor.pid());
-    let redis_cpu = redis_cpu_seconds(&mut redis).await - redis_cpu_before;
+    let ingestor_cpu = cpu_seconds(ingestor.pid());
+    let redis_cpu = redis_cpu_seconds(std::slice::from_mut(&mut redis)).await - redis_cpu_before;
     Ok((
         Drain {
             backlog,
@@ -342,8 +295,8 @@ async fn main() -> anyhow::Result<()> {
     );
     println!(
         "commit→publish latency (COMMIT returned → event on the Redis channel): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        quantile(&latencies, 0.50).unwrap_or_default().as_secs_f64() * 1e3,
+        quantile(&latencies, 0.99).unwrap_or_default().as_secs_f64() * 1e3,
         latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3
     );
     Ok(())

@@ -18,34 +18,8 @@
 
 use std::time::{Duration, Instant};
 
-use realtime_tests::{ChildProcess, PostgresServer, RedisServer, binary_path};
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the bench database");
-    tokio::spawn(conn);
-    client
-}
-
-/// A `/proc/<pid>/status` field in kB (`VmRSS`, `VmHWM`).
-fn status_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            let rest = l.strip_prefix(field)?.strip_prefix(':')?;
-            rest.split_whitespace().next()?.parse().ok()
-        })
-        .unwrap_or(0)
-}
+use realtime_tests::bench::{env_or, status_kib};
+use realtime_tests::{ChildProcess, PostgresServer, RedisServer, binary_path, connect};
 
 /// Resets the process's peak RSS (`VmHWM`) to its current RSS.
 fn reset_peak(pid: u32) -> anyhow::Result<()> {
@@ -122,10 +96,12 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("starting Postgres and Redis…");
     let pg = PostgresServer::start()?;
     let redis_server = RedisServer::start()?;
-    let admin = connect(&pg.url("postgres")).await;
+    let admin = connect(&pg.url("postgres"))
+        .await
+        .expect("connect to the bench database");
     admin.batch_execute("CREATE DATABASE bench").await?;
     let url = pg.url("bench");
-    let db = connect(&url).await;
+    let db = connect(&url).await.expect("connect to the bench database");
     db.batch_execute(include_str!("../../fixtures/oikion-schema.sql"))
         .await?;
     db.batch_execute(
@@ -151,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
     let ingestor = ChildProcess::spawn(&binary_path("realtime-ingestor"), &env);
     let pid = ingestor.pid();
     wait_marker(&db, &mut redis, "ready").await?;
-    let idle_kb = status_kb(pid, "VmRSS");
+    let idle_kb = status_kib(pid, "VmRSS").unwrap_or(0);
 
     let size = toast_mb * 1024 * 1024;
     let plan = [
@@ -199,14 +175,14 @@ async fn main() -> anyhow::Result<()> {
         phases.push(Phase {
             name,
             seconds: started.elapsed().as_secs_f64(),
-            peak_kb: status_kb(pid, "VmHWM"),
+            peak_kb: status_kib(pid, "VmHWM").unwrap_or(0),
         });
     }
-    let final_rss = status_kb(pid, "VmRSS");
+    let final_rss = status_kib(pid, "VmRSS").unwrap_or(0);
     // The allocator gives freed pages back after its decay time (jemalloc's
     // background threads, 10 s by default): RSS once that has passed.
     tokio::time::sleep(Duration::from_secs(15)).await;
-    let settled_rss = status_kb(pid, "VmRSS");
+    let settled_rss = status_kib(pid, "VmRSS").unwrap_or(0);
     drop(ingestor);
 
     println!(

@@ -170,10 +170,8 @@ pub(crate) fn quantile_ms(hist: &BTreeMap<u64, u64>, p: f64) -> f64 {
     f64::NAN
 }
 
-pub(crate) fn quantile_sorted_ms(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i].as_secs_f64() * 1e3
+/// The `p` quantile of `sorted` in ms (NaN when empty), by the one
+/// definition every bench uses (`realtime_tests::bench::quantile`).
+pub(crate) fn quantile_ms_of(sorted: &[Duration], p: f64) -> f64 {
+    realtime_tests::bench::quantile(sorted, p).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
 }

@@ -61,19 +61,15 @@ use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use realtime_tests::{ChildProcess, PostgresServer, RedisCluster, RedisServer, binary_path};
+use realtime_tests::bench::env_or;
+use realtime_tests::{
+    ChildProcess, PostgresServer, RedisCluster, RedisServer, binary_path, connect,
+};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
 const JWT_SECRET: &str = "bench-fanout-jwt-secret-with-enough-bytes";
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
-}
 
 fn org_id(i: u64) -> String {
     format!("org{i:04}")
@@ -195,14 +191,6 @@ async fn summed_buckets(admins: &[String], histogram: &str) -> Vec<(f64, u64)> {
     sum
 }
 
-async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
-    tokio::spawn(conn);
-    Ok(client)
-}
-
 /// The Redis the bench runs against: one server, or (case `cluster`) a
 /// cluster of 3 primaries with a replica each.
 enum Redis {
@@ -278,10 +266,14 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("starting Postgres and Redis…");
     let pg = PostgresServer::start()?;
     let redis_server = Redis::start(s.case)?;
-    let admin = connect(&pg.url("postgres")).await?;
+    let admin = connect(&pg.url("postgres"))
+        .await
+        .context("connecting to the bench's Postgres")?;
     admin.batch_execute("CREATE DATABASE bench").await?;
     let url = pg.url("bench");
-    let db = connect(&url).await?;
+    let db = connect(&url)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
     db.batch_execute(realtime_tests::OIKION_SCHEMA).await?;
     db.batch_execute(&format!(
         "INSERT INTO organizations (id, name)
@@ -542,8 +534,8 @@ async fn main() -> anyhow::Result<()> {
             send_max: quantile_ms(&totals.send, 1.0),
             commit_p50: quantile_ms(&totals.commit, 0.50),
             commit_p99: quantile_ms(&totals.commit, 0.99),
-            insert_p50: quantile_sorted_ms(&insert_rtt, 0.50),
-            insert_p99: quantile_sorted_ms(&insert_rtt, 0.99),
+            insert_p50: quantile_ms_of(&insert_rtt, 0.50),
+            insert_p99: quantile_ms_of(&insert_rtt, 0.99),
             gateway_p50: bucket_quantile_ms(&buckets0, &buckets1, 0.50),
             gateway_p99: bucket_quantile_ms(&buckets0, &buckets1, 0.99),
             ingestor_p50: bucket_quantile_ms(&ingestor0, &ingestor1, 0.50),

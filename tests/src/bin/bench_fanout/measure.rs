@@ -2,57 +2,12 @@
 
 use super::*;
 
+pub(crate) use realtime_tests::bench::{cpu_seconds, cpu_split, redis_cpu_seconds};
+
 /// Resident memory of a process in KiB (`VmRSS`).
 pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no VmRSS")
-}
-
-/// CPU seconds (user + system) a process has used so far.
-pub(crate) fn cpu_seconds(pid: u32) -> f64 {
-    let (user, system) = cpu_split(pid);
-    user + system
-}
-
-/// CPU seconds a process has used so far: (user, system).
-pub(crate) fn cpu_split(pid: u32) -> (f64, f64) {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return (0.0, 0.0);
-    };
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) / 100.0, ticks(12) / 100.0)
-}
-
-/// CPU seconds (user + system) Redis has used so far (`INFO cpu`), summed
-/// over `nodes` (one server, or every node of a cluster).
-pub(crate) async fn redis_cpu_seconds(nodes: &mut [redis::aio::MultiplexedConnection]) -> f64 {
-    let mut total = 0.0;
-    for node in nodes {
-        let info: String = redis::cmd("INFO")
-            .arg("cpu")
-            .query_async(node)
-            .await
-            .unwrap_or_default();
-        total += info
-            .lines()
-            .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
-            .filter_map(|l| l.split_once(':')?.1.trim().parse::<f64>().ok())
-            .sum::<f64>();
-    }
-    total
+    realtime_tests::bench::status_kib(pid, "VmRSS")
+        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
 }
 
 /// A gateway metric's value from its `/metrics` (first sample of `name`).
