@@ -1,9 +1,49 @@
 //! What the benchmarks (`src/bin/bench_*`) share: their settings from the
 //! environment, a process's CPU time and memory from `/proc`, Redis's CPU
-//! time, and quantiles. One definition each, so that every bench reports
-//! the same figure the same way.
+//! time, quantiles, and the report a load process (`sse_load`) sends to
+//! `bench_fanout`. One definition each, so that every bench reports the
+//! same figure the same way.
 
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// What an `sse_load` process reports when asked (`report` on its stdin):
+/// one JSON line `{"type":"report", …}`, written by `sse_load` and summed
+/// over the processes by `bench_fanout`. Times are µs since the Unix epoch.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename = "report")]
+pub struct LoadReport {
+    /// Streams the process was asked to hold.
+    pub clients: u64,
+    /// Streams that received their connection message.
+    pub connected: u64,
+    /// Clients that gave up after their last failed attempt.
+    pub gave_up: u64,
+    /// Failed attempts (refused, non-200, timeout), retried or not.
+    pub failed_attempts: u64,
+    /// Streams the server ended after they were open.
+    pub ended: u64,
+    pub heartbeats: u64,
+    /// Streams cut that opened again, and when the last did.
+    pub resumed: u64,
+    pub resumed_last_us: u64,
+    /// Events whose id was not above the client's last one: repeats or out
+    /// of order (never timed).
+    pub not_newer: u64,
+    /// Events received, and those of them timed (carrying the bench's
+    /// clock), with the first and last receive of a timed one (0 if none).
+    pub events: u64,
+    pub timed: u64,
+    pub first_us: u64,
+    pub last_us: u64,
+    /// Latency histograms as (bucket value in µs, count) pairs, buckets with
+    /// a count only: from the bench's clock, and from the commit timestamp.
+    pub send_hist: Vec<[u64; 2]>,
+    pub commit_hist: Vec<[u64; 2]>,
+    /// Per Unix second of receipt: [second, timed, over 10 ms, slowest µs].
+    pub seconds: Vec<[u64; 4]>,
+}
 
 /// The `u64` in environment variable `name`, or `default` when it is unset
 /// or not a number.
@@ -80,6 +120,7 @@ pub fn quantile(sorted: &[Duration], p: f64) -> Option<Duration> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests fail loudly on purpose
 mod tests {
     use super::*;
 
@@ -94,6 +135,22 @@ mod tests {
         // Rounded up: the 9.5th of 10 samples is the 10th.
         assert_eq!(quantile(&sorted[..10], 0.95), Some(ms(10)));
         assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn a_load_report_reads_back_as_written_and_says_its_type() {
+        let report = LoadReport {
+            clients: 3,
+            connected: 2,
+            timed: 5,
+            send_hist: vec![[1_000, 4], [2_000, 1]],
+            seconds: vec![[1_796_000_000, 5, 1, 12_000]],
+            ..LoadReport::default()
+        };
+        let line = serde_json::to_string(&report).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["type"], "report");
+        assert_eq!(serde_json::from_value::<LoadReport>(value).unwrap(), report);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The `sse_load` processes and their totals.
 
 use super::*;
+use realtime_tests::bench::LoadReport;
 
 /// One `sse_load` process: its stdin for commands, its stdout for JSON
 /// answers. Killed when dropped; it also exits when its stdin closes, so it
@@ -106,40 +107,35 @@ pub(crate) struct Totals {
 }
 
 impl Totals {
-    pub(crate) fn add(&mut self, r: &Value) {
-        let n = |k: &str| r[k].as_u64().unwrap_or(0);
-        self.connected += n("connected");
-        self.gave_up += n("gave_up");
-        self.ended += n("ended");
-        self.resumed += n("resumed");
-        self.resumed_last_us = self.resumed_last_us.max(n("resumed_last_us"));
-        self.not_newer += n("not_newer");
-        self.events += n("events");
-        self.timed += n("timed");
-        if n("timed") > 0 {
-            let first = n("first_us");
+    pub(crate) fn add(&mut self, r: &LoadReport) {
+        self.connected += r.connected;
+        self.gave_up += r.gave_up;
+        self.ended += r.ended;
+        self.resumed += r.resumed;
+        self.resumed_last_us = self.resumed_last_us.max(r.resumed_last_us);
+        self.not_newer += r.not_newer;
+        self.events += r.events;
+        self.timed += r.timed;
+        if r.timed > 0 {
             self.first_us = if self.first_us == 0 {
-                first
+                r.first_us
             } else {
-                self.first_us.min(first)
+                self.first_us.min(r.first_us)
             };
-            self.last_us = self.last_us.max(n("last_us"));
+            self.last_us = self.last_us.max(r.last_us);
         }
-        for row in r["seconds"].as_array().into_iter().flatten() {
-            let v = |i: usize| row[i].as_u64().unwrap_or(0);
-            let second = self.seconds.entry(v(0)).or_default();
-            second[0] += v(1);
-            second[1] += v(2);
-            second[2] = second[2].max(v(3));
+        for &[unix_second, timed, slow, max] in &r.seconds {
+            let second = self.seconds.entry(unix_second).or_default();
+            second[0] += timed;
+            second[1] += slow;
+            second[2] = second[2].max(max);
         }
-        for (key, map) in [
-            ("send_hist", &mut self.send),
-            ("commit_hist", &mut self.commit),
+        for (hist, map) in [
+            (&r.send_hist, &mut self.send),
+            (&r.commit_hist, &mut self.commit),
         ] {
-            for pair in r[key].as_array().into_iter().flatten() {
-                if let (Some(v), Some(c)) = (pair[0].as_u64(), pair[1].as_u64()) {
-                    *map.entry(v).or_default() += c;
-                }
+            for &[value, count] in hist {
+                *map.entry(value).or_default() += count;
             }
         }
     }
@@ -148,7 +144,8 @@ impl Totals {
 pub(crate) async fn collect(procs: &mut [LoadProcess]) -> anyhow::Result<Totals> {
     let mut totals = Totals::default();
     for p in procs.iter_mut() {
-        totals.add(&p.request("report", "report").await?);
+        let report = p.request("report", "report").await?;
+        totals.add(&serde_json::from_value(report).context("sse_load's report")?);
     }
     Ok(totals)
 }

@@ -133,9 +133,10 @@ fn open_files_limit() -> Option<u64> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
-fn print_line(value: &serde_json::Value) {
+fn print_line(value: &impl serde::Serialize) {
+    let line = serde_json::to_string(value).unwrap_or_default();
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{value}");
+    let _ = writeln!(out, "{line}");
     let _ = out.flush();
 }
 

@@ -1,6 +1,7 @@
 //! Latency histograms and the per-client statistics sse_load reports.
 
 use super::*;
+use realtime_tests::bench::LoadReport;
 
 /// Latencies in µs: 10 µs buckets below 100 ms, 1 ms buckets up to 60 s,
 /// one overflow bucket.
@@ -194,29 +195,32 @@ impl Stats {
         false
     }
 
-    pub(crate) fn report(&self, clients: u64) -> serde_json::Value {
-        serde_json::json!({
-            "type": "report",
-            "clients": clients,
-            "connected": self.connected,
-            "gave_up": self.gave_up,
-            "failed_attempts": self.failed_attempts,
-            "ended": self.ended,
-            "heartbeats": self.heartbeats,
-            "resumed": self.resumed,
-            "resumed_last_us": self.resumed_last_us,
-            "not_newer": self.not_newer,
-            "events": self.events,
-            "timed": self.timed,
-            "first_us": if self.first_us == u64::MAX { 0 } else { self.first_us },
-            "last_us": self.last_us,
-            "send_hist": self.send.sparse(),
-            "commit_hist": self.commit.sparse(),
-            "seconds": self
+    pub(crate) fn report(&self, clients: u64) -> LoadReport {
+        LoadReport {
+            clients,
+            connected: self.connected,
+            gave_up: self.gave_up,
+            failed_attempts: self.failed_attempts,
+            ended: self.ended,
+            heartbeats: self.heartbeats,
+            resumed: self.resumed,
+            resumed_last_us: self.resumed_last_us,
+            not_newer: self.not_newer,
+            events: self.events,
+            timed: self.timed,
+            first_us: if self.first_us == u64::MAX {
+                0
+            } else {
+                self.first_us
+            },
+            last_us: self.last_us,
+            send_hist: self.send.sparse(),
+            commit_hist: self.commit.sparse(),
+            seconds: self
                 .seconds
                 .iter()
                 .map(|(s, [n, slow, max])| [*s, *n, *slow, *max])
-                .collect::<Vec<_>>(),
-        })
+                .collect(),
+        }
     }
 }
