@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use realtime_shared::event::{EventId, Scope};
+use realtime_shared::history::newest_id;
 use realtime_shared::keys::Keys;
 use realtime_shared::redis_target::RedisConn;
 
@@ -266,17 +267,13 @@ impl History {
         let org_key = self.keys.history(&Scope::Organization(org.to_owned()));
         let all_key = self.keys.history(&Scope::Broadcast);
         // Two commands, not one pipeline: see `page`.
-        let read = |key: &str| {
-            let mut conn = self.conn.clone();
-            let mut cmd = redis::cmd("XREVRANGE");
-            cmd.arg(key).arg("+").arg("-").arg("COUNT").arg(1);
-            async move { cmd.query_async::<Vec<RawEntry>>(&mut conn).await }
-        };
-        let (a, b) = futures_util::future::try_join(read(&org_key), read(&all_key)).await?;
-        Ok(a.iter()
-            .chain(b.iter())
-            .filter_map(|(id, _)| id.parse::<EventId>().ok())
-            .max())
+        let (mut a, mut b) = (self.conn.clone(), self.conn.clone());
+        let (org, all) = futures_util::future::try_join(
+            newest_id(&mut a, &org_key),
+            newest_id(&mut b, &all_key),
+        )
+        .await?;
+        Ok(org.max(all))
     }
 }
 

@@ -46,6 +46,7 @@ use redis::Value;
 
 use realtime_shared::envelope::Envelope;
 use realtime_shared::event::{EventId, Scope};
+use realtime_shared::history::newest_id;
 use realtime_shared::keys::Keys;
 use realtime_shared::redis_conn::{RedisConnectError, explain_connect_error};
 use realtime_shared::redis_target::{RedisConn, RedisTarget};
@@ -246,18 +247,13 @@ impl Publisher {
     /// published before this process (a restart keeps naming it).
     async fn newest_broadcast(&mut self) -> Result<Option<EventId>, PublishError> {
         let history = self.keys.history(&Scope::Broadcast);
-        let entries: Vec<(String, Value)> = self
-            .query(
-                "reading the broadcast history's newest id",
-                redis::cmd("XREVRANGE")
-                    .arg(history)
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(1),
-            )
-            .await?;
-        Ok(entries.first().and_then(|(id, _)| id.parse().ok()))
+        tokio::time::timeout(self.timeout, newest_id(&mut self.conn, &history))
+            .await
+            .map_err(|_| PublishError::Timeout(self.timeout))?
+            .map_err(|source| PublishError::Command {
+                what: "reading the broadcast history's newest id",
+                source,
+            })
     }
 
     pub fn keys(&self) -> &Keys {

@@ -4,6 +4,7 @@
 //! - [`event`]: the event model and its wire JSON (ARCHITECTURE.md §3).
 //! - [`envelope`]: the bytes stored in Redis per event (event + routing metadata).
 //! - [`keys`]: Redis key and channel names (ARCHITECTURE.md §4).
+//! - [`history`]: reads of a history stream both binaries make (its newest id).
 //! - [`message`]: application events sent as Postgres logical messages, validated.
 //! - [`postgres_tls`]: libpq `sslmode`/`sslrootcert` for every Postgres connection (rustls).
 //! - [`redis_conn`]: the one Redis client constructor (TLS, CA bundle, ACL user) and its start-up errors.
@@ -18,6 +19,7 @@ pub mod admin;
 pub mod config;
 pub mod envelope;
 pub mod event;
+pub mod history;
 pub mod keys;
 pub mod message;
 pub mod postgres_tls;

@@ -50,14 +50,12 @@ impl Parked {
     /// The delivery rule ([`decide`]) over a run of frames, then one
     /// non-blocking `writev` of those to send, as one chunk. `reached[k]`
     /// counts the stream for `run[k]` when it was written (or left in the
-    /// rest of the chunk), and `delivered` counts each frame written.
-    /// `sends` is scratch space, empty on return.
+    /// rest of the chunk). `sends` is scratch space, empty on return.
     fn deliver<'a>(
         &mut self,
         run: &'a [FeedMessage],
         now_ms: i64,
         reached: &mut [usize],
-        delivered: &mut u64,
         sends: &mut Vec<(usize, &'a Frame)>,
     ) -> Direct {
         // A stream being closed (revoked, deleted, drained) gets nothing
@@ -99,7 +97,6 @@ impl Parked {
                 return Direct::HandBack(None);
             }
         };
-        *delivered += sends.len() as u64;
         for (k, frame) in sends.drain(..) {
             reached[k] += 1;
             self.outlet.latency.record(frame.latency_secs(now_ms));
@@ -244,16 +241,18 @@ impl Lane {
             let run = &messages[start..end];
             let run_reached = &mut reached[start..end];
             let now_ms = now_ms();
-            let mut delivered = 0;
+            let before: usize = run_reached.iter().sum();
             let mut i = 0;
             while i < parked.len() {
-                match parked[i].deliver(run, now_ms, run_reached, &mut delivered, &mut sends) {
+                match parked[i].deliver(run, now_ms, run_reached, &mut sends) {
                     Direct::Kept => i += 1,
                     Direct::HandBack(rest) => self.hand_back(&mut parked, i, rest),
                 }
             }
+            // What the direct writes reached: counted once per run.
+            let delivered = run_reached.iter().sum::<usize>() - before;
             if delivered > 0 {
-                self.delivered.increment(delivered);
+                self.delivered.increment(delivered as u64);
             }
             // After the hand-backs: their fresh receivers get the run.
             for (message, reached) in run.iter().zip(run_reached.iter_mut()) {

@@ -46,7 +46,8 @@ use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use realtime_shared::event::{EventId, Scope};
+use realtime_shared::event::Scope;
+use realtime_shared::history::newest_id;
 
 use super::{BroadcastOrder, Command, Hub};
 
@@ -86,7 +87,7 @@ impl Hub {
         // read live and, perhaps, counted here; either way it is not
         // missed, and every feed resyncs after a reconnection anyway.
         let mut order = BroadcastOrder {
-            newest: self.newest_broadcast(&mut conn).await?,
+            newest: newest_id(&mut conn, &self.inner.keys.history(&Scope::Broadcast)).await?,
         };
         probe
             .subscribe_on_primary(&mut conn, &control_channel)
@@ -166,23 +167,6 @@ impl Hub {
             }
             _ => Ok(()),
         }
-    }
-
-    /// The id of the broadcast history's newest entry, if any.
-    async fn newest_broadcast(
-        &self,
-        conn: &mut redis::cluster_async::ClusterConnection,
-    ) -> redis::RedisResult<Option<EventId>> {
-        let history = self.inner.keys.history(&Scope::Broadcast);
-        let entries: Vec<(String, Value)> = redis::cmd("XREVRANGE")
-            .arg(history)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(conn)
-            .await?;
-        Ok(entries.first().and_then(|(id, _)| id.parse().ok()))
     }
 
     /// `channel` was unsubscribed. If this replica still needs it, the shard
