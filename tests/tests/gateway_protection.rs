@@ -1341,3 +1341,67 @@ async fn the_delivered_counter_counts_every_event_written_once() {
     drop(clients);
     ing.stop().await;
 }
+
+/// Every lease of a replica is renewed, not only the first script call's:
+/// renewal goes in calls of a few dozen leases (a long script is a pause
+/// for every other Redis client), so 130 streams take several calls. With
+/// a 2 s lease, after three lease periods each stream must still hold a
+/// live place in its user's and its organization's set; a renewal that
+/// stopped after one call would let the rest expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_lease_is_renewed_when_renewal_takes_several_calls() {
+    const STREAMS: usize = 130;
+    let ctx = TestContext::new().await;
+    ctx.batch(SEED).await;
+    let gw = gateway_process(
+        &ctx,
+        &[
+            ("REALTIME_MAX_CONNECTIONS_PER_USER", "1000"),
+            ("REALTIME_MAX_CONNECTIONS_PER_ORG", "1000"),
+            ("REALTIME_CONNECTION_LEASE", "2s"),
+        ],
+    )
+    .await;
+    let ua = token("ua", 600);
+    let mut streams = Vec::with_capacity(STREAMS);
+    for _ in 0..STREAMS {
+        let mut s = SseClient::connect(&gw.stream_url("organizationId=orgA"), Some(&ua), &[]).await;
+        assert_eq!(s.status, 200, "{}", s.body_text);
+        hello(&mut s).await;
+        streams.push(s);
+    }
+    let prefix = ctx.key_prefix().to_owned();
+    let live = |key: String| {
+        let ctx = &ctx;
+        async move {
+            let mut redis = ctx.redis().await;
+            let (now_s, now_us): (u64, u64) =
+                redis::cmd("TIME").query_async(&mut redis).await.unwrap();
+            let now_ms = now_s * 1000 + now_us / 1000;
+            let n: usize = redis::cmd("ZCOUNT")
+                .arg(&key)
+                .arg(now_ms)
+                .arg("+inf")
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            n
+        }
+    };
+    let org_key = format!("{prefix}:{{caps:org:orgA}}");
+    let user_key = format!("{prefix}:{{caps:user:ua}}");
+    assert_eq!(live(org_key.clone()).await, STREAMS, "{org_key}");
+    // Three lease periods: a lease never renewed has expired by then.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        live(org_key.clone()).await,
+        STREAMS,
+        "{org_key} after 3 periods"
+    );
+    assert_eq!(
+        live(user_key.clone()).await,
+        STREAMS,
+        "{user_key} after 3 periods"
+    );
+    drop(streams);
+}
