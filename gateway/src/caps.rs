@@ -397,9 +397,9 @@ impl Caps {
         }
     }
 
-    /// Renewal on a Redis Cluster: one script per set (user or
-    /// organization) with all of this replica's leases in it, sent
-    /// together.
+    /// Renewal on a Redis Cluster: scripts per set (user or organization)
+    /// with this replica's leases in it, a bounded number per call, sent
+    /// `RENEW_BATCH` calls at a time.
     async fn renew_per_set(&self, handles: &[Arc<crate::registry::Handle>]) {
         let mut sets: std::collections::HashMap<String, Vec<&str>> =
             std::collections::HashMap::new();
@@ -407,9 +407,18 @@ impl Caps {
             sets.entry(self.user_key(&h.user)).or_default().push(&h.id);
             sets.entry(self.org_key(&h.org)).or_default().push(&h.id);
         }
-        let sets: Vec<(String, Vec<&str>)> = sets.into_iter().collect();
-        for chunk in sets.chunks(RENEW_BATCH) {
-            let results = join_all(chunk.iter().map(|(key, ids)| {
+        // A set's leases in calls of at most `RENEW_BATCH * 4` (as many
+        // commands as a one-node call): one organization with thousands of
+        // streams here must not be one long script on its shard.
+        let calls: Vec<(&str, &[&str])> = sets
+            .iter()
+            .flat_map(|(key, ids)| {
+                ids.chunks(RENEW_BATCH * 4)
+                    .map(move |ids| (key.as_str(), ids))
+            })
+            .collect();
+        for chunk in calls.chunks(RENEW_BATCH) {
+            let results = join_all(chunk.iter().map(|&(key, ids)| {
                 let mut invocation = self.scripts.renew_one.key(key);
                 invocation.arg(self.lease_ms());
                 for id in ids {

@@ -49,6 +49,11 @@ async fn caps_hold_across_replicas_and_free_after_a_replica_is_killed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_lease_is_renewed_when_renewal_takes_several_calls() {
+    gateway_protection::every_lease_is_renewed(Redis::Cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_and_delete_act_on_a_stream_held_by_the_other_replica() {
     gateway_protection::put_and_delete_act_across_replicas(Redis::Cluster).await;
 }
