@@ -121,6 +121,17 @@ impl Case {
         }
     }
 
+    /// Issue 16's commit→client p99 target for the case, in ms: none for
+    /// `storm`, whose run-wide p99 is the resume burst (its target is the
+    /// resume itself).
+    fn p99_target_ms(self) -> Option<f64> {
+        match self {
+            Case::HotOrg => Some(100.0),
+            Case::Storm => None,
+            Case::Default | Case::TwoReplicas | Case::Cluster => Some(25.0),
+        }
+    }
+
     /// (clients per phase, organizations, events/s, gateway replicas).
     fn defaults(self) -> (Vec<u64>, u64, u64, u64) {
         match self {
