@@ -91,7 +91,8 @@ bench-ingest-memory:
 ## clients in several sse_load processes), release build. BENCH_CLIENTS,
 ## BENCH_ORGS, BENCH_USERS, BENCH_RATE, BENCH_SECONDS, BENCH_PER_PROCESS,
 ## BENCH_CLIENT_ROUND_US (load clients read in 1 ms rounds; 0: as data arrives) tune it.
-## BENCH_CASE=hot-org|two-replicas|storm|default picks a case (README, Gateway fan-out).
+## BENCH_CASE=hot-org|two-replicas|storm|cluster|default picks a case (README, Gateway fan-out);
+## its "targets" line checks issue 16's p99 targets (25 ms; hot-org 100 ms; none for storm).
 bench-fanout:
 	$(CARGO) build --release -p realtime-ingestor -p realtime-gateway
 	$(CARGO) build --release -p realtime-tests --bin sse_load
