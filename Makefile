@@ -87,7 +87,7 @@ bench-ingest-memory:
 
 ## bench-fanout: one gateway replica with 1,000 then 9,000 SSE clients over
 ## 100 organizations: RSS per idle connection, deliveries/s and
-## commit→client latency at 1,000 events/s (tests/src/bin/bench_fanout.rs;
+## commit→client latency at 1,000 events/s (tests/src/bin/bench_fanout/;
 ## clients in several sse_load processes), release build. BENCH_CLIENTS,
 ## BENCH_ORGS, BENCH_USERS, BENCH_RATE, BENCH_SECONDS, BENCH_PER_PROCESS,
 ## BENCH_CLIENT_ROUND_US (load clients read in 1 ms rounds; 0: as data arrives) tune it.
